@@ -1,0 +1,276 @@
+//! Child processes that cannot outlive the test process.
+//!
+//! Each control-plane binary runs as the leader of its own process group (so a signal to the
+//! group reaches anything it forks, and a terminal's Ctrl-C goes to the test runner only), with
+//! stdin closed and stdout/stderr in a log file. Two mechanisms stop them:
+//!
+//! * [`ManagedProcess::stop`], run on drop: SIGTERM to the group, a short grace period, SIGKILL,
+//!   then `wait` so that no zombie is left.
+//! * A [`Watchdog`]: a `sh` process, in its own process group too, that reads process-group ids
+//!   on its stdin, a pipe whose only writer is the test process. When the test process exits
+//!   for any reason (normal exit with a plane left in a `static`, panic with `panic = "abort"`,
+//!   SIGKILL), the kernel closes the pipe, `read` sees end-of-file and the watchdog kills every
+//!   group it was told about, then removes the plane's folder. No unsafe code and no
+//!   `atexit`, and no polling of the parent's pid (which could be reused).
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt as _;
+
+/// How long a process gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The watchdog's script. `$1` is a folder to remove afterwards (may be empty). dash's `kill`
+/// takes `-PGID` for a process group but no `--`.
+const WATCHDOG_SCRIPT: &str = r#"
+pgids=""
+while read -r g; do pgids="$pgids $g"; done
+for g in $pgids; do kill -TERM "-$g" 2>/dev/null; done
+i=0
+while [ "$i" -lt 50 ]; do
+  alive=""
+  for g in $pgids; do kill -0 "-$g" 2>/dev/null && alive=1; done
+  [ -z "$alive" ] && break
+  sleep 0.1
+  i=$((i + 1))
+done
+for g in $pgids; do kill -KILL "-$g" 2>/dev/null; done
+if [ -n "$1" ]; then rm -rf -- "$1"; fi
+"#;
+
+/// Kills the process groups it guards, and removes a folder, once the test process is gone.
+#[derive(Debug)]
+pub struct Watchdog {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Watchdog {
+    /// Starts the watchdog; it will remove `cleanup_dir` (if any) after killing the groups.
+    pub fn spawn(cleanup_dir: Option<&Path>) -> Result<Watchdog> {
+        let dir = cleanup_dir.map(|d| d.as_os_str().to_owned()).unwrap_or_default();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .arg("imagemap-e2e-watchdog")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("starting the watchdog (sh)")?;
+        let stdin = child.stdin.take();
+        Ok(Watchdog { child, stdin })
+    }
+
+    /// The watchdog's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Adds a process group to kill when the test process exits.
+    pub fn guard(&mut self, pgid: u32) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("the watchdog is disarmed")?;
+        writeln!(stdin, "{pgid}").context("writing to the watchdog")?;
+        stdin.flush().context("writing to the watchdog")?;
+        Ok(())
+    }
+
+    /// Stops the watchdog without letting it act: the caller tears down itself.
+    pub fn disarm(&mut self) {
+        // Kill first: closing stdin first would start the teardown script.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stdin = None;
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+/// A long-running child process (etcd, kube-apiserver, ...) with its log file.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    name: String,
+    child: Child,
+    log_path: PathBuf,
+    exited: bool,
+}
+
+impl ManagedProcess {
+    /// Starts `program args` in its own process group, logging to `log_path`, guarded by
+    /// `watchdog`.
+    pub fn spawn(name: &str, program: &Path, args: &[String], log_path: &Path, watchdog: &mut Watchdog) -> Result<Self> {
+        let log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log_err = log.try_clone().context("duplicating the log file handle")?;
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        let mut process = ManagedProcess { name: name.to_string(), child, log_path: log_path.to_path_buf(), exited: false };
+        // If this fails the process is stopped on drop right away.
+        watchdog.guard(process.pid()).inspect_err(|_| process.stop(Duration::ZERO))?;
+        Ok(process)
+    }
+
+    /// The component's name, e.g. `kube-apiserver`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The process id (also its process-group id).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log file (stdout and stderr).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Fails, with the tail of the log, if the process has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => {
+                self.exited = true;
+                bail!("{} exited ({status}); last lines of {}:\n{}", self.name, self.log_path.display(), self.log_tail(40))
+            }
+            Err(e) => bail!("checking on {}: {e}", self.name),
+        }
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path, lines)
+    }
+
+    /// SIGTERM to the process group, up to `grace` to exit, then SIGKILL; reaps the process.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.exited {
+            return;
+        }
+        let pgid = self.pid();
+        if !grace.is_zero() {
+            signal_group("TERM", pgid);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Whatever is left in the group (the leader, or anything it forked).
+        signal_group("KILL", pgid);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.exited = true;
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        self.stop(STOP_GRACE);
+    }
+}
+
+/// Sends `SIG<signal>` to the process group `pgid` with the shell's `kill` builtin (std has no
+/// signal API but SIGKILL, and the workspace forbids the unsafe code `libc::kill` would need).
+fn signal_group(signal: &str, pgid: u32) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} -{pgid} 2>/dev/null"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The last `lines` lines of a text file (or a note that it could not be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Whether a process with this pid is running, via `/proc/PID/stat`. A zombie (exited, not yet
+/// reaped: an orphan whose new parent does not reap) counts as gone.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE ...": COMM may contain spaces and parentheses, so split at the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X' | 'x'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_kills_and_reaps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut watchdog = Watchdog::spawn(None).expect("watchdog");
+        let mut p = ManagedProcess::spawn("sleep", Path::new("sleep"), &["300".into()], &dir.path().join("sleep.log"), &mut watchdog)
+            .expect("spawn");
+        let pid = p.pid();
+        p.ensure_running().expect("running");
+        p.stop(Duration::from_secs(2));
+        assert!(!process_alive(pid), "pid {pid} is gone");
+    }
+
+    #[test]
+    fn the_watchdog_kills_its_groups_when_its_stdin_closes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let doomed = dir.path().join("doomed");
+        std::fs::create_dir(&doomed).expect("mkdir");
+        let mut watchdog = Watchdog::spawn(Some(&doomed)).expect("watchdog");
+        // A process the test does not reap itself: its parent is a shell that exits at once,
+        // so it is reparented to init, as after the test process's own exit. It prints its pid
+        // once it leads its own process group (as `process_group(0)` ensures before `spawn`
+        // returns), then closes that pipe so that `output` returns.
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(r#"setsid sh -c 'echo $$ >&3; exec sleep 300 3>&-' 3>&1 >/dev/null 2>&1 </dev/null &"#)
+            .output()
+            .expect("sh");
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid");
+        watchdog.guard(pid).expect("guard");
+        assert!(process_alive(pid));
+        // What the kernel does when the test process exits.
+        watchdog.stdin = None;
+        let _ = watchdog.child.wait();
+        let gone = crate::wait::poll(Duration::from_secs(10), Duration::from_millis(50), || (!process_alive(pid)).then_some(()));
+        assert!(gone.is_some(), "pid {pid} is gone");
+        assert!(!doomed.exists(), "the folder is removed");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        std::fs::write(&path, "a\nb\nc\n").expect("write");
+        assert_eq!(tail(&path, 2), "b\nc");
+        assert_eq!(tail(&path, 10), "a\nb\nc");
+    }
+}

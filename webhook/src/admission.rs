@@ -1,0 +1,136 @@
+//! The admission decision: an AdmissionReview in, an AdmissionReview out (DESIGN §5, §8).
+//! Pure: no I/O, no clock; the server adds transport, metrics and logs around it.
+
+use base64::Engine as _;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::DynamicObject;
+use serde_json::Value;
+
+use crate::inject::{inject, Applicable, Injection, MetadataView, PodView, SWAPS_ANNOTATION};
+use crate::maps::MapIndex;
+
+/// Why a request body is not an AdmissionReview we can answer (answered with 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not valid JSON, or not shaped like an AdmissionReview.
+    #[error("request body is not a valid AdmissionReview: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// The review has no `request`.
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+}
+
+/// What happened to one review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// At least one field was swapped: the response carries a patch.
+    Patched,
+    /// A Pod CREATE with nothing to swap.
+    Unchanged,
+    /// Not a Pod CREATE (another kind, operation or a subresource): allowed untouched.
+    Skipped,
+}
+
+impl Outcome {
+    /// A short label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Patched => "patched",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// An answered review.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The response AdmissionReview, encoded.
+    pub body: Vec<u8>,
+    /// What happened.
+    pub outcome: Outcome,
+    /// The request uid.
+    pub uid: String,
+    /// `namespace/name` (or `generateName`) of the Pod, for logs.
+    pub object: String,
+    /// The engine's report for Pod CREATEs.
+    pub injection: Option<Injection>,
+}
+
+/// Decodes `body`, decides, and encodes the response AdmissionReview.
+pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
+    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
+    let request: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| ReviewError::NoRequest)?;
+    let mut response = AdmissionResponse::from(&request);
+    let (outcome, object, injection) = match pod_create(&request) {
+        None => (Outcome::Skipped, request.name.clone(), None),
+        Some(pod) => {
+            let namespace = request.namespace.as_deref().or(pod.metadata.namespace.as_deref()).unwrap_or("default");
+            let name = pod.metadata.name.as_deref().filter(|n| !n.is_empty()).or(pod.metadata.generate_name.as_deref());
+            let object = format!("{namespace}/{}", name.unwrap_or(""));
+            let injection = inject(view(pod), &Applicable { index, namespace });
+            (if injection.patch.is_empty() { Outcome::Unchanged } else { Outcome::Patched }, object, Some(injection))
+        }
+    };
+    if let Some(injection) = &injection {
+        if !injection.warnings.is_empty() {
+            response.warnings = Some(injection.warnings.clone());
+        }
+        if !injection.swaps.is_empty() {
+            response.audit_annotations.insert("swaps".into(), injection.swaps.len().to_string());
+            let fields: Vec<String> = injection
+                .swaps
+                .iter()
+                .map(|s| format!("{}={}", s.record.field, s.record.image_map))
+                .collect();
+            response.audit_annotations.insert("swapped".into(), fields.join(","));
+        }
+    }
+    let patch = match &injection {
+        Some(i) if !i.patch.is_empty() => Some(serde_json::to_vec(&i.patch.0)?),
+        _ => None,
+    };
+    let uid = response.uid.clone();
+    Ok(Reviewed { body: encode(response, patch)?, outcome, uid, object, injection })
+}
+
+/// The Pod of a Pod CREATE review (not a subresource), if that is what this is.
+fn pod_create(request: &AdmissionRequest<DynamicObject>) -> Option<&DynamicObject> {
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    let create = matches!(request.operation, Operation::Create);
+    let subresource = request.sub_resource.as_deref().is_some_and(|s| !s.is_empty());
+    if !is_pod || !create || subresource {
+        return None;
+    }
+    request.object.as_ref()
+}
+
+fn view(pod: &DynamicObject) -> PodView<'_> {
+    let metadata = match &pod.metadata.annotations {
+        Some(a) => MetadataView::Annotations(a.get(SWAPS_ANNOTATION).map(String::as_str)),
+        None => MetadataView::NoAnnotations,
+    };
+    PodView { spec: pod.data.get("spec"), metadata }
+}
+
+/// Encodes the response review with `patch` (a serialized JSON patch), base64-encoded as Go's
+/// `[]byte` expects (kube-core alone would write an array of numbers), and `patchType: JSONPatch`.
+fn encode(response: AdmissionResponse, patch: Option<Vec<u8>>) -> Result<Vec<u8>, serde_json::Error> {
+    let mut value = serde_json::to_value(response.into_review())?;
+    if let (Some(patch), Some(Value::Object(r))) = (patch, value.get_mut("response")) {
+        r.insert("patch".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(patch)));
+        r.insert("patchType".into(), Value::String("JSONPatch".into()));
+    }
+    serde_json::to_vec(&value)
+}
+
+/// Encodes an answer for a review we could not read at all: allowed, no patch, with `reason`
+/// (the API server ignores `status` when allowed).
+pub fn allowed_without_review(uid: &str, reason: &str) -> Vec<u8> {
+    let value = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": { "uid": uid, "allowed": true, "status": { "message": reason } }
+    });
+    serde_json::to_vec(&value).unwrap_or_default()
+}

@@ -1,0 +1,308 @@
+//! The injection engine (DESIGN §5): from a Pod and the applicable maps to the JSON patch that
+//! swaps its images, plus a report of every swap and every matched-but-unusable map.
+//!
+//! The engine reads the Pod as JSON rather than as a typed `Pod`: fields it does not own are never
+//! re-encoded, so they cannot change, and only the few fields it reads are looked at.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::maps::{precedence, CompiledMap, MapIndex, Scope, Target, Unusable};
+use crate::patch::{escape, Patch};
+use crate::reference::Reference;
+
+/// The Pod annotation recording every swap (DESIGN §7).
+pub const SWAPS_ANNOTATION: &str = "imagemap.tilt.dev/swaps";
+
+/// The pull policy set on swapped images: built tags are immutable.
+pub const PULL_POLICY: &str = "IfNotPresent";
+
+/// One swapped field, as recorded in the Pod's annotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwapRecord {
+    /// The field, e.g. `spec.containers{app}.image` or `spec.containers{app}.env{APP_IMAGE}`.
+    pub field: String,
+    /// The value before the first swap.
+    pub original: String,
+    /// The value written.
+    pub image: String,
+    /// The map that decided, `namespace/name`.
+    pub image_map: String,
+}
+
+/// One swap made by this call, with why that map won.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Swap {
+    /// What the annotation records.
+    pub record: SwapRecord,
+    /// The winner matched the full string (`matchExact`) rather than the name only.
+    pub exact: bool,
+    /// The winner is local to the Pod's namespace or global.
+    pub scope: Scope,
+    /// Other usable maps that matched and lost on precedence, best first.
+    pub outranked: Vec<String>,
+}
+
+/// A map that matched a field but could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableHit {
+    /// The field it matched.
+    pub field: String,
+    /// The field's value.
+    pub value: String,
+    /// The map, `namespace/name`.
+    pub image_map: String,
+    /// Why it is unusable.
+    pub reason: Unusable,
+}
+
+/// What the engine decided for one Pod.
+#[derive(Debug, Clone, Default)]
+pub struct Injection {
+    /// The RFC 6902 patch that turns the Pod into the swapped Pod (empty when nothing changes).
+    pub patch: Patch,
+    /// Every swap made by this call.
+    pub swaps: Vec<Swap>,
+    /// Every matched map that could not be used.
+    pub unusable: Vec<UnusableHit>,
+    /// Warnings for the AdmissionResponse: one per swap and one per unusable map.
+    pub warnings: Vec<String>,
+}
+
+/// Which maps may apply: an index plus the Pod's namespace.
+pub struct Applicable<'a> {
+    /// The maps.
+    pub index: &'a MapIndex,
+    /// The Pod's namespace.
+    pub namespace: &'a str,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Container,
+    Env,
+    Volume,
+}
+
+/// The parts of a Pod the engine reads: its spec and what its metadata holds.
+#[derive(Debug, Clone, Copy)]
+pub struct PodView<'a> {
+    /// `spec`, as JSON.
+    pub spec: Option<&'a Value>,
+    /// What `metadata` looks like, to place the swap annotation.
+    pub metadata: MetadataView<'a>,
+}
+
+/// The shape of a Pod's metadata, as far as the swap annotation is concerned.
+#[derive(Debug, Clone, Copy)]
+pub enum MetadataView<'a> {
+    /// No `metadata` object at all.
+    Absent,
+    /// `metadata` without `annotations`.
+    NoAnnotations,
+    /// `metadata.annotations` exists; holds our annotation's text if present.
+    Annotations(Option<&'a str>),
+}
+
+impl<'a> PodView<'a> {
+    /// Views a Pod given as JSON.
+    pub fn from_json(pod: &'a Value) -> Self {
+        let metadata = match pod.get("metadata") {
+            Some(Value::Object(m)) => match m.get("annotations") {
+                Some(Value::Object(a)) => MetadataView::Annotations(a.get(SWAPS_ANNOTATION).and_then(Value::as_str)),
+                _ => MetadataView::NoAnnotations,
+            },
+            _ => MetadataView::Absent,
+        };
+        PodView { spec: pod.get("spec"), metadata }
+    }
+}
+
+/// Computes the swaps for a Pod (as JSON) with the maps that apply in its namespace.
+pub fn inject_json(pod: &Value, maps: &Applicable<'_>) -> Injection {
+    inject(PodView::from_json(pod), maps)
+}
+
+/// Computes the swaps for a Pod with the maps that apply in its namespace.
+pub fn inject(pod: PodView<'_>, maps: &Applicable<'_>) -> Injection {
+    let previous = match pod.metadata {
+        MetadataView::Annotations(Some(text)) => parse_records(text),
+        _ => Vec::new(),
+    };
+    let mut run = Run { maps, out: Injection::default(), previous, records: Vec::new() };
+    let spec = pod.spec;
+    for (list, label) in [("containers", "spec.containers"), ("initContainers", "spec.initContainers")] {
+        let Some(containers) = spec.and_then(|s| s.get(list)).and_then(Value::as_array) else { continue };
+        for (i, c) in containers.iter().enumerate() {
+            run.container(c, &format!("/spec/{list}/{i}"), label);
+        }
+    }
+    if let Some(volumes) = spec.and_then(|s| s.get("volumes")).and_then(Value::as_array) {
+        for (i, v) in volumes.iter().enumerate() {
+            run.volume(v, i);
+        }
+    }
+    run.finish(pod.metadata)
+}
+
+struct Run<'a> {
+    maps: &'a Applicable<'a>,
+    out: Injection,
+    previous: Vec<SwapRecord>,
+    records: Vec<SwapRecord>,
+}
+
+/// The winning map for one value, if a usable one matched.
+struct Decision<'m> {
+    winner: Option<(&'m CompiledMap, Scope, &'m Target)>,
+    outranked: Vec<String>,
+}
+
+impl<'a> Run<'a> {
+    fn container(&mut self, c: &Value, path: &str, label: &str) {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+        if let Some(image) = c.get("image").and_then(Value::as_str) {
+            let field = format!("{label}{{{name}}}.image");
+            if let Some(map) = self.swap(image, &field, Kind::Container, &format!("{path}/image")) {
+                self.out.patch.add(&format!("{path}/imagePullPolicy"), json!(PULL_POLICY));
+                override_list(&mut self.out.patch, c, path, "command", map.command.as_deref());
+                override_list(&mut self.out.patch, c, path, "args", map.args.as_deref());
+            }
+        }
+        if let Some(env) = c.get("env").and_then(Value::as_array) {
+            for (j, e) in env.iter().enumerate() {
+                // Only literal values; `valueFrom` is never touched.
+                let (Some(var), Some(value)) = (e.get("name").and_then(Value::as_str), e.get("value").and_then(Value::as_str))
+                else {
+                    continue;
+                };
+                let field = format!("{label}{{{name}}}.env{{{var}}}");
+                self.swap(value, &field, Kind::Env, &format!("{path}/env/{j}/value"));
+            }
+        }
+    }
+
+    fn volume(&mut self, v: &Value, i: usize) {
+        let Some(reference) = v.get("image").and_then(|im| im.get("reference")).and_then(Value::as_str) else { return };
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+        let field = format!("spec.volumes{{{name}}}.image.reference");
+        if self.swap(reference, &field, Kind::Volume, &format!("/spec/volumes/{i}/image/reference")).is_some() {
+            self.out.patch.add(&format!("/spec/volumes/{i}/image/pullPolicy"), json!(PULL_POLICY));
+        }
+    }
+
+    /// Swaps `value` at `path` if a usable map matches it; returns the winning map.
+    fn swap(&mut self, value: &str, field: &str, kind: Kind, path: &str) -> Option<&'a CompiledMap> {
+        let reference = Reference::parse(value).ok()?;
+        // Already swapped by an earlier call: the recorded value is ours, leave it alone.
+        if self.previous.iter().any(|r| r.field == field && r.image == value) {
+            return None;
+        }
+        let decision = self.decide(&reference, value, field, kind);
+        let (map, scope, target) = decision.winner?;
+        if target.familiar == value {
+            return None;
+        }
+        self.out.patch.replace(path, json!(target.familiar));
+        let record = SwapRecord {
+            field: field.to_string(),
+            original: value.to_string(),
+            image: target.familiar.clone(),
+            image_map: map.id.clone(),
+        };
+        let what = match kind {
+            Kind::Env => "env value",
+            Kind::Container | Kind::Volume => "image",
+        };
+        push_unique(&mut self.out.warnings, format!("{what} {value} swapped to {} by ImageMap {}", target.familiar, map.id));
+        self.records.push(record.clone());
+        self.out.swaps.push(Swap { record, exact: map.match_exact, scope, outranked: decision.outranked });
+        Some(map)
+    }
+
+    fn decide(&mut self, reference: &Reference, value: &str, field: &str, kind: Kind) -> Decision<'a> {
+        let mut best: Option<(&'a CompiledMap, Scope, &'a Target)> = None;
+        let mut outranked = Vec::new();
+        for (map, scope) in self.maps.index.candidates(self.maps.namespace, reference.name()).iter() {
+            if (kind == Kind::Env && !map.match_in_env_vars) || !map.matches(reference) {
+                continue;
+            }
+            match &map.target {
+                Err(reason) => {
+                    let warning = format!("ImageMap {} matches {value} but {reason}; left unchanged", map.id);
+                    push_unique(&mut self.out.warnings, warning);
+                    self.out.unusable.push(UnusableHit {
+                        field: field.to_string(),
+                        value: value.to_string(),
+                        image_map: map.id.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                Ok(target) => match best {
+                    Some((b, bs, _)) if precedence((b, bs), (map, scope)).is_le() => outranked.push((map, scope)),
+                    Some(prev) => {
+                        outranked.push((prev.0, prev.1));
+                        best = Some((map, scope, target));
+                    }
+                    None => best = Some((map, scope, target)),
+                },
+            }
+        }
+        outranked.sort_by(|a, b| precedence(*a, *b));
+        Decision { winner: best, outranked: outranked.into_iter().map(|(m, _)| m.id.clone()).collect() }
+    }
+
+    fn finish(mut self, metadata: MetadataView<'_>) -> Injection {
+        if self.records.is_empty() {
+            return self.out;
+        }
+        let mut all = self.previous;
+        all.extend(self.records);
+        let text = serde_json::to_string(&all).unwrap_or_default();
+        match metadata {
+            MetadataView::Annotations(_) => {
+                self.out.patch.add(&format!("/metadata/annotations/{}", escape(SWAPS_ANNOTATION)), json!(text))
+            }
+            MetadataView::NoAnnotations => self.out.patch.add("/metadata/annotations", json!({ SWAPS_ANNOTATION: text })),
+            MetadataView::Absent => self.out.patch.add("/metadata", json!({ "annotations": { SWAPS_ANNOTATION: text } })),
+        }
+        self.out
+    }
+}
+
+fn override_list(patch: &mut Patch, c: &Value, path: &str, key: &str, with: Option<&[String]>) {
+    match with {
+        None => {}
+        Some([]) => {
+            if c.get(key).is_some() {
+                patch.remove(&format!("{path}/{key}"));
+            }
+        }
+        Some(list) => {
+            if c.get(key).and_then(Value::as_array).is_none_or(|cur| !same_strings(cur, list)) {
+                patch.add(&format!("{path}/{key}"), json!(list));
+            }
+        }
+    }
+}
+
+fn same_strings(cur: &[Value], want: &[String]) -> bool {
+    cur.len() == want.len() && cur.iter().zip(want).all(|(a, b)| a.as_str() == Some(b.as_str()))
+}
+
+fn push_unique(list: &mut Vec<String>, s: String) {
+    if !list.contains(&s) {
+        list.push(s);
+    }
+}
+
+/// Reads swap records from the annotation's text; none if unreadable.
+pub fn parse_records(text: &str) -> Vec<SwapRecord> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// The swap records in an annotation map (for `explain` and `describe`).
+pub fn records_from_annotations(annotations: &Map<String, Value>) -> Vec<SwapRecord> {
+    annotations.get(SWAPS_ANNOTATION).and_then(Value::as_str).map(parse_records).unwrap_or_default()
+}

@@ -1,0 +1,15 @@
+//! imagemap: the ImageMap API (`tilt.dev/v1alpha1`) brought to any cluster.
+//!
+//! The pure core (reference grammar, maps, injection engine, admission decision) is shared by the
+//! webhook and the `kubectl imagemap` plugin, so a preview never disagrees with the webhook. The
+//! HTTPS server, the cluster watch and metrics sit behind the `server` feature.
+#![deny(missing_docs)]
+
+pub mod admission;
+pub mod inject;
+pub mod mapsfile;
+pub mod maps;
+pub mod patch;
+pub mod reference;
+pub mod types;
+

@@ -1,0 +1,74 @@
+//! RFC 6902 JSON patches built operation by operation, with RFC 6901 pointer escaping.
+
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+use serde_json::Value;
+
+/// Escapes one JSON-pointer token: `~` becomes `~0` and `/` becomes `~1` (RFC 6901).
+pub fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// A JSON patch under construction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Patch(pub Vec<PatchOperation>);
+
+impl Patch {
+    /// Appends an `add` (sets an object member, whether present or not).
+    pub fn add(&mut self, path: &str, value: Value) {
+        self.0.push(PatchOperation::Add(AddOperation { path: pointer(path), value }));
+    }
+
+    /// Appends a `replace` of an existing value.
+    pub fn replace(&mut self, path: &str, value: Value) {
+        self.0.push(PatchOperation::Replace(ReplaceOperation { path: pointer(path), value }));
+    }
+
+    /// Appends a `remove`.
+    pub fn remove(&mut self, path: &str) {
+        self.0.push(PatchOperation::Remove(RemoveOperation { path: pointer(path) }));
+    }
+
+    /// True when the patch has no operation.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The patch as `json_patch::Patch`.
+    pub fn into_json_patch(self) -> json_patch::Patch {
+        json_patch::Patch(self.0)
+    }
+
+    /// Applies the patch to a copy of `doc`.
+    pub fn apply_to(&self, doc: &Value) -> Result<Value, json_patch::PatchError> {
+        let mut out = doc.clone();
+        json_patch::patch(&mut out, &self.0)?;
+        Ok(out)
+    }
+}
+
+fn pointer(path: &str) -> json_patch::jsonptr::PointerBuf {
+    // Paths are built by this crate from escaped tokens, so they always parse.
+    json_patch::jsonptr::PointerBuf::parse(path).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn escapes_tilde_before_slash() {
+        assert_eq!(escape("imagemap.tilt.dev/swaps"), "imagemap.tilt.dev~1swaps");
+        assert_eq!(escape("a~/b"), "a~0~1b");
+    }
+
+    #[test]
+    fn escaped_annotation_key_round_trips_through_apply() {
+        let mut p = Patch::default();
+        p.add(&format!("/metadata/annotations/{}", escape("x.io/a~b")), json!("v"));
+        let out = p.apply_to(&json!({"metadata": {"annotations": {}}})).expect("applies");
+        assert_eq!(out["metadata"]["annotations"]["x.io/a~b"], "v");
+        let wire = serde_json::to_value(p.into_json_patch()).expect("serializes");
+        assert_eq!(wire[0]["path"], "/metadata/annotations/x.io~1a~0b");
+    }
+}
