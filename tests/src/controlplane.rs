@@ -54,7 +54,11 @@ pub struct ControlPlaneOptions {
 
 impl Default for ControlPlaneOptions {
     fn default() -> Self {
-        ControlPlaneOptions { controller_manager: false, install_crds: true, ready_timeout: Duration::from_secs(180) }
+        ControlPlaneOptions {
+            controller_manager: false,
+            install_crds: true,
+            ready_timeout: Duration::from_secs(180),
+        }
     }
 }
 
@@ -100,7 +104,10 @@ impl ControlPlane {
         let mut attempt = 1;
         loop {
             match Self::start_in(&bin_dir, &opts) {
-                Err(e) if attempt < PORT_RETRIES && format!("{e:#}").contains("address already in use") => {
+                Err(e)
+                    if attempt < PORT_RETRIES
+                        && format!("{e:#}").contains("address already in use") =>
+                {
                     eprintln!("imagemap-e2e: a port was taken while starting, trying again: {e:#}");
                     attempt += 1;
                 }
@@ -111,18 +118,31 @@ impl ControlPlane {
 
     fn start_in(bin_dir: &Path, opts: &ControlPlaneOptions) -> Result<ControlPlane> {
         let started = Instant::now();
-        let mut dir = tempfile::Builder::new().prefix("imagemap-e2e-").tempdir().context("creating the plane's folder")?;
+        let mut dir = tempfile::Builder::new()
+            .prefix("imagemap-e2e-")
+            .tempdir()
+            .context("creating the plane's folder")?;
         let keep = std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty());
         if keep {
             dir.disable_cleanup(true);
-            eprintln!("imagemap-e2e: keeping {} ({KEEP_ENV} is set)", dir.path().display());
+            eprintln!(
+                "imagemap-e2e: keeping {} ({KEEP_ENV} is set)",
+                dir.path().display()
+            );
         }
         let pki = Pki::generate(&dir.path().join("pki"))?;
         let ports = net::free_ports(3)?;
         let (apiserver_port, etcd_port, etcd_peer_port) = (ports[0], ports[1], ports[2]);
         let server = format!("https://127.0.0.1:{apiserver_port}");
         let kubeconfig_path = dir.path().join("admin.kubeconfig");
-        crate::kubeconfig::write(&kubeconfig_path, "imagemap-e2e", &server, &pki.server_ca.cert_pem, &pki.admin.cert_pem, &pki.admin.key_pem)?;
+        crate::kubeconfig::write(
+            &kubeconfig_path,
+            "imagemap-e2e",
+            &server,
+            &pki.server_ca.cert_pem,
+            &pki.admin.cert_pem,
+            &pki.admin.key_pem,
+        )?;
         crate::kubeconfig::write(
             &dir.path().join("controller-manager.kubeconfig"),
             "imagemap-e2e",
@@ -144,12 +164,20 @@ impl ControlPlane {
             apiserver_port,
             etcd_port,
             etcd_peer_port,
-            timings: StartupTimings { pki: started.elapsed(), ..StartupTimings::default() },
+            timings: StartupTimings {
+                pki: started.elapsed(),
+                ..StartupTimings::default()
+            },
         };
         // On error `plane` is dropped here, which stops whatever was started.
         plane.boot(opts)?;
         plane.timings.total = started.elapsed();
-        eprintln!("imagemap-e2e: control plane ready at {} in {:.1?} ({:?})", plane.server_url(), plane.timings.total, plane.timings);
+        eprintln!(
+            "imagemap-e2e: control plane ready at {} in {:.1?} ({:?})",
+            plane.server_url(),
+            plane.timings.total,
+            plane.timings
+        );
         Ok(plane)
     }
 
@@ -157,24 +185,53 @@ impl ControlPlane {
         let step = Instant::now();
         self.spawn("etcd", self.etcd_args())?;
         let port = self.etcd_port;
-        self.wait_ready("etcd", opts.ready_timeout, Duration::from_millis(100), |_| {
-            net::http_get(port, "/health").is_ok_and(|r| r.contains(r#""health":"true""#))
-        })?;
+        self.wait_ready(
+            "etcd",
+            opts.ready_timeout,
+            Duration::from_millis(100),
+            |_| net::http_get(port, "/health").is_ok_and(|r| r.contains(r#""health":"true""#)),
+        )?;
         self.timings.etcd = step.elapsed();
 
         let step = Instant::now();
         self.spawn("kube-apiserver", self.apiserver_args())?;
         let port = self.apiserver_port;
-        self.wait_ready("kube-apiserver", opts.ready_timeout, Duration::from_millis(250), |kubectl| {
-            // A cheap TCP probe first: each kubectl run costs CPU the apiserver needs to start.
-            net::port_open(port)
-                && kubectl.run(["get", "--raw", "/readyz"]).is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"ok")
-        })
+        self.wait_ready(
+            "kube-apiserver",
+            opts.ready_timeout,
+            Duration::from_millis(250),
+            |kubectl| {
+                // A cheap TCP probe first: each kubectl run costs CPU the apiserver needs to start.
+                net::port_open(port)
+                    && kubectl
+                        .run(["get", "--raw", "/readyz"])
+                        .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"ok")
+            },
+        )
         .map_err(|e| {
-            let verbose = self.kubectl.run(["get", "--raw", "/readyz?verbose"]).map(|o| {
-                format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-            });
-            e.context(format!("/readyz?verbose: {}", verbose.unwrap_or_else(|e| e.to_string())))
+            // Still running but not ready: say which checks fail.
+            if self
+                .processes
+                .last_mut()
+                .is_some_and(|p| p.ensure_running().is_ok())
+            {
+                let verbose = self
+                    .kubectl
+                    .run(["get", "--raw", "/readyz?verbose"])
+                    .map(|o| {
+                        format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        )
+                    });
+                e.context(format!(
+                    "/readyz?verbose says:\n{}",
+                    verbose.unwrap_or_else(|e| e.to_string())
+                ))
+            } else {
+                e
+            }
         })?;
         self.timings.apiserver = step.elapsed();
 
@@ -183,9 +240,24 @@ impl ControlPlane {
             self.spawn("kube-controller-manager", self.controller_manager_args())?;
             // No health port (--secure-port=0): the serviceaccount controller creating the
             // `default` ServiceAccount in `default` shows that the controllers run.
-            self.wait_ready("kube-controller-manager", opts.ready_timeout, Duration::from_millis(500), |kubectl| {
-                kubectl.run(["get", "serviceaccount", "default", "--namespace", "default", "--output", "name"]).is_ok_and(|o| o.status.success())
-            })?;
+            self.wait_ready(
+                "kube-controller-manager",
+                opts.ready_timeout,
+                Duration::from_millis(500),
+                |kubectl| {
+                    kubectl
+                        .run([
+                            "get",
+                            "serviceaccount",
+                            "default",
+                            "--namespace",
+                            "default",
+                            "--output",
+                            "name",
+                        ])
+                        .is_ok_and(|o| o.status.success())
+                },
+            )?;
             self.timings.controller_manager = Some(step.elapsed());
         }
 
@@ -200,15 +272,30 @@ impl ControlPlane {
     fn install_crds(&self, timeout: Duration) -> Result<Option<Duration>> {
         let dir = binaries::workspace_root().join(CRD_DIR);
         let has_yaml = std::fs::read_dir(&dir)
-            .map(|entries| entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json")))
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.path()
+                        .extension()
+                        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+                })
+            })
             .unwrap_or(false);
         if !has_yaml {
-            eprintln!("imagemap-e2e: no CRDs in {}, skipping CRD installation", dir.display());
+            eprintln!(
+                "imagemap-e2e: no CRDs in {}, skipping CRD installation",
+                dir.display()
+            );
             return Ok(None);
         }
         let step = Instant::now();
         let dir_arg = dir.as_os_str();
-        self.kubectl.ok([OsStr::new("apply"), OsStr::new("--server-side"), OsStr::new("--force-conflicts"), OsStr::new("-f"), dir_arg])?;
+        self.kubectl.ok([
+            OsStr::new("apply"),
+            OsStr::new("--server-side"),
+            OsStr::new("--force-conflicts"),
+            OsStr::new("-f"),
+            dir_arg,
+        ])?;
         let timeout_arg = format!("--timeout={}s", timeout.as_secs().max(1));
         self.kubectl.ok([
             OsStr::new("wait"),
@@ -217,14 +304,21 @@ impl ControlPlane {
             OsStr::new("-f"),
             dir_arg,
         ])?;
-        eprintln!("imagemap-e2e: installed the CRDs in {} in {:.1?}", dir.display(), step.elapsed());
+        eprintln!(
+            "imagemap-e2e: installed the CRDs in {} in {:.1?}",
+            dir.display(),
+            step.elapsed()
+        );
         Ok(Some(step.elapsed()))
     }
 
     fn spawn(&mut self, name: &str, args: Vec<String>) -> Result<()> {
         let program = self.bin_dir.join(name);
         if !program.is_file() {
-            bail!("{} is missing; run tests/controlplane/build.sh", program.display());
+            bail!(
+                "{} is missing; run tests/controlplane/build.sh",
+                program.display()
+            );
         }
         let log = self.dir.path().join(format!("{name}.log"));
         let process = ManagedProcess::spawn(name, &program, &args, &log, &mut self.watchdog)?;
@@ -234,7 +328,13 @@ impl ControlPlane {
 
     /// Polls `ready` until true; fails if the last started process exits or on timeout, with
     /// the tail of its log.
-    fn wait_ready(&mut self, name: &str, timeout: Duration, interval: Duration, mut ready: impl FnMut(&Kubectl) -> bool) -> Result<()> {
+    fn wait_ready(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        interval: Duration,
+        mut ready: impl FnMut(&Kubectl) -> bool,
+    ) -> Result<()> {
         let started = Instant::now();
         let kubectl = self.kubectl.clone();
         let process = self.processes.last_mut().context("no process started")?;
@@ -296,11 +396,19 @@ impl ControlPlane {
             // HTTPS on a free port, on loopback only.
             format!("--secure-port={}", self.apiserver_port),
             "--bind-address=127.0.0.1".into(),
-            // The address written into the `kubernetes` Service's endpoints.
+            // The address the apiserver advertises to the cluster (its identity lease...).
             "--advertise-address=127.0.0.1".into(),
+            // The default `lease` reconciler writes the advertise address into the `kubernetes`
+            // Service's endpoints, and refuses to start with a loopback address there (endpoint
+            // validation). Nothing in-cluster reaches the apiserver through that Service (no
+            // Pod ever runs), so: no reconciler, and the Service has no endpoints.
+            "--endpoint-reconciler-type=none".into(),
             // Serving certificate (SANs 127.0.0.1, localhost, kubernetes.default.svc...).
             format!("--tls-cert-file={}", pki.apiserver.cert_path.display()),
-            format!("--tls-private-key-file={}", pki.apiserver.key_path.display()),
+            format!(
+                "--tls-private-key-file={}",
+                pki.apiserver.key_path.display()
+            ),
             // Client-certificate authentication: the admin and controller-manager certificates
             // (O=system:masters) are signed by this CA.
             format!("--client-ca-file={}", pki.client_ca.cert_path.display()),
@@ -310,8 +418,14 @@ impl ControlPlane {
             // Service-account tokens: required flags since 1.20. The controller-manager signs
             // with the same private key.
             format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
-            format!("--service-account-key-file={}", pki.service_account.cert_path.display()),
-            format!("--service-account-signing-key-file={}", pki.service_account.key_path.display()),
+            format!(
+                "--service-account-key-file={}",
+                pki.service_account.cert_path.display()
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.service_account.key_path.display()
+            ),
             // ClusterIPs are allocated from here (the `kubernetes` Service gets 10.0.0.1);
             // nothing routes to them.
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
@@ -389,7 +503,10 @@ impl ControlPlane {
 
     /// The pid of a running component (`etcd`, `kube-apiserver`, `kube-controller-manager`).
     pub fn pid(&self, component: &str) -> Option<u32> {
-        self.processes.iter().find(|p| p.name() == component).map(ManagedProcess::pid)
+        self.processes
+            .iter()
+            .find(|p| p.name() == component)
+            .map(ManagedProcess::pid)
     }
 
     /// The pid of the watchdog that kills the plane if the test process dies.
@@ -438,15 +555,20 @@ impl ControlPlane {
     /// until it exists, and without a controller-manager nothing else would create it (with
     /// one, its creation races ours; either wins). Panics on failure.
     pub fn create_namespace(&self, prefix: &str) -> String {
-        self.try_create_namespace(prefix).unwrap_or_else(|e| panic!("{e:#}"))
+        self.try_create_namespace(prefix)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// [`ControlPlane::create_namespace`], returning errors.
     pub fn try_create_namespace(&self, prefix: &str) -> Result<String> {
         let name = unique_namespace_name(prefix);
         self.kubectl.ok(["create", "namespace", &name])?;
-        let output = self.kubectl.run(["create", "serviceaccount", "default", "--namespace", &name])?;
-        if !output.status.success() && !String::from_utf8_lossy(&output.stderr).contains("already exists") {
+        let output =
+            self.kubectl
+                .run(["create", "serviceaccount", "default", "--namespace", &name])?;
+        if !output.status.success()
+            && !String::from_utf8_lossy(&output.stderr).contains("already exists")
+        {
             kubectl::check("kubectl create serviceaccount default", &output)?;
         }
         Ok(name)
@@ -477,10 +599,22 @@ impl Drop for ControlPlane {
         // The watchdog first, so that it does not race us; then the processes, newest first
         // (the controller-manager and the apiserver before their etcd). The folder goes last,
         // with `dir`.
+        let started = Instant::now();
         self.watchdog.disarm();
         while let Some(mut process) = self.processes.pop() {
+            let step = Instant::now();
             process.stop(STOP_GRACE);
+            eprintln!(
+                "imagemap-e2e: stopped {} in {:.1?}",
+                process.name(),
+                step.elapsed()
+            );
         }
+        eprintln!(
+            "imagemap-e2e: stopped the control plane at {} in {:.1?}",
+            self.server_url(),
+            started.elapsed()
+        );
     }
 }
 
@@ -491,7 +625,13 @@ fn unique_namespace_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut base: String = prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
     base = base.trim_matches('-').to_string();
@@ -508,7 +648,11 @@ fn unique_namespace_name(prefix: &str) -> String {
 pub fn shared() -> &'static ControlPlane {
     static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
     let plane = SHARED.get_or_init(|| {
-        ControlPlane::start(ControlPlaneOptions { controller_manager: true, ..ControlPlaneOptions::default() }).map_err(|e| format!("{e:#}"))
+        ControlPlane::start(ControlPlaneOptions {
+            controller_manager: true,
+            ..ControlPlaneOptions::default()
+        })
+        .map_err(|e| format!("{e:#}"))
     });
     match plane {
         Ok(plane) => plane,
@@ -527,7 +671,9 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("pod-injection-test-"), "{a}");
         assert!(a.len() <= 63);
-        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         assert!(unique_namespace_name("--").starts_with("test-"));
         assert!(unique_namespace_name(&"x".repeat(100)).len() <= 63);
     }

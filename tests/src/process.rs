@@ -25,21 +25,24 @@ use std::os::unix::process::CommandExt as _;
 /// How long a process gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// The watchdog's script. `$1` is a folder to remove afterwards (may be empty). dash's `kill`
-/// takes `-PGID` for a process group but no `--`.
+/// The watchdog's script: collect group ids until end-of-file; then, newest first (the
+/// apiserver before its etcd), SIGTERM a group, give its leader up to 3 s, SIGKILL the group;
+/// last, remove the folder `$1` (if not empty). dash's `kill` takes `-PGID` for a process
+/// group but no `--`.
 const WATCHDOG_SCRIPT: &str = r#"
+gone() { # whether the leader of group $1 has exited (a zombie counts: init may reap late)
+  stat=""
+  read -r stat < "/proc/$1/stat" 2>/dev/null
+  case "$stat" in "" | *") Z "* | *") X "*) return 0 ;; *) return 1 ;; esac
+}
 pgids=""
-while read -r g; do pgids="$pgids $g"; done
-for g in $pgids; do kill -TERM "-$g" 2>/dev/null; done
-i=0
-while [ "$i" -lt 50 ]; do
-  alive=""
-  for g in $pgids; do kill -0 "-$g" 2>/dev/null && alive=1; done
-  [ -z "$alive" ] && break
-  sleep 0.1
-  i=$((i + 1))
+while read -r g; do pgids="$g $pgids"; done
+for g in $pgids; do
+  kill -TERM "-$g" 2>/dev/null
+  i=0
+  while [ "$i" -lt 30 ] && ! gone "$g"; do sleep 0.1; i=$((i + 1)); done
+  kill -KILL "-$g" 2>/dev/null
 done
-for g in $pgids; do kill -KILL "-$g" 2>/dev/null; done
 if [ -n "$1" ]; then rm -rf -- "$1"; fi
 "#;
 
@@ -53,7 +56,9 @@ pub struct Watchdog {
 impl Watchdog {
     /// Starts the watchdog; it will remove `cleanup_dir` (if any) after killing the groups.
     pub fn spawn(cleanup_dir: Option<&Path>) -> Result<Watchdog> {
-        let dir = cleanup_dir.map(|d| d.as_os_str().to_owned()).unwrap_or_default();
+        let dir = cleanup_dir
+            .map(|d| d.as_os_str().to_owned())
+            .unwrap_or_default();
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG_SCRIPT)
@@ -109,8 +114,15 @@ pub struct ManagedProcess {
 impl ManagedProcess {
     /// Starts `program args` in its own process group, logging to `log_path`, guarded by
     /// `watchdog`.
-    pub fn spawn(name: &str, program: &Path, args: &[String], log_path: &Path, watchdog: &mut Watchdog) -> Result<Self> {
-        let log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log_path: &Path,
+        watchdog: &mut Watchdog,
+    ) -> Result<Self> {
+        let log =
+            File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file handle")?;
         let child = Command::new(program)
             .args(args)
@@ -120,9 +132,16 @@ impl ManagedProcess {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name} ({})", program.display()))?;
-        let mut process = ManagedProcess { name: name.to_string(), child, log_path: log_path.to_path_buf(), exited: false };
+        let mut process = ManagedProcess {
+            name: name.to_string(),
+            child,
+            log_path: log_path.to_path_buf(),
+            exited: false,
+        };
         // If this fails the process is stopped on drop right away.
-        watchdog.guard(process.pid()).inspect_err(|_| process.stop(Duration::ZERO))?;
+        watchdog
+            .guard(process.pid())
+            .inspect_err(|_| process.stop(Duration::ZERO))?;
         Ok(process)
     }
 
@@ -147,7 +166,12 @@ impl ManagedProcess {
             Ok(None) => Ok(()),
             Ok(Some(status)) => {
                 self.exited = true;
-                bail!("{} exited ({status}); last lines of {}:\n{}", self.name, self.log_path.display(), self.log_tail(40))
+                bail!(
+                    "{} exited ({status}); last lines of {}:\n{}",
+                    self.name,
+                    self.log_path.display(),
+                    self.log_tail(40)
+                )
             }
             Err(e) => bail!("checking on {}: {e}", self.name),
         }
@@ -219,7 +243,9 @@ pub fn process_alive(pid: u32) -> bool {
         return false;
     };
     // "PID (COMM) STATE ...": COMM may contain spaces and parentheses, so split at the last ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, None | Some('Z' | 'X' | 'x'))
 }
 
@@ -231,8 +257,14 @@ mod tests {
     fn stop_kills_and_reaps() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut watchdog = Watchdog::spawn(None).expect("watchdog");
-        let mut p = ManagedProcess::spawn("sleep", Path::new("sleep"), &["300".into()], &dir.path().join("sleep.log"), &mut watchdog)
-            .expect("spawn");
+        let mut p = ManagedProcess::spawn(
+            "sleep",
+            Path::new("sleep"),
+            &["300".into()],
+            &dir.path().join("sleep.log"),
+            &mut watchdog,
+        )
+        .expect("spawn");
         let pid = p.pid();
         p.ensure_running().expect("running");
         p.stop(Duration::from_secs(2));
@@ -254,13 +286,18 @@ mod tests {
             .arg(r#"setsid sh -c 'echo $$ >&3; exec sleep 300 3>&-' 3>&1 >/dev/null 2>&1 </dev/null &"#)
             .output()
             .expect("sh");
-        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid");
+        let pid: u32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
         watchdog.guard(pid).expect("guard");
         assert!(process_alive(pid));
         // What the kernel does when the test process exits.
         watchdog.stdin = None;
         let _ = watchdog.child.wait();
-        let gone = crate::wait::poll(Duration::from_secs(10), Duration::from_millis(50), || (!process_alive(pid)).then_some(()));
+        let gone = crate::wait::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            (!process_alive(pid)).then_some(())
+        });
         assert!(gone.is_some(), "pid {pid} is gone");
         assert!(!doomed.exists(), "the folder is removed");
     }

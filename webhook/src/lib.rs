@@ -13,3 +13,6 @@ pub mod patch;
 pub mod reference;
 pub mod types;
 
+
+#[cfg(feature = "server")]
+pub mod server;

@@ -1,0 +1,142 @@
+//! Command-line flags (with environment-variable fallbacks) for `imagemap-webhook`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use super::http::Limits;
+use super::listener::Timeouts;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The imagemap mutating admission webhook: swaps Pod images for the ones ImageMaps name.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "imagemap-webhook", version)]
+pub struct Config {
+    /// Address and port to serve HTTPS on.
+    #[arg(long, env = "IMAGEMAP_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain to serve (reloaded when it changes).
+    #[arg(long, env = "IMAGEMAP_TLS_CERT_FILE")]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of the certificate (reloaded when it changes).
+    #[arg(long, env = "IMAGEMAP_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: PathBuf,
+    /// Global static maps: an ImageMap, a List/ImageMapList, or multi-document YAML/JSON.
+    #[arg(long, env = "IMAGEMAP_IMAGEMAPS_FILE")]
+    pub imagemaps_file: Option<PathBuf>,
+    /// Namespace whose ImageMaps apply to every namespace, below local maps.
+    #[arg(long, env = "IMAGEMAP_GLOBAL_NAMESPACE")]
+    pub global_namespace: Option<String>,
+    /// Serve only the maps of --imagemaps-file; no Kubernetes API server needed.
+    #[arg(long, env = "IMAGEMAP_NO_CLUSTER")]
+    pub no_cluster: bool,
+    /// Kubeconfig to watch ImageMaps with (default: in-cluster, then $KUBECONFIG or ~/.kube/config).
+    #[arg(long, env = "IMAGEMAP_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "IMAGEMAP_LOG_FORMAT", value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+    /// Log level or filter (e.g. info, debug, imagemap=debug).
+    #[arg(long, env = "IMAGEMAP_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// How often to check the certificate files for changes.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub tls_reload_interval: Duration,
+    /// How often to check --imagemaps-file for changes.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub maps_reload_interval: Duration,
+    /// Time allowed for a TLS handshake.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub tls_handshake_timeout: Duration,
+    /// Time allowed to receive a request's headers.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub header_timeout: Duration,
+    /// Time allowed to receive a request's body.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub body_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "90s")]
+    pub idle_timeout: Duration,
+    /// Largest request body accepted, in bytes (larger ones get 413 before buffering).
+    #[arg(long, default_value_t = 7 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Reviews processed at once; more get 503 immediately.
+    #[arg(long, default_value_t = 512)]
+    pub max_concurrent_reviews: usize,
+    /// After SIGTERM, keep serving (with readiness failing) this long before draining.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub shutdown_delay: Duration,
+    /// After draining starts, in-flight requests get this long to finish.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Request limits from the flags.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            body_timeout: self.body_timeout,
+            max_concurrent_reviews: self.max_concurrent_reviews.max(1),
+        }
+    }
+
+    /// Connection timeouts from the flags.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            handshake: self.tls_handshake_timeout,
+            header: self.header_timeout,
+            idle: self.idle_timeout,
+            shutdown: self.shutdown_timeout,
+        }
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use e.g. 500ms, 5s or 2m");
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_common_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::parse_from(["imagemap-webhook", "--tls-cert-file", "c", "--tls-private-key-file", "k"]);
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.max_body_bytes, 7 * 1024 * 1024);
+        assert!(!c.no_cluster);
+    }
+}

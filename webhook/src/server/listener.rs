@@ -1,0 +1,201 @@
+//! The HTTPS listener: TLS handshakes with a timeout, HTTP/1.1 with header and idle timeouts,
+//! and graceful shutdown on SIGTERM (readiness fails first, in-flight requests finish).
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::AppState;
+
+/// Connection-level timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TLS handshake.
+    pub handshake: Duration,
+    /// Request headers.
+    pub header: Duration,
+    /// Idle keep-alive connections.
+    pub idle: Duration,
+    /// Draining in-flight requests at shutdown.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            handshake: Duration::from_secs(5),
+            header: Duration::from_secs(5),
+            idle: Duration::from_secs(90),
+            shutdown: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` resolves, then drains them for at most
+/// `timeouts.shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(timeouts.header).keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let io = IdleTimeout::new(TokioIo::new(tls), timeouts.idle);
+            let conn = watcher.watch(http.serve_connection(io, service));
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("draining in-flight requests");
+    if tokio::time::timeout(timeouts.shutdown, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some connections were still busy at the shutdown timeout");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT after marking the server not ready and waiting `delay`
+/// (so endpoints stop routing here while it still serves).
+pub async fn shutdown_signal(state: Arc<AppState>, delay: Duration) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        () = term => {},
+    }
+    state.shutting_down.store(true, Ordering::Release);
+    tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown requested; readiness now fails");
+    tokio::time::sleep(delay).await;
+}
+
+/// Closes a connection that has neither read nor written for `idle`.
+pub struct IdleTimeout<T> {
+    inner: T,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    idle: Duration,
+}
+
+impl<T> IdleTimeout<T> {
+    /// Wraps `inner`.
+    pub fn new(inner: T, idle: Duration) -> Self {
+        IdleTimeout { inner, sleep: Box::pin(tokio::time::sleep(idle)), idle }
+    }
+
+    fn touch(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.idle;
+        self.sleep.as_mut().reset(deadline);
+    }
+}
+
+use hyper::rt::{Read, ReadBufCursor, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle timeout")
+}
+
+impl<T: Read + Unpin> Read for IdleTimeout<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.touch();
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(timed_out())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T: Write + Unpin> Write for IdleTimeout<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            this.touch();
+        }
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            this.touch();
+        }
+        r
+    }
+}

@@ -1,0 +1,152 @@
+//! Prometheus metrics (DESIGN §7): reviews by outcome, swaps, latency, cache size and age,
+//! unusable-map hits, certificate reloads and refused requests.
+
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the webhook exports.
+pub struct Metrics {
+    registry: Registry,
+    reviews: Family<Labels, Counter>,
+    refused: Family<Labels, Counter>,
+    swaps: Counter,
+    unusable_hits: Counter,
+    latency: Histogram,
+    cache_maps: Gauge,
+    cache_invalid: Gauge,
+    cache_synced_at: Gauge,
+    cache_age: Gauge<f64, AtomicU64>,
+    cert_reloads: Family<Labels, Counter>,
+    cert_broken: Gauge,
+    file_reloads: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("imagemap");
+        let reviews = Family::<Labels, Counter>::default();
+        let refused = Family::<Labels, Counter>::default();
+        let swaps = Counter::default();
+        let unusable_hits = Counter::default();
+        let latency = Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0]);
+        let cache_maps = Gauge::default();
+        let cache_invalid = Gauge::default();
+        let cache_synced_at = Gauge::default();
+        let cache_age = Gauge::<f64, AtomicU64>::default();
+        let cert_reloads = Family::<Labels, Counter>::default();
+        let cert_broken = Gauge::default();
+        let file_reloads = Family::<Labels, Counter>::default();
+        registry.register("reviews", "Admission reviews answered, by outcome", reviews.clone());
+        registry.register("refused_requests", "Requests refused before review, by reason", refused.clone());
+        registry.register("swaps", "Fields swapped in admitted Pods", swaps.clone());
+        registry.register("unusable_map_hits", "Matches on ImageMaps without a usable status", unusable_hits.clone());
+        registry.register("review_duration_seconds", "Time to decide one review", latency.clone());
+        registry.register("cache_maps", "ImageMaps in the cache", cache_maps.clone());
+        registry.register("cache_invalid_maps", "ImageMaps skipped because their selector is invalid", cache_invalid.clone());
+        registry.register("cache_last_sync_timestamp_seconds", "When the cache last heard from the API server", cache_synced_at.clone());
+        registry.register("cache_age_seconds", "Seconds since the cache last heard from the API server", cache_age.clone());
+        registry.register("tls_reloads", "Serving certificate reloads, by result", cert_reloads.clone());
+        registry.register("tls_reload_broken", "1 while the certificate files on disk cannot be loaded", cert_broken.clone());
+        registry.register("imagemaps_file_reloads", "--imagemaps-file reloads, by result", file_reloads.clone());
+        Metrics {
+            registry,
+            reviews,
+            refused,
+            swaps,
+            unusable_hits,
+            latency,
+            cache_maps,
+            cache_invalid,
+            cache_synced_at,
+            cache_age,
+            cert_reloads,
+            cert_broken,
+            file_reloads,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered review.
+    pub fn review(&self, outcome: &'static str, swaps: usize, unusable: usize, took: Duration) {
+        self.reviews.get_or_create(&vec![("outcome", outcome)]).inc();
+        self.swaps.inc_by(swaps as u64);
+        self.unusable_hits.inc_by(unusable as u64);
+        self.latency.observe(took.as_secs_f64());
+    }
+
+    /// Counts one request refused before review (`reason`: malformed, too_large, busy, ...).
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&vec![("reason", reason)]).inc();
+    }
+
+    /// Sets the cache size gauges.
+    pub fn set_cache(&self, maps: usize, invalid: usize) {
+        self.cache_maps.set(maps as i64);
+        self.cache_invalid.set(invalid as i64);
+    }
+
+    /// Records that the cache just heard from the API server.
+    pub fn cache_heard(&self) {
+        self.cache_synced_at.set(now_secs() as i64);
+    }
+
+    /// Counts a certificate reload attempt.
+    pub fn cert_reload(&self, ok: bool) {
+        self.cert_reloads.get_or_create(&vec![("result", if ok { "success" } else { "failure" })]).inc();
+        self.cert_broken.set(i64::from(!ok));
+    }
+
+    /// Counts an `--imagemaps-file` reload attempt.
+    pub fn file_reload(&self, ok: bool) {
+        self.file_reloads.get_or_create(&vec![("result", if ok { "success" } else { "failure" })]).inc();
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let synced = self.cache_synced_at.get();
+        if synced > 0 {
+            self.cache_age.set((now_secs() - synced as f64).max(0.0));
+        }
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_cache_gauges() {
+        let m = Metrics::default();
+        m.review("patched", 2, 1, Duration::from_micros(300));
+        m.set_cache(5, 1);
+        m.cache_heard();
+        let text = m.render();
+        for want in [
+            "imagemap_reviews_total{outcome=\"patched\"} 1",
+            "imagemap_swaps_total 2",
+            "imagemap_unusable_map_hits_total 1",
+            "imagemap_review_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "imagemap_cache_maps 5",
+            "imagemap_cache_age_seconds",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+    }
+}

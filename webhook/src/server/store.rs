@@ -1,0 +1,120 @@
+//! Where maps come from: the cluster (a kube-runtime watch into the index) and
+//! `--imagemaps-file` (polled, reloaded on change, the previous maps kept when it breaks).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+
+use super::AppState;
+use crate::mapsfile::parse_maps;
+use crate::types::ImageMap;
+
+/// A client from `--kubeconfig`, else in-cluster, else the default kubeconfig.
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading --kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using --kubeconfig {}", path.display()))?
+        }
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            kube::Config::incluster().context("reading the in-cluster service account config")?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes config found: pass --kubeconfig, set KUBECONFIG, or use --no-cluster")?,
+    };
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Watches ImageMaps in every namespace into the index, forever. The first full list marks the
+/// cache synced; while the API server is away the last known maps keep serving, and the watcher
+/// retries with backoff and relists when its watch expires.
+pub async fn watch_cluster(client: Client, state: Arc<AppState>) {
+    let api: Api<ImageMap> = Api::all(client);
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut buffer: Vec<ImageMap> = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                state.metrics.cache_heard();
+                apply(event, &mut buffer, &state);
+            }
+            Err(e) => tracing::warn!(error = %e, "ImageMap watch failed; serving the last known maps and retrying"),
+        }
+    }
+}
+
+fn apply(event: Event<ImageMap>, buffer: &mut Vec<ImageMap>, state: &AppState) {
+    match event {
+        Event::Init => buffer.clear(),
+        Event::InitApply(map) => buffer.push(map),
+        Event::InitDone => {
+            let invalid = state.update_index(|idx| idx.replace_cluster(buffer.iter()));
+            for e in &invalid {
+                tracing::warn!(error = %e, "skipping ImageMap with an invalid selector");
+            }
+            let count = state.with_index(|idx| idx.len());
+            buffer.clear();
+            if !state.synced.swap(true, Ordering::AcqRel) {
+                tracing::info!(maps = count, "ImageMap cache synced");
+            } else {
+                tracing::info!(maps = count, "ImageMap cache relisted");
+            }
+        }
+        Event::Apply(map) => {
+            if let Err(e) = state.update_index(|idx| idx.upsert(&map)) {
+                tracing::warn!(error = %e, "skipping ImageMap with an invalid selector");
+            }
+        }
+        Event::Delete(map) => {
+            let ns = map.metadata.namespace.clone().unwrap_or_default();
+            let name = map.metadata.name.clone().unwrap_or_default();
+            state.update_index(|idx| idx.remove(&ns, &name));
+        }
+    }
+}
+
+/// Loads `--imagemaps-file` into the index; an unreadable or invalid file is an error.
+pub fn load_file_once(path: &Path, state: &AppState) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let maps = parse_maps(&text, &path.display().to_string())?;
+    let invalid = state.update_index(|idx| idx.replace_file(maps.iter()));
+    for e in &invalid {
+        tracing::warn!(error = %e, file = %path.display(), "skipping ImageMap with an invalid selector");
+    }
+    tracing::info!(file = %path.display(), maps = maps.len() - invalid.len(), "loaded --imagemaps-file");
+    Ok(())
+}
+
+/// Polls `--imagemaps-file` and reloads it when its contents change; a broken file keeps the
+/// previous maps.
+pub async fn watch_file(path: PathBuf, interval: Duration, state: Arc<AppState>) {
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = std::fs::read(&path).ok();
+        if now == last {
+            continue;
+        }
+        last = now;
+        match load_file_once(&path, &state) {
+            Ok(()) => state.metrics.file_reload(true),
+            Err(e) => {
+                state.metrics.file_reload(false);
+                tracing::error!(error = format!("{e:#}"), "--imagemaps-file is broken; keeping the previous maps");
+            }
+        }
+    }
+}
