@@ -75,7 +75,7 @@ pub struct StartupTimings {
     pub controller_manager: Option<Duration>,
     /// CRD apply until Established.
     pub crds: Option<Duration>,
-    /// Everything, from [`ControlPlane::start`] to return.
+    /// Everything, from the start of the successful attempt to ready.
     pub total: Duration,
 }
 
@@ -351,7 +351,7 @@ impl ControlPlane {
         }
         if outcome.is_none() {
             bail!(
-                "{name} was not ready after {:.0?}; last lines of {}:\n{}",
+                "{name} was not ready after {:.1?}; last lines of {}:\n{}",
                 started.elapsed(),
                 process.log_path().display(),
                 process.log_tail(40)

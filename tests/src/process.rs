@@ -191,10 +191,9 @@ impl ManagedProcess {
         if !grace.is_zero() {
             signal_group("TERM", pgid);
             let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if matches!(self.child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
+            // Not `try_wait`: an exited but unreaped leader keeps its pid, and so the group id,
+            // reserved until the SIGKILL below has gone out.
+            while Instant::now() < deadline && process_alive(pgid) {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

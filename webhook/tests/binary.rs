@@ -1,0 +1,133 @@
+//! The built `imagemap-webhook` binary, started the way an operator or the acceptance checks do:
+//! `--no-cluster --imagemaps-file`, real TLS, file reload, SIGTERM.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Webhook {
+    child: Child,
+    client: common::Client,
+    _dir: tempfile::TempDir,
+    maps: std::path::PathBuf,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
+ {"apiVersion":"tilt.dev/v1alpha1","kind":"ImageMap","metadata":{"name":"api","namespace":"dev"},
+  "spec":{"selector":"my-apiserver","matchInEnvVars":true,"overrideArgs":{"args":["--dev"]}},
+  "status":{"image":"localhost:5000/my-apiserver:tilt-1","imageFromCluster":"registry:5000/my-apiserver:tilt-1"}}]}"#;
+
+async fn start() -> Webhook {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::mint(dir.path());
+    let maps = dir.path().join("maps.json");
+    std::fs::write(&maps, MAPS).expect("write maps");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"))
+        .args(["--no-cluster", "--listen", &format!("127.0.0.1:{port}"), "--maps-reload-interval", "100ms"])
+        .arg("--imagemaps-file")
+        .arg(&maps)
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-private-key-file")
+        .arg(dir.path().join("tls.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn webhook");
+    let client = common::Client::new(&ca.cert_pem, format!("127.0.0.1:{port}").parse().expect("addr"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if client.connect().await.is_ok() && client.send("GET /readyz HTTP/1.1\r\nHost: x", b"").await.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "webhook did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Webhook { child, client, _dir: dir, maps }
+}
+
+async fn swapped_pod(w: &Webhook) -> Value {
+    let review: Value = serde_json::from_str(common::FIXTURE).expect("fixture");
+    let reply = w.client.post(common::FIXTURE.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let resp: Value = serde_json::from_str(&reply.body).expect("json");
+    common::apply_response_patch(&review, &resp)
+}
+
+#[tokio::test]
+async fn no_cluster_mode_swaps_from_the_maps_file_and_reloads_it() {
+    let w = start().await;
+    let pod = swapped_pod(&w).await;
+    let web = &pod["spec"]["containers"][0];
+    assert_eq!(web["image"], "registry:5000/my-apiserver:tilt-1", "imageFromCluster wins over image");
+    assert_eq!(web["args"], json!(["--dev"]));
+    assert_eq!(web["env"][0]["value"], "registry:5000/my-apiserver:tilt-1");
+    assert_eq!(pod["spec"]["initContainers"][0]["image"], "registry:5000/my-apiserver:tilt-1");
+    assert_eq!(pod["spec"]["containers"][1]["image"], "busybox:1.36");
+
+    std::fs::write(&w.maps, MAPS.replace("tilt-1", "tilt-2")).expect("rewrite maps");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pod = swapped_pod(&w).await;
+        if pod["spec"]["containers"][0]["image"] == "registry:5000/my-apiserver:tilt-2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "maps file was not reloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken file keeps the previous maps.
+    std::fs::write(&w.maps, "{ broken").expect("break maps");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(swapped_pod(&w).await["spec"]["containers"][0]["image"], "registry:5000/my-apiserver:tilt-2");
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_and_exits_cleanly() {
+    let mut w = start().await;
+    let pid = w.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = w.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "did not exit within the grace period");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[test]
+fn refuses_to_start_with_a_broken_certificate_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.crt"), "garbage").expect("write");
+    std::fs::write(dir.path().join("tls.key"), "garbage").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"))
+        .args(["--no-cluster", "--listen", "127.0.0.1:0"])
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-private-key-file")
+        .arg(dir.path().join("tls.key"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls.crt contains no PEM certificate"), "{stderr}");
+}
