@@ -2,8 +2,12 @@
 //! Pure: no I/O, no clock; the server adds transport, metrics and logs around it.
 
 use base64::Engine as _;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube::core::DynamicObject;
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::{NamespaceResourceScope, TypeMeta};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::inject::{inject, Applicable, Injection, MetadataView, PodView, SWAPS_ANNOTATION};
@@ -57,10 +61,60 @@ pub struct Reviewed {
     pub injection: Option<Injection>,
 }
 
+/// The part of a Pod the webhook reads: metadata and spec, as JSON. Everything else in the
+/// object (status, managed fields' contents aside) is skipped while parsing, not materialized.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PodObject {
+    /// The Pod's metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// The Pod's spec, untyped so that unknown fields are never lost or re-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Value>,
+}
+
+impl kube::Resource for PodObject {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("Pod")
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("v1")
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("pods")
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The AdmissionReview envelope. kube's `AdmissionReview` flattens its type meta, which makes
+/// serde buffer the whole body before parsing it again; this envelope reads the same JSON in one
+/// pass and hands kube's `AdmissionRequest` through.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<AdmissionRequest<PodObject>>,
+}
+
 /// Decodes `body`, decides, and encodes the response AdmissionReview.
 pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
-    let request: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| ReviewError::NoRequest)?;
+    let envelope: Envelope = serde_json::from_slice(body)?;
+    let mut request = envelope.request.ok_or(ReviewError::NoRequest)?;
+    request.types = TypeMeta { api_version: envelope.api_version, kind: envelope.kind };
     let mut response = AdmissionResponse::from(&request);
     let (outcome, object, injection) = match pod_create(&request) {
         None => (Outcome::Skipped, request.name.clone(), None),
@@ -95,7 +149,7 @@ pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
 }
 
 /// The Pod of a Pod CREATE review (not a subresource), if that is what this is.
-fn pod_create(request: &AdmissionRequest<DynamicObject>) -> Option<&DynamicObject> {
+fn pod_create(request: &AdmissionRequest<PodObject>) -> Option<&PodObject> {
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
     let create = matches!(request.operation, Operation::Create);
     let subresource = request.sub_resource.as_deref().is_some_and(|s| !s.is_empty());
@@ -105,23 +159,25 @@ fn pod_create(request: &AdmissionRequest<DynamicObject>) -> Option<&DynamicObjec
     request.object.as_ref()
 }
 
-fn view(pod: &DynamicObject) -> PodView<'_> {
+fn view(pod: &PodObject) -> PodView<'_> {
     let metadata = match &pod.metadata.annotations {
         Some(a) => MetadataView::Annotations(a.get(SWAPS_ANNOTATION).map(String::as_str)),
         None => MetadataView::NoAnnotations,
     };
-    PodView { spec: pod.data.get("spec"), metadata }
+    PodView { spec: pod.spec.as_ref(), metadata }
 }
 
 /// Encodes the response review with `patch` (a serialized JSON patch), base64-encoded as Go's
 /// `[]byte` expects (kube-core alone would write an array of numbers), and `patchType: JSONPatch`.
 fn encode(response: AdmissionResponse, patch: Option<Vec<u8>>) -> Result<Vec<u8>, serde_json::Error> {
-    let mut value = serde_json::to_value(response.into_review())?;
-    if let (Some(patch), Some(Value::Object(r))) = (patch, value.get_mut("response")) {
+    let types = response.types.clone();
+    let mut fields = serde_json::to_value(&response)?;
+    if let (Some(patch), Value::Object(r)) = (patch, &mut fields) {
         r.insert("patch".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(patch)));
         r.insert("patchType".into(), Value::String("JSONPatch".into()));
     }
-    serde_json::to_vec(&value)
+    let api_version = if types.api_version.is_empty() { "admission.k8s.io/v1".to_string() } else { types.api_version };
+    serde_json::to_vec(&serde_json::json!({ "apiVersion": api_version, "kind": "AdmissionReview", "response": fields }))
 }
 
 /// Encodes an answer for a review we could not read at all: allowed, no patch, with `reason`

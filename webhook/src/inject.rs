@@ -85,6 +85,42 @@ enum Kind {
     Volume,
 }
 
+/// Where a value sits in the Pod; its field name and patch path are built only on a match.
+#[derive(Clone, Copy)]
+enum Site<'v> {
+    Image { list: &'static str, index: usize, name: &'v str },
+    Env { list: &'static str, index: usize, name: &'v str, env_index: usize, var: &'v str },
+    Volume { index: usize, name: &'v str },
+}
+
+impl Site<'_> {
+    fn kind(&self) -> Kind {
+        match self {
+            Site::Image { .. } => Kind::Container,
+            Site::Env { .. } => Kind::Env,
+            Site::Volume { .. } => Kind::Volume,
+        }
+    }
+
+    /// The field as recorded, e.g. `spec.containers{app}.env{IMG}`.
+    fn field(&self) -> String {
+        match self {
+            Site::Image { list, name, .. } => format!("spec.{list}{{{name}}}.image"),
+            Site::Env { list, name, var, .. } => format!("spec.{list}{{{name}}}.env{{{var}}}"),
+            Site::Volume { name, .. } => format!("spec.volumes{{{name}}}.image.reference"),
+        }
+    }
+
+    /// The JSON pointer to the value.
+    fn path(&self) -> String {
+        match self {
+            Site::Image { list, index, .. } => format!("/spec/{list}/{index}/image"),
+            Site::Env { list, index, env_index, .. } => format!("/spec/{list}/{index}/env/{env_index}/value"),
+            Site::Volume { index, .. } => format!("/spec/volumes/{index}/image/reference"),
+        }
+    }
+}
+
 /// The parts of a Pod the engine reads: its spec and what its metadata holds.
 #[derive(Debug, Clone, Copy)]
 pub struct PodView<'a> {
@@ -132,10 +168,10 @@ pub fn inject(pod: PodView<'_>, maps: &Applicable<'_>) -> Injection {
     };
     let mut run = Run { maps, out: Injection::default(), previous, records: Vec::new() };
     let spec = pod.spec;
-    for (list, label) in [("containers", "spec.containers"), ("initContainers", "spec.initContainers")] {
+    for list in ["containers", "initContainers"] {
         let Some(containers) = spec.and_then(|s| s.get(list)).and_then(Value::as_array) else { continue };
         for (i, c) in containers.iter().enumerate() {
-            run.container(c, &format!("/spec/{list}/{i}"), label);
+            run.container(c, list, i);
         }
     }
     if let Some(volumes) = spec.and_then(|s| s.get("volumes")).and_then(Value::as_array) {
@@ -160,62 +196,63 @@ struct Decision<'m> {
 }
 
 impl<'a> Run<'a> {
-    fn container(&mut self, c: &Value, path: &str, label: &str) {
+    fn container(&mut self, c: &Value, list: &'static str, index: usize) {
         let name = c.get("name").and_then(Value::as_str).unwrap_or("");
         if let Some(image) = c.get("image").and_then(Value::as_str) {
-            let field = format!("{label}{{{name}}}.image");
-            if let Some(map) = self.swap(image, &field, Kind::Container, &format!("{path}/image")) {
+            if let Some(map) = self.swap(image, Site::Image { list, index, name }) {
+                let path = format!("/spec/{list}/{index}");
                 self.out.patch.add(&format!("{path}/imagePullPolicy"), json!(PULL_POLICY));
-                override_list(&mut self.out.patch, c, path, "command", map.command.as_deref());
-                override_list(&mut self.out.patch, c, path, "args", map.args.as_deref());
+                override_list(&mut self.out.patch, c, &path, "command", map.command.as_deref());
+                override_list(&mut self.out.patch, c, &path, "args", map.args.as_deref());
             }
         }
+        if !self.maps.index.has_env_maps() {
+            return;
+        }
         if let Some(env) = c.get("env").and_then(Value::as_array) {
-            for (j, e) in env.iter().enumerate() {
+            for (env_index, e) in env.iter().enumerate() {
                 // Only literal values; `valueFrom` is never touched.
                 let (Some(var), Some(value)) = (e.get("name").and_then(Value::as_str), e.get("value").and_then(Value::as_str))
                 else {
                     continue;
                 };
-                let field = format!("{label}{{{name}}}.env{{{var}}}");
-                self.swap(value, &field, Kind::Env, &format!("{path}/env/{j}/value"));
+                self.swap(value, Site::Env { list, index, name, env_index, var });
             }
         }
     }
 
-    fn volume(&mut self, v: &Value, i: usize) {
+    fn volume(&mut self, v: &Value, index: usize) {
         let Some(reference) = v.get("image").and_then(|im| im.get("reference")).and_then(Value::as_str) else { return };
         let name = v.get("name").and_then(Value::as_str).unwrap_or("");
-        let field = format!("spec.volumes{{{name}}}.image.reference");
-        if self.swap(reference, &field, Kind::Volume, &format!("/spec/volumes/{i}/image/reference")).is_some() {
-            self.out.patch.add(&format!("/spec/volumes/{i}/image/pullPolicy"), json!(PULL_POLICY));
+        if self.swap(reference, Site::Volume { index, name }).is_some() {
+            self.out.patch.add(&format!("/spec/volumes/{index}/image/pullPolicy"), json!(PULL_POLICY));
         }
     }
 
-    /// Swaps `value` at `path` if a usable map matches it; returns the winning map.
-    fn swap(&mut self, value: &str, field: &str, kind: Kind, path: &str) -> Option<&'a CompiledMap> {
+    /// Swaps the value at `site` if a usable map matches it; returns the winning map.
+    fn swap(&mut self, value: &str, site: Site<'_>) -> Option<&'a CompiledMap> {
         let reference = Reference::parse(value).ok()?;
+        if self.maps.index.candidates(self.maps.namespace, reference.name()).iter().next().is_none() {
+            return None;
+        }
+        let field = site.field();
         // Already swapped by an earlier call: the recorded value is ours, leave it alone.
         if self.previous.iter().any(|r| r.field == field && r.image == value) {
             return None;
         }
-        let decision = self.decide(&reference, value, field, kind);
+        let kind = site.kind();
+        let decision = self.decide(&reference, value, &field, kind);
         let (map, scope, target) = decision.winner?;
         if target.familiar == value {
             return None;
         }
-        self.out.patch.replace(path, json!(target.familiar));
-        let record = SwapRecord {
-            field: field.to_string(),
-            original: value.to_string(),
-            image: target.familiar.clone(),
-            image_map: map.id.clone(),
-        };
+        self.out.patch.replace(&site.path(), json!(target.familiar));
         let what = match kind {
             Kind::Env => "env value",
             Kind::Container | Kind::Volume => "image",
         };
         push_unique(&mut self.out.warnings, format!("{what} {value} swapped to {} by ImageMap {}", target.familiar, map.id));
+        let record = SwapRecord { field, original: value.to_string(), image: target.familiar.clone(), image_map: map.id.clone() };
         self.records.push(record.clone());
         self.out.swaps.push(Swap { record, exact: map.match_exact, scope, outranked: decision.outranked });
         Some(map)

@@ -161,6 +161,7 @@ pub struct MapIndex {
     global_namespace: Option<String>,
     cluster_len: usize,
     file_len: usize,
+    env_maps: usize,
 }
 
 /// The maps that may apply to one repository name for a Pod: at most three buckets.
@@ -192,6 +193,11 @@ impl MapIndex {
         self.cluster_len + self.file_len
     }
 
+    /// True when some map swaps env values (else env vars need not be looked at).
+    pub fn has_env_maps(&self) -> bool {
+        self.env_maps > 0
+    }
+
     /// True when no map is indexed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -217,6 +223,7 @@ impl MapIndex {
                     .push(Arc::new(compiled));
                 self.cluster_keys.insert(key, name);
                 self.cluster_len += 1;
+                self.env_maps += usize::from(map.spec.match_in_env_vars);
                 Ok(())
             }
             Err(invalid) => {
@@ -233,7 +240,10 @@ impl MapIndex {
         let Some(selector_name) = self.cluster_keys.remove(&key) else { return };
         if let Some(names) = self.by_namespace.get_mut(namespace) {
             if let Some(bucket) = names.get_mut(&selector_name) {
-                bucket.retain(|m| m.name != name);
+                if let Some(pos) = bucket.iter().position(|m| m.name == name) {
+                    let removed = bucket.swap_remove(pos);
+                    self.env_maps -= usize::from(removed.match_in_env_vars);
+                }
                 self.cluster_len -= 1;
                 if bucket.is_empty() {
                     names.remove(&selector_name);
@@ -251,17 +261,20 @@ impl MapIndex {
         self.cluster_keys.clear();
         self.invalid.clear();
         self.cluster_len = 0;
+        self.env_maps = self.file.values().flatten().filter(|m| m.match_in_env_vars).count();
         maps.into_iter().filter_map(|m| self.upsert(m).err()).collect()
     }
 
     /// Replaces every file map; returns the ones skipped as invalid.
     pub fn replace_file<'m>(&mut self, maps: impl IntoIterator<Item = &'m ImageMap>) -> Vec<InvalidMap> {
+        self.env_maps -= self.file.values().flatten().filter(|m| m.match_in_env_vars).count();
         self.file.clear();
         self.file_len = 0;
         let mut invalid = Vec::new();
         for map in maps {
             match CompiledMap::compile(map, Origin::File) {
                 Ok(c) => {
+                    self.env_maps += usize::from(c.match_in_env_vars);
                     self.file.entry(c.selector.name().to_string()).or_default().push(Arc::new(c));
                     self.file_len += 1;
                 }
