@@ -1,0 +1,48 @@
+# imagemap: build, test and run. `make test` is the one test command (CI runs it).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build release test lint fmt crd controlplane dev dev-down bench clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+## The control-plane binaries (etcd, kube-apiserver, kube-controller-manager, helm), cached
+## outside the repository under ~/.cache/imagemap.
+controlplane:
+	bash tests/controlplane/build.sh
+
+## Regenerate the CRD from the Rust types into the chart.
+crd:
+	$(CARGO) run -q -p imagemap-webhook --no-default-features --bin imagemap-crd > charts/imagemap/crds/imagemaps.tilt.dev.yaml
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Everything: format, lints, unit tests, and end-to-end tests against a real API server.
+test: lint controlplane build
+	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
+	  $(CARGO) test --workspace --all-targets
+
+## A local control plane with the webhook, for trying things out. Returns with it running.
+dev: controlplane build
+	bash scripts/dev.sh up
+
+dev-down:
+	bash scripts/dev.sh down
+
+## Benchmarks (not part of `make test`).
+bench:
+	bash scripts/bench.sh
+
+clean:
+	$(CARGO) clean
