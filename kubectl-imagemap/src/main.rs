@@ -1,12 +1,39 @@
-//! `kubectl imagemap`: manage ImageMaps and preview image swaps.
+//! `kubectl imagemap`: manage ImageMaps, preview and explain image swaps, check an install.
+//! Results go to standard output, errors (with their fix) to standard error, exit code 1.
+
+mod cli;
+mod client;
+mod commands;
+mod input;
+mod render;
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use cli::{Cli, Command};
 
-/// Manage ImageMaps: which freshly built image a Pod's image reference means.
-#[derive(Parser)]
-#[command(name = "kubectl-imagemap", bin_name = "kubectl imagemap", version)]
-struct Cli {}
-
-fn main() {
-    let _ = Cli::parse();
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Create(a) => commands::create::run(&cli.global, a).await,
+        Command::List(a) | Command::Get(a) => commands::get::run(&cli.global, a).await,
+        Command::Describe(a) => commands::describe::run(&cli.global, a).await,
+        Command::SetImage(a) => commands::set_image::run(&cli.global, a).await,
+        Command::Delete(a) => commands::delete::run(&cli.global, a).await,
+        Command::Inject(a) => commands::inject::run(&cli.global, a).await,
+        Command::Explain(a) => commands::explain::run(&cli.global, a).await,
+        Command::Doctor(a) => commands::doctor::run(&cli.global, a).await,
+        Command::Completion { shell } => Ok(commands::completion::script(*shell)),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -21,9 +21,7 @@ pub fn workspace_root() -> PathBuf {
 /// cores, a second or two after). Looked up once per process.
 pub fn bin_dir() -> Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| locate().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    BIN.get_or_init(|| locate().map_err(|e| format!("{e:#}"))).clone().map_err(|e| anyhow!(e))
 }
 
 fn locate() -> Result<PathBuf> {
@@ -49,17 +47,9 @@ fn run_build_script() -> Result<PathBuf> {
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !output.status.success() {
-        bail!(
-            "{} failed ({}); set {BIN_ENV} to use prebuilt binaries",
-            script.display(),
-            output.status
-        );
+        bail!("{} failed ({}); set {BIN_ENV} to use prebuilt binaries", script.display(), output.status);
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .context("build.sh printed no bin folder")?;
+    let last = stdout.lines().map(str::trim).rfind(|l| !l.is_empty()).context("build.sh printed no bin folder")?;
     Ok(PathBuf::from(last))
 }

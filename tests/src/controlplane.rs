@@ -54,11 +54,7 @@ pub struct ControlPlaneOptions {
 
 impl Default for ControlPlaneOptions {
     fn default() -> Self {
-        ControlPlaneOptions {
-            controller_manager: false,
-            install_crds: true,
-            ready_timeout: Duration::from_secs(180),
-        }
+        ControlPlaneOptions { controller_manager: false, install_crds: true, ready_timeout: Duration::from_secs(180) }
     }
 }
 
@@ -104,10 +100,7 @@ impl ControlPlane {
         let mut attempt = 1;
         loop {
             match Self::start_in(&bin_dir, &opts) {
-                Err(e)
-                    if attempt < PORT_RETRIES
-                        && format!("{e:#}").contains("address already in use") =>
-                {
+                Err(e) if attempt < PORT_RETRIES && format!("{e:#}").contains("address already in use") => {
                     eprintln!("imagemap-e2e: a port was taken while starting, trying again: {e:#}");
                     attempt += 1;
                 }
@@ -118,17 +111,12 @@ impl ControlPlane {
 
     fn start_in(bin_dir: &Path, opts: &ControlPlaneOptions) -> Result<ControlPlane> {
         let started = Instant::now();
-        let mut dir = tempfile::Builder::new()
-            .prefix("imagemap-e2e-")
-            .tempdir()
-            .context("creating the plane's folder")?;
+        let mut dir =
+            tempfile::Builder::new().prefix("imagemap-e2e-").tempdir().context("creating the plane's folder")?;
         let keep = std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty());
         if keep {
             dir.disable_cleanup(true);
-            eprintln!(
-                "imagemap-e2e: keeping {} ({KEEP_ENV} is set)",
-                dir.path().display()
-            );
+            eprintln!("imagemap-e2e: keeping {} ({KEEP_ENV} is set)", dir.path().display());
         }
         let pki = Pki::generate(&dir.path().join("pki"))?;
         let ports = net::free_ports(3)?;
@@ -164,10 +152,7 @@ impl ControlPlane {
             apiserver_port,
             etcd_port,
             etcd_peer_port,
-            timings: StartupTimings {
-                pki: started.elapsed(),
-                ..StartupTimings::default()
-            },
+            timings: StartupTimings { pki: started.elapsed(), ..StartupTimings::default() },
         };
         // On error `plane` is dropped here, which stops whatever was started.
         plane.boot(opts)?;
@@ -185,50 +170,29 @@ impl ControlPlane {
         let step = Instant::now();
         self.spawn("etcd", self.etcd_args())?;
         let port = self.etcd_port;
-        self.wait_ready(
-            "etcd",
-            opts.ready_timeout,
-            Duration::from_millis(100),
-            |_| net::http_get(port, "/health").is_ok_and(|r| r.contains(r#""health":"true""#)),
-        )?;
+        self.wait_ready("etcd", opts.ready_timeout, Duration::from_millis(100), |_| {
+            net::http_get(port, "/health").is_ok_and(|r| r.contains(r#""health":"true""#))
+        })?;
         self.timings.etcd = step.elapsed();
 
         let step = Instant::now();
         self.spawn("kube-apiserver", self.apiserver_args())?;
         let port = self.apiserver_port;
-        self.wait_ready(
-            "kube-apiserver",
-            opts.ready_timeout,
-            Duration::from_millis(250),
-            |kubectl| {
-                // A cheap TCP probe first: each kubectl run costs CPU the apiserver needs to start.
-                net::port_open(port)
-                    && kubectl
-                        .run(["get", "--raw", "/readyz"])
-                        .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"ok")
-            },
-        )
+        self.wait_ready("kube-apiserver", opts.ready_timeout, Duration::from_millis(250), |kubectl| {
+            // A cheap TCP probe first: each kubectl run costs CPU the apiserver needs to start.
+            net::port_open(port)
+                && kubectl
+                    .run(["get", "--raw", "/readyz"])
+                    .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"ok")
+        })
         .map_err(|e| {
             // Still running but not ready: say which checks fail.
-            if self
-                .processes
-                .last_mut()
-                .is_some_and(|p| p.ensure_running().is_ok())
-            {
+            if self.processes.last_mut().is_some_and(|p| p.ensure_running().is_ok()) {
                 let verbose = self
                     .kubectl
                     .run(["get", "--raw", "/readyz?verbose"])
-                    .map(|o| {
-                        format!(
-                            "{}{}",
-                            String::from_utf8_lossy(&o.stdout),
-                            String::from_utf8_lossy(&o.stderr)
-                        )
-                    });
-                e.context(format!(
-                    "/readyz?verbose says:\n{}",
-                    verbose.unwrap_or_else(|e| e.to_string())
-                ))
+                    .map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)));
+                e.context(format!("/readyz?verbose says:\n{}", verbose.unwrap_or_else(|e| e.to_string())))
             } else {
                 e
             }
@@ -240,24 +204,11 @@ impl ControlPlane {
             self.spawn("kube-controller-manager", self.controller_manager_args())?;
             // No health port (--secure-port=0): the serviceaccount controller creating the
             // `default` ServiceAccount in `default` shows that the controllers run.
-            self.wait_ready(
-                "kube-controller-manager",
-                opts.ready_timeout,
-                Duration::from_millis(500),
-                |kubectl| {
-                    kubectl
-                        .run([
-                            "get",
-                            "serviceaccount",
-                            "default",
-                            "--namespace",
-                            "default",
-                            "--output",
-                            "name",
-                        ])
-                        .is_ok_and(|o| o.status.success())
-                },
-            )?;
+            self.wait_ready("kube-controller-manager", opts.ready_timeout, Duration::from_millis(500), |kubectl| {
+                kubectl
+                    .run(["get", "serviceaccount", "default", "--namespace", "default", "--output", "name"])
+                    .is_ok_and(|o| o.status.success())
+            })?;
             self.timings.controller_manager = Some(step.elapsed());
         }
 
@@ -273,18 +224,13 @@ impl ControlPlane {
         let dir = binaries::workspace_root().join(CRD_DIR);
         let has_yaml = std::fs::read_dir(&dir)
             .map(|entries| {
-                entries.flatten().any(|e| {
-                    e.path()
-                        .extension()
-                        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
-                })
+                entries
+                    .flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
             })
             .unwrap_or(false);
         if !has_yaml {
-            eprintln!(
-                "imagemap-e2e: no CRDs in {}, skipping CRD installation",
-                dir.display()
-            );
+            eprintln!("imagemap-e2e: no CRDs in {}, skipping CRD installation", dir.display());
             return Ok(None);
         }
         let step = Instant::now();
@@ -304,21 +250,14 @@ impl ControlPlane {
             OsStr::new("-f"),
             dir_arg,
         ])?;
-        eprintln!(
-            "imagemap-e2e: installed the CRDs in {} in {:.1?}",
-            dir.display(),
-            step.elapsed()
-        );
+        eprintln!("imagemap-e2e: installed the CRDs in {} in {:.1?}", dir.display(), step.elapsed());
         Ok(Some(step.elapsed()))
     }
 
     fn spawn(&mut self, name: &str, args: Vec<String>) -> Result<()> {
         let program = self.bin_dir.join(name);
         if !program.is_file() {
-            bail!(
-                "{} is missing; run tests/controlplane/build.sh",
-                program.display()
-            );
+            bail!("{} is missing; run tests/controlplane/build.sh", program.display());
         }
         let log = self.dir.path().join(format!("{name}.log"));
         let process = ManagedProcess::spawn(name, &program, &args, &log, &mut self.watchdog)?;
@@ -405,10 +344,7 @@ impl ControlPlane {
             "--endpoint-reconciler-type=none".into(),
             // Serving certificate (SANs 127.0.0.1, localhost, kubernetes.default.svc...).
             format!("--tls-cert-file={}", pki.apiserver.cert_path.display()),
-            format!(
-                "--tls-private-key-file={}",
-                pki.apiserver.key_path.display()
-            ),
+            format!("--tls-private-key-file={}", pki.apiserver.key_path.display()),
             // Client-certificate authentication: the admin and controller-manager certificates
             // (O=system:masters) are signed by this CA.
             format!("--client-ca-file={}", pki.client_ca.cert_path.display()),
@@ -418,14 +354,8 @@ impl ControlPlane {
             // Service-account tokens: required flags since 1.20. The controller-manager signs
             // with the same private key.
             format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
-            format!(
-                "--service-account-key-file={}",
-                pki.service_account.cert_path.display()
-            ),
-            format!(
-                "--service-account-signing-key-file={}",
-                pki.service_account.key_path.display()
-            ),
+            format!("--service-account-key-file={}", pki.service_account.cert_path.display()),
+            format!("--service-account-signing-key-file={}", pki.service_account.key_path.display()),
             // ClusterIPs are allocated from here (the `kubernetes` Service gets 10.0.0.1);
             // nothing routes to them.
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
@@ -503,10 +433,7 @@ impl ControlPlane {
 
     /// The pid of a running component (`etcd`, `kube-apiserver`, `kube-controller-manager`).
     pub fn pid(&self, component: &str) -> Option<u32> {
-        self.processes
-            .iter()
-            .find(|p| p.name() == component)
-            .map(ManagedProcess::pid)
+        self.processes.iter().find(|p| p.name() == component).map(ManagedProcess::pid)
     }
 
     /// The pid of the watchdog that kills the plane if the test process dies.
@@ -555,20 +482,15 @@ impl ControlPlane {
     /// until it exists, and without a controller-manager nothing else would create it (with
     /// one, its creation races ours; either wins). Panics on failure.
     pub fn create_namespace(&self, prefix: &str) -> String {
-        self.try_create_namespace(prefix)
-            .unwrap_or_else(|e| panic!("{e:#}"))
+        self.try_create_namespace(prefix).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// [`ControlPlane::create_namespace`], returning errors.
     pub fn try_create_namespace(&self, prefix: &str) -> Result<String> {
         let name = unique_namespace_name(prefix);
         self.kubectl.ok(["create", "namespace", &name])?;
-        let output =
-            self.kubectl
-                .run(["create", "serviceaccount", "default", "--namespace", &name])?;
-        if !output.status.success()
-            && !String::from_utf8_lossy(&output.stderr).contains("already exists")
-        {
+        let output = self.kubectl.run(["create", "serviceaccount", "default", "--namespace", &name])?;
+        if !output.status.success() && !String::from_utf8_lossy(&output.stderr).contains("already exists") {
             kubectl::check("kubectl create serviceaccount default", &output)?;
         }
         Ok(name)
@@ -604,17 +526,9 @@ impl Drop for ControlPlane {
         while let Some(mut process) = self.processes.pop() {
             let step = Instant::now();
             process.stop(STOP_GRACE);
-            eprintln!(
-                "imagemap-e2e: stopped {} in {:.1?}",
-                process.name(),
-                step.elapsed()
-            );
+            eprintln!("imagemap-e2e: stopped {} in {:.1?}", process.name(), step.elapsed());
         }
-        eprintln!(
-            "imagemap-e2e: stopped the control plane at {} in {:.1?}",
-            self.server_url(),
-            started.elapsed()
-        );
+        eprintln!("imagemap-e2e: stopped the control plane at {} in {:.1?}", self.server_url(), started.elapsed());
     }
 }
 
@@ -623,17 +537,8 @@ impl Drop for ControlPlane {
 fn unique_namespace_name(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut base: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
+    let mut base: String =
+        prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
     base = base.trim_matches('-').to_string();
     if base.is_empty() {
         base.push_str("test");
@@ -648,11 +553,8 @@ fn unique_namespace_name(prefix: &str) -> String {
 pub fn shared() -> &'static ControlPlane {
     static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
     let plane = SHARED.get_or_init(|| {
-        ControlPlane::start(ControlPlaneOptions {
-            controller_manager: true,
-            ..ControlPlaneOptions::default()
-        })
-        .map_err(|e| format!("{e:#}"))
+        ControlPlane::start(ControlPlaneOptions { controller_manager: true, ..ControlPlaneOptions::default() })
+            .map_err(|e| format!("{e:#}"))
     });
     match plane {
         Ok(plane) => plane,
@@ -671,9 +573,7 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with("pod-injection-test-"), "{a}");
         assert!(a.len() <= 63);
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         assert!(unique_namespace_name("--").starts_with("test-"));
         assert!(unique_namespace_name(&"x".repeat(100)).len() <= 63);
     }

@@ -10,13 +10,7 @@ use serde_json::json;
 
 /// Renders a kubeconfig with one cluster, one user and one context, all named `name`, with
 /// the server CA and the client certificate and key embedded as `*-data`.
-pub fn render(
-    name: &str,
-    server: &str,
-    ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<String> {
+pub fn render(name: &str, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<String> {
     let config = json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -39,19 +33,8 @@ pub fn render(
 }
 
 /// Writes [`render`]'s output to `path`, readable by the owner only (it holds a private key).
-pub fn write(
-    path: &Path,
-    name: &str,
-    server: &str,
-    ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
-) -> Result<()> {
-    imagemap_certs::write(
-        path,
-        &render(name, server, ca_pem, cert_pem, key_pem)?,
-        true,
-    )
+pub fn write(path: &Path, name: &str, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<()> {
+    imagemap_certs::write(path, &render(name, server, ca_pem, cert_pem, key_pem)?, true)
 }
 
 #[cfg(test)]
@@ -63,14 +46,8 @@ mod tests {
         let text = render("e2e", "https://127.0.0.1:6443", "CA", "CERT", "KEY").expect("render");
         let value: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
         assert_eq!(value["current-context"], "e2e");
-        assert_eq!(
-            value["clusters"][0]["cluster"]["server"],
-            "https://127.0.0.1:6443"
-        );
-        assert_eq!(
-            value["clusters"][0]["cluster"]["certificate-authority-data"],
-            "Q0E="
-        );
+        assert_eq!(value["clusters"][0]["cluster"]["server"], "https://127.0.0.1:6443");
+        assert_eq!(value["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");
         assert_eq!(value["users"][0]["user"]["client-key-data"], "S0VZ");
     }
 }

@@ -25,20 +25,13 @@ impl Kubectl {
         let program = std::env::var_os(KUBECTL_ENV)
             .filter(|p| !p.is_empty())
             .map_or_else(|| PathBuf::from("kubectl"), PathBuf::from);
-        Kubectl {
-            program,
-            kubeconfig: kubeconfig.to_path_buf(),
-            cache_dir: cache_dir.to_path_buf(),
-        }
+        Kubectl { program, kubeconfig: kubeconfig.to_path_buf(), cache_dir: cache_dir.to_path_buf() }
     }
 
     /// A `kubectl --kubeconfig=... --cache-dir=...` command to add arguments to.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache_dir);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--cache-dir").arg(&self.cache_dir);
         cmd.env_remove("KUBECONFIG");
         cmd
     }
@@ -83,13 +76,9 @@ impl Kubectl {
 
 /// Runs `cmd` to completion with `stdin` (or none), capturing stdout and stderr.
 pub fn run(mut cmd: Command, stdin: Option<&str>) -> Result<Output> {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // Written from a thread: a large input could otherwise fill the pipe while the child

@@ -20,7 +20,11 @@ pub mod net;
 pub mod pki;
 pub mod process;
 pub mod wait;
+pub mod webhook;
 
 pub use controlplane::{shared, ControlPlane, ControlPlaneOptions, StartupTimings};
 pub use kubectl::Kubectl;
 pub use wait::poll;
+pub use webhook::{
+    register, shared_webhook, unregister, workspace_binary, Registration, ServedWebhook, Webhook, WebhookOptions,
+};

@@ -59,26 +59,19 @@ impl Pki {
 
         let mut sans = Sans {
             dns: vec!["localhost".to_string()],
-            ips: vec![
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V4(KUBERNETES_SERVICE_IP),
-            ],
+            ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(KUBERNETES_SERVICE_IP)],
         };
-        for name in [
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-        ] {
+        for name in
+            ["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+        {
             sans.dns.push(name.to_string());
         }
         let apiserver = server_ca.serving("kube-apiserver", &sans, DAYS)?;
         let admin = client_ca.client("admin", &["system:masters"], DAYS)?;
-        let controller_manager =
-            client_ca.client("system:kube-controller-manager", &["system:masters"], DAYS)?;
+        let controller_manager = client_ca.client("system:kube-controller-manager", &["system:masters"], DAYS)?;
 
-        let sa_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .context("generating the service-account key")?;
+        let sa_key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating the service-account key")?;
 
         Ok(Pki {
             server_ca: save(dir, "ca", &server_ca.cert_pem, &server_ca.key_pem)?,
@@ -100,11 +93,7 @@ fn save_leaf(dir: &Path, name: &str, leaf: &LeafCertificate) -> Result<KeyPairFi
 }
 
 fn save(dir: &Path, name: &str, cert_pem: &str, key_pem: &str) -> Result<KeyPairFiles> {
-    save_named(
-        dir,
-        (&format!("{name}.crt"), cert_pem),
-        (&format!("{name}.key"), key_pem),
-    )
+    save_named(dir, (&format!("{name}.crt"), cert_pem), (&format!("{name}.key"), key_pem))
 }
 
 fn save_named(
@@ -116,12 +105,7 @@ fn save_named(
     let key_path = dir.join(key_name);
     write(&cert_path, cert_pem, false)?;
     write(&key_path, key_pem, true)?;
-    Ok(KeyPairFiles {
-        cert_pem: cert_pem.to_string(),
-        key_pem: key_pem.to_string(),
-        cert_path,
-        key_path,
-    })
+    Ok(KeyPairFiles { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string(), cert_path, key_path })
 }
 
 #[cfg(test)]
@@ -132,30 +116,14 @@ mod tests {
     fn writes_every_file_as_pem() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::generate(dir.path()).expect("generate");
-        for files in [
-            &pki.server_ca,
-            &pki.client_ca,
-            &pki.apiserver,
-            &pki.admin,
-            &pki.controller_manager,
-            &pki.service_account,
-        ] {
+        for files in
+            [&pki.server_ca, &pki.client_ca, &pki.apiserver, &pki.admin, &pki.controller_manager, &pki.service_account]
+        {
             let cert = std::fs::read_to_string(&files.cert_path).expect("read cert");
             let key = std::fs::read_to_string(&files.key_path).expect("read key");
-            assert!(
-                cert.starts_with("-----BEGIN "),
-                "{} is PEM",
-                files.cert_path.display()
-            );
-            assert!(
-                key.starts_with("-----BEGIN PRIVATE KEY-----"),
-                "{} is PKCS#8",
-                files.key_path.display()
-            );
+            assert!(cert.starts_with("-----BEGIN "), "{} is PEM", files.cert_path.display());
+            assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{} is PKCS#8", files.key_path.display());
         }
-        assert!(pki
-            .service_account
-            .cert_pem
-            .starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert!(pki.service_account.cert_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
     }
 }

@@ -56,9 +56,7 @@ pub struct Watchdog {
 impl Watchdog {
     /// Starts the watchdog; it will remove `cleanup_dir` (if any) after killing the groups.
     pub fn spawn(cleanup_dir: Option<&Path>) -> Result<Watchdog> {
-        let dir = cleanup_dir
-            .map(|d| d.as_os_str().to_owned())
-            .unwrap_or_default();
+        let dir = cleanup_dir.map(|d| d.as_os_str().to_owned()).unwrap_or_default();
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG_SCRIPT)
@@ -121,8 +119,7 @@ impl ManagedProcess {
         log_path: &Path,
         watchdog: &mut Watchdog,
     ) -> Result<Self> {
-        let log =
-            File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file handle")?;
         let child = Command::new(program)
             .args(args)
@@ -132,16 +129,10 @@ impl ManagedProcess {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name} ({})", program.display()))?;
-        let mut process = ManagedProcess {
-            name: name.to_string(),
-            child,
-            log_path: log_path.to_path_buf(),
-            exited: false,
-        };
+        let mut process =
+            ManagedProcess { name: name.to_string(), child, log_path: log_path.to_path_buf(), exited: false };
         // If this fails the process is stopped on drop right away.
-        watchdog
-            .guard(process.pid())
-            .inspect_err(|_| process.stop(Duration::ZERO))?;
+        watchdog.guard(process.pid()).inspect_err(|_| process.stop(Duration::ZERO))?;
         Ok(process)
     }
 
@@ -242,9 +233,7 @@ pub fn process_alive(pid: u32) -> bool {
         return false;
     };
     // "PID (COMM) STATE ...": COMM may contain spaces and parentheses, so split at the last ')'.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, None | Some('Z' | 'X' | 'x'))
 }
 
@@ -285,10 +274,7 @@ mod tests {
             .arg(r#"setsid sh -c 'echo $$ >&3; exec sleep 300 3>&-' 3>&1 >/dev/null 2>&1 </dev/null &"#)
             .output()
             .expect("sh");
-        let pid: u32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("pid");
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("pid");
         watchdog.guard(pid).expect("guard");
         assert!(process_alive(pid));
         // What the kernel does when the test process exits.

@@ -4,11 +4,7 @@ use std::time::{Duration, Instant};
 
 /// Calls `f` every `interval` until it returns `Some`, or until `timeout` has passed (then
 /// `None`). `f` is always called at least once.
-pub fn poll<T>(
-    timeout: Duration,
-    interval: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> Option<T> {
+pub fn poll<T>(timeout: Duration, interval: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = f() {
@@ -35,13 +31,6 @@ mod tests {
             }),
             Some(3)
         );
-        assert_eq!(
-            poll(
-                Duration::from_millis(20),
-                Duration::from_millis(5),
-                || None::<()>
-            ),
-            None
-        );
+        assert_eq!(poll(Duration::from_millis(20), Duration::from_millis(5), || None::<()>), None);
     }
 }

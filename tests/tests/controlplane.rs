@@ -26,32 +26,17 @@ fn apiserver_is_ready() {
     assert_eq!(plane.kubectl_ok(["get", "--raw", "/livez"]).trim(), "ok");
     assert!(plane.server_url().starts_with("https://127.0.0.1:"));
     let config = std::fs::read_to_string(plane.kubeconfig_path()).expect("kubeconfig");
-    assert!(
-        config.contains("client-certificate-data"),
-        "certificates are embedded"
-    );
+    assert!(config.contains("client-certificate-data"), "certificates are embedded");
     // The admin certificate is cluster-admin through system:masters.
-    assert_eq!(
-        plane
-            .kubectl_ok(["auth", "can-i", "*", "*", "--all-namespaces"])
-            .trim(),
-        "yes"
-    );
+    assert_eq!(plane.kubectl_ok(["auth", "can-i", "*", "*", "--all-namespaces"]).trim(), "yes");
 }
 
 #[test]
 fn helm_talks_to_the_plane() {
     let plane = shared();
     let output = plane.helm(["list", "--all-namespaces", "--output", "json"]);
-    assert!(
-        output.status.success(),
-        "helm list failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(
-        json(&String::from_utf8_lossy(&output.stdout)),
-        serde_json::json!([])
-    );
+    assert!(output.status.success(), "helm list failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(json(&String::from_utf8_lossy(&output.stdout)), serde_json::json!([]));
 }
 
 #[test]
@@ -59,20 +44,10 @@ fn a_namespace_can_be_created() {
     let plane = shared();
     let ns = plane.create_namespace("harness-namespace");
     assert!(ns.starts_with("harness-namespace-"), "{ns}");
-    let phase = plane.kubectl_ok([
-        "get",
-        "namespace",
-        &ns,
-        "--output",
-        "jsonpath={.status.phase}",
-    ]);
+    let phase = plane.kubectl_ok(["get", "namespace", &ns, "--output", "jsonpath={.status.phase}"]);
     assert_eq!(phase, "Active");
     plane.kubectl_ok(["get", "serviceaccount", "default", "--namespace", &ns]);
-    assert_ne!(
-        ns,
-        plane.create_namespace("harness-namespace"),
-        "names are unique"
-    );
+    assert_ne!(ns, plane.create_namespace("harness-namespace"), "names are unique");
 }
 
 #[test]
@@ -92,12 +67,8 @@ spec:
       image: registry.example/web:v1
 "#
     ));
-    let pod =
-        json(&plane.kubectl_ok(["get", "pod", "web", "--namespace", &ns, "--output", "json"]));
-    assert_eq!(
-        pod["spec"]["containers"][0]["image"],
-        "registry.example/web:v1"
-    );
+    let pod = json(&plane.kubectl_ok(["get", "pod", "web", "--namespace", &ns, "--output", "json"]));
+    assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example/web:v1");
     // Admission ran: the ServiceAccount plugin filled in the account.
     assert_eq!(pod["spec"]["serviceAccountName"], "default");
     // No scheduler or kubelet: the Pod stays Pending.
@@ -138,7 +109,8 @@ spec:
         let set = sets["items"].as_array()?.iter().find(|rs| owned_by(rs, "Deployment", "web"))?.clone();
         let set_name = set["metadata"]["name"].as_str()?.to_string();
         let pods = json(&plane.kubectl_ok(["get", "pods", "--namespace", &ns, "--output", "json"]));
-        let owned: Vec<Value> = pods["items"].as_array()?.iter().filter(|p| owned_by(p, "ReplicaSet", &set_name)).cloned().collect();
+        let owned: Vec<Value> =
+            pods["items"].as_array()?.iter().filter(|p| owned_by(p, "ReplicaSet", &set_name)).cloned().collect();
         (owned.len() == 2).then_some(owned)
     })
     .unwrap_or_else(|| {
@@ -148,17 +120,13 @@ spec:
         )
     });
     for pod in pods {
-        assert_eq!(
-            pod["spec"]["containers"][0]["image"],
-            "registry.example/web:v1"
-        );
+        assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example/web:v1");
     }
 }
 
 #[test]
 fn the_imagemap_crd_is_established_when_the_chart_has_it() {
-    let file = imagemap_e2e::binaries::workspace_root()
-        .join(imagemap_e2e::controlplane::IMAGEMAP_CRD_FILE);
+    let file = imagemap_e2e::binaries::workspace_root().join(imagemap_e2e::controlplane::IMAGEMAP_CRD_FILE);
     if !file.exists() {
         eprintln!("skipped: {} does not exist yet", file.display());
         return;
@@ -179,20 +147,14 @@ fn the_imagemap_crd_is_established_when_the_chart_has_it() {
 #[test]
 fn dropping_a_plane_kills_its_processes_and_removes_its_folder() {
     let _one_at_a_time = EXTRA_PLANE.lock().unwrap_or_else(|e| e.into_inner());
-    let plane = ControlPlane::start(ControlPlaneOptions {
-        install_crds: false,
-        ..ControlPlaneOptions::default()
-    })
-    .expect("a second, independent plane starts");
+    let plane = ControlPlane::start(ControlPlaneOptions { install_crds: false, ..ControlPlaneOptions::default() })
+        .expect("a second, independent plane starts");
     let pids = [
         plane.pid("etcd").expect("etcd runs"),
         plane.pid("kube-apiserver").expect("kube-apiserver runs"),
         plane.watchdog_pid(),
     ];
-    assert!(
-        plane.pid("kube-controller-manager").is_none(),
-        "not asked for"
-    );
+    assert!(plane.pid("kube-controller-manager").is_none(), "not asked for");
     let port = plane.apiserver_port();
     let dir = plane.dir().to_path_buf();
     assert!(pids.iter().all(|&pid| process_alive(pid)) && port_open(port) && dir.is_dir());
@@ -219,11 +181,8 @@ fn exit_helper_leaves_a_plane_in_a_static() {
     }
     static PLANE: OnceLock<ControlPlane> = OnceLock::new();
     let plane = PLANE.get_or_init(|| {
-        ControlPlane::start(ControlPlaneOptions {
-            install_crds: false,
-            ..ControlPlaneOptions::default()
-        })
-        .expect("plane starts")
+        ControlPlane::start(ControlPlaneOptions { install_crds: false, ..ControlPlaneOptions::default() })
+            .expect("plane starts")
     });
     println!(
         "PLANE {} {} {} {} {}",
@@ -240,46 +199,30 @@ fn the_watchdog_stops_a_plane_left_in_a_static_at_exit() {
     let _one_at_a_time = EXTRA_PLANE.lock().unwrap_or_else(|e| e.into_inner());
     let exe = std::env::current_exe().expect("the test binary");
     let output = Command::new(exe)
-        .args([
-            "--exact",
-            "exit_helper_leaves_a_plane_in_a_static",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "exit_helper_leaves_a_plane_in_a_static", "--ignored", "--nocapture", "--test-threads=1"])
         .env(EXIT_HELPER_ENV, "1")
         .output()
         .expect("runs the helper");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "helper failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "helper failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let line = stdout
         .lines()
         .find_map(|l| l.split_once("PLANE ").map(|(_, rest)| rest))
         .unwrap_or_else(|| panic!("no PLANE line in:\n{stdout}"));
     let fields: Vec<&str> = line.split(' ').collect();
-    let pids: Vec<u32> = fields[..3]
-        .iter()
-        .map(|f| f.parse().expect("pid"))
-        .collect();
+    let pids: Vec<u32> = fields[..3].iter().map(|f| f.parse().expect("pid")).collect();
     let port: u16 = fields[3].parse().expect("port");
     let dir = PathBuf::from(fields[4..].join(" "));
 
     // The helper has exited: the watchdog kills the groups (SIGTERM, then SIGKILL after at most
     // 5 s), removes the folder, and exits itself.
     let gone = poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        (pids.iter().all(|&pid| !process_alive(pid)) && !port_open(port) && !dir.exists())
-            .then_some(())
+        (pids.iter().all(|&pid| !process_alive(pid)) && !port_open(port) && !dir.exists()).then_some(())
     });
     assert!(
         gone.is_some(),
         "after the helper's exit: alive {:?}, port {port} open {}, {} exists {}",
-        pids.iter()
-            .filter(|&&pid| process_alive(pid))
-            .collect::<Vec<_>>(),
+        pids.iter().filter(|&&pid| process_alive(pid)).collect::<Vec<_>>(),
         port_open(port),
         dir.display(),
         dir.exists()

@@ -87,7 +87,9 @@ fn sizes_and_matches(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("handler", &id), &body, |b, body| {
                 b.iter(|| review(black_box(body), &idx).map(|r| r.body.len()).unwrap_or(0))
             });
-            group.bench_with_input(BenchmarkId::new("serde-baseline", &id), &body, |b, body| b.iter(|| baseline(black_box(body))));
+            group.bench_with_input(BenchmarkId::new("serde-baseline", &id), &body, |b, body| {
+                b.iter(|| baseline(black_box(body)))
+            });
         }
     }
     group.finish();

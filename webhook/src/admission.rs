@@ -132,11 +132,8 @@ pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
         }
         if !injection.swaps.is_empty() {
             response.audit_annotations.insert("swaps".into(), injection.swaps.len().to_string());
-            let fields: Vec<String> = injection
-                .swaps
-                .iter()
-                .map(|s| format!("{}={}", s.record.field, s.record.image_map))
-                .collect();
+            let fields: Vec<String> =
+                injection.swaps.iter().map(|s| format!("{}={}", s.record.field, s.record.image_map)).collect();
             response.audit_annotations.insert("swapped".into(), fields.join(","));
         }
     }

@@ -212,7 +212,8 @@ impl<'a> Run<'a> {
         if let Some(env) = c.get("env").and_then(Value::as_array) {
             for (env_index, e) in env.iter().enumerate() {
                 // Only literal values; `valueFrom` is never touched.
-                let (Some(var), Some(value)) = (e.get("name").and_then(Value::as_str), e.get("value").and_then(Value::as_str))
+                let (Some(var), Some(value)) =
+                    (e.get("name").and_then(Value::as_str), e.get("value").and_then(Value::as_str))
                 else {
                     continue;
                 };
@@ -232,9 +233,7 @@ impl<'a> Run<'a> {
     /// Swaps the value at `site` if a usable map matches it; returns the winning map.
     fn swap(&mut self, value: &str, site: Site<'_>) -> Option<&'a CompiledMap> {
         let reference = Reference::parse(value).ok()?;
-        if self.maps.index.candidates(self.maps.namespace, reference.name()).iter().next().is_none() {
-            return None;
-        }
+        self.maps.index.candidates(self.maps.namespace, reference.name()).iter().next()?;
         let field = site.field();
         // Already swapped by an earlier call: the recorded value is ours, leave it alone.
         if self.previous.iter().any(|r| r.field == field && r.image == value) {
@@ -251,8 +250,16 @@ impl<'a> Run<'a> {
             Kind::Env => "env value",
             Kind::Container | Kind::Volume => "image",
         };
-        push_unique(&mut self.out.warnings, format!("{what} {value} swapped to {} by ImageMap {}", target.familiar, map.id));
-        let record = SwapRecord { field, original: value.to_string(), image: target.familiar.clone(), image_map: map.id.clone() };
+        push_unique(
+            &mut self.out.warnings,
+            format!("{what} {value} swapped to {} by ImageMap {}", target.familiar, map.id),
+        );
+        let record = SwapRecord {
+            field,
+            original: value.to_string(),
+            image: target.familiar.clone(),
+            image_map: map.id.clone(),
+        };
         self.records.push(record.clone());
         self.out.swaps.push(Swap { record, exact: map.match_exact, scope, outranked: decision.outranked });
         Some(map)
@@ -301,8 +308,12 @@ impl<'a> Run<'a> {
             MetadataView::Annotations(_) => {
                 self.out.patch.add(&format!("/metadata/annotations/{}", escape(SWAPS_ANNOTATION)), json!(text))
             }
-            MetadataView::NoAnnotations => self.out.patch.add("/metadata/annotations", json!({ SWAPS_ANNOTATION: text })),
-            MetadataView::Absent => self.out.patch.add("/metadata", json!({ "annotations": { SWAPS_ANNOTATION: text } })),
+            MetadataView::NoAnnotations => {
+                self.out.patch.add("/metadata/annotations", json!({ SWAPS_ANNOTATION: text }))
+            }
+            MetadataView::Absent => {
+                self.out.patch.add("/metadata", json!({ "annotations": { SWAPS_ANNOTATION: text } }))
+            }
         }
         self.out
     }
@@ -310,17 +321,13 @@ impl<'a> Run<'a> {
 
 fn override_list(patch: &mut Patch, c: &Value, path: &str, key: &str, with: Option<&[String]>) {
     match with {
-        None => {}
-        Some([]) => {
-            if c.get(key).is_some() {
-                patch.remove(&format!("{path}/{key}"));
-            }
+        Some([]) if c.get(key).is_some() => patch.remove(&format!("{path}/{key}")),
+        Some(list)
+            if !list.is_empty() && c.get(key).and_then(Value::as_array).is_none_or(|cur| !same_strings(cur, list)) =>
+        {
+            patch.add(&format!("{path}/{key}"), json!(list))
         }
-        Some(list) => {
-            if c.get(key).and_then(Value::as_array).is_none_or(|cur| !same_strings(cur, list)) {
-                patch.add(&format!("{path}/{key}"), json!(list));
-            }
-        }
+        _ => {}
     }
 }
 

@@ -7,12 +7,12 @@
 
 pub mod admission;
 pub mod inject;
-pub mod mapsfile;
+pub mod manifests;
 pub mod maps;
+pub mod mapsfile;
 pub mod patch;
 pub mod reference;
 pub mod types;
-
 
 #[cfg(feature = "server")]
 pub mod server;

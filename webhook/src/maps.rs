@@ -150,6 +150,7 @@ pub fn precedence(a: (&CompiledMap, Scope), b: (&CompiledMap, Scope)) -> Orderin
 }
 
 type Bucket = Vec<Arc<CompiledMap>>;
+type ScopedSlice<'a> = (&'a [Arc<CompiledMap>], Scope);
 
 /// All known maps, indexed by namespace (or file) and then by the selector's repository name.
 #[derive(Debug, Default, Clone)]
@@ -167,7 +168,7 @@ pub struct MapIndex {
 /// The maps that may apply to one repository name for a Pod: at most three buckets.
 #[derive(Debug, Default)]
 pub struct Candidates<'a> {
-    buckets: [Option<(&'a [Arc<CompiledMap>], Scope)>; 3],
+    buckets: [Option<ScopedSlice<'a>>; 3],
 }
 
 impl<'a> Candidates<'a> {

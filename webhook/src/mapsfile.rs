@@ -107,7 +107,8 @@ mod tests {
         assert!(e.to_string().contains("maps.yaml: document 1") && e.to_string().contains("Pod"), "{e}");
         let e = parse_maps("{", "maps.json").expect_err("syntax");
         assert!(e.to_string().starts_with("maps.json: document 1 is not valid"), "{e}");
-        let e = parse_maps("apiVersion: tilt.dev/v1alpha1\nkind: ImageMap\nmetadata: {name: a}\nspec: {}\n", "m").expect_err("no selector");
+        let e = parse_maps("apiVersion: tilt.dev/v1alpha1\nkind: ImageMap\nmetadata: {name: a}\nspec: {}\n", "m")
+            .expect_err("no selector");
         assert!(e.to_string().contains("selector"), "{e}");
     }
 }

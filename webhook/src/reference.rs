@@ -213,10 +213,7 @@ fn validate_registry(registry: &str) -> Result<(), ReferenceError> {
         }
         match after {
             "" => ("", None),
-            p => (
-                "",
-                Some(p.strip_prefix(':').ok_or_else(bad)?),
-            ),
+            p => ("", Some(p.strip_prefix(':').ok_or_else(bad)?)),
         }
     } else {
         match registry.split_once(':') {
@@ -253,10 +250,7 @@ fn validate_path(path: &str) -> Result<(), ReferenceError> {
     }
     for component in path.split('/') {
         if !valid_path_component(component) {
-            return Err(ReferenceError::PathComponent {
-                path: path.to_string(),
-                component: component.to_string(),
-            });
+            return Err(ReferenceError::PathComponent { path: path.to_string(), component: component.to_string() });
         }
     }
     Ok(())
@@ -292,10 +286,7 @@ fn valid_path_component(c: &str) -> bool {
 fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
     let b = tag.as_bytes();
     let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
-    let ok = !b.is_empty()
-        && b.len() <= TAG_MAX
-        && word(b[0])
-        && b.iter().all(|&x| word(x) || x == b'.' || x == b'-');
+    let ok = !b.is_empty() && b.len() <= TAG_MAX && word(b[0]) && b.iter().all(|&x| word(x) || x == b'.' || x == b'-');
     if ok {
         Ok(())
     } else {
@@ -305,9 +296,8 @@ fn validate_tag(tag: &str) -> Result<(), ReferenceError> {
 
 fn parse_digest(digest: &str) -> Result<String, ReferenceError> {
     let fail = |reason: String| ReferenceError::Digest { digest: digest.to_string(), reason };
-    let (algo, hex) = digest
-        .split_once(':')
-        .ok_or_else(|| fail("expected algorithm:hex, e.g. sha256:<64 hex digits>".into()))?;
+    let (algo, hex) =
+        digest.split_once(':').ok_or_else(|| fail("expected algorithm:hex, e.g. sha256:<64 hex digits>".into()))?;
     let want = match algo {
         "sha256" => 64,
         "sha384" => 96,
@@ -429,7 +419,20 @@ mod tests {
     #[test]
     fn empty_and_malformed_strings_are_rejected() {
         assert_eq!(Reference::parse(""), Err(ReferenceError::Empty));
-        for bad in ["app:", ":t", "/app", "app/", "a//b", "-app", "app-", "a..b", "a___b", "gcr.io:/app", "gcr.io:x/app", "-gcr.io/app"] {
+        for bad in [
+            "app:",
+            ":t",
+            "/app",
+            "app/",
+            "a//b",
+            "-app",
+            "app-",
+            "a..b",
+            "a___b",
+            "gcr.io:/app",
+            "gcr.io:x/app",
+            "-gcr.io/app",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be invalid");
         }
     }

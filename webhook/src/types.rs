@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     derive = "Default",
     doc = "ImageMap maps an image reference to the freshly built image Pods in its namespace should run.",
-    printcolumn(name = "Selector", type_ = "string", json_path = ".spec.selector", description = "The image reference to swap"),
-    printcolumn(name = "Image", type_ = "string", json_path = ".status.image", description = "The built image"),
-    printcolumn(name = "From-Cluster", type_ = "string", json_path = ".status.imageFromCluster", description = "The image as the cluster pulls it (injected when set)", priority = 1),
-    printcolumn(name = "Built", type_ = "date", json_path = ".status.buildStartTime", description = "When the build started"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Selector","type":"string","jsonPath":".spec.selector","description":"The image reference to swap"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".status.image","description":"The built image"}"#,
+    printcolumn = r#"{"name":"From-Cluster","type":"string","jsonPath":".status.imageFromCluster","description":"The image as the cluster pulls it (injected when set)","priority":1}"#,
+    printcolumn = r#"{"name":"Built","type":"date","jsonPath":".status.buildStartTime","description":"When the build started"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ImageMapSpec {

@@ -36,7 +36,8 @@ impl MapExt for ImageMap {
         self
     }
     fn command(mut self, c: &[&str]) -> Self {
-        self.spec.override_command = Some(ImageMapOverrideCommand { command: c.iter().map(|s| s.to_string()).collect() });
+        self.spec.override_command =
+            Some(ImageMapOverrideCommand { command: c.iter().map(|s| s.to_string()).collect() });
         self
     }
     fn args(mut self, a: &[&str]) -> Self {
@@ -97,7 +98,9 @@ fn name_match_ignores_tags_and_digests_on_both_sides() {
 #[test]
 fn match_exact_compares_full_normalized_strings() {
     let maps = [m("dev", "app", "app").exact().built("localhost:5000/app:t")];
-    for (img, swapped) in [("app", true), ("docker.io/library/app", true), ("index.docker.io/app", true), ("app:latest", false)] {
+    for (img, swapped) in
+        [("app", true), ("docker.io/library/app", true), ("index.docker.io/app", true), ("app:latest", false)]
+    {
         let (out, _) = run(&pod(json!([{"name": "a", "image": img}])), &maps);
         assert_eq!(image(&out, 0) == "localhost:5000/app:t", swapped, "{img}");
     }
@@ -173,13 +176,17 @@ fn overrides_keep_replace_and_clear() {
     let (out, _) = run(&pod(c.clone()), &[m("dev", "app", "app").built("reg.io/app:t")]);
     assert_eq!(out["spec"]["containers"][0]["command"], json!(["old"]), "absent override keeps");
     assert_eq!(out["spec"]["containers"][0]["args"], json!(["old-arg"]));
-    let (out, _) = run(&pod(c.clone()), &[m("dev", "app", "app").command(&["/new", "x"]).args(&["--a"]).built("reg.io/app:t")]);
+    let (out, _) =
+        run(&pod(c.clone()), &[m("dev", "app", "app").command(&["/new", "x"]).args(&["--a"]).built("reg.io/app:t")]);
     assert_eq!(out["spec"]["containers"][0]["command"], json!(["/new", "x"]), "present override replaces");
     assert_eq!(out["spec"]["containers"][0]["args"], json!(["--a"]));
     let (out, _) = run(&pod(c), &[m("dev", "app", "app").command(&[]).args(&[]).built("reg.io/app:t")]);
     assert!(out["spec"]["containers"][0].get("command").is_none(), "empty list removes");
     assert!(out["spec"]["containers"][0].get("args").is_none());
-    let (out, _) = run(&pod(json!([{"name": "a", "image": "app"}])), &[m("dev", "app", "app").command(&[]).args(&["y"]).built("r.io/a:t")]);
+    let (out, _) = run(
+        &pod(json!([{"name": "a", "image": "app"}])),
+        &[m("dev", "app", "app").command(&[]).args(&["y"]).built("r.io/a:t")],
+    );
     assert!(out["spec"]["containers"][0].get("command").is_none(), "removing an absent field is a no-op");
     assert_eq!(out["spec"]["containers"][0]["args"], json!(["y"]));
 }
@@ -201,7 +208,11 @@ fn ignores_unbuilt_maps_with_warning() {
     assert_eq!(inj.unusable.len(), 1);
     assert_eq!(inj.unusable[0].image_map, "dev/app");
     assert_eq!(inj.warnings.len(), 1);
-    assert!(inj.warnings[0].contains("ImageMap dev/app") && inj.warnings[0].contains("no built image"), "{:?}", inj.warnings);
+    assert!(
+        inj.warnings[0].contains("ImageMap dev/app") && inj.warnings[0].contains("no built image"),
+        "{:?}",
+        inj.warnings
+    );
 }
 
 #[test]
@@ -233,7 +244,10 @@ fn invalid_selectors_and_images_are_skipped_never_errors() {
 #[test]
 fn exact_match_beats_name_match() {
     let p = pod(json!([{"name": "a", "image": "app:1"}]));
-    let maps = [m("dev", "a-name", "app").built("reg.io/name:t"), m("dev", "z-exact", "app:1").exact().built("reg.io/exact:t")];
+    let maps = [
+        m("dev", "a-name", "app").built("reg.io/name:t"),
+        m("dev", "z-exact", "app:1").exact().built("reg.io/exact:t"),
+    ];
     let (out, inj) = run(&p, &maps);
     assert_eq!(image(&out, 0), "reg.io/exact:t");
     assert!(inj.swaps[0].exact);
@@ -243,7 +257,11 @@ fn exact_match_beats_name_match() {
 #[test]
 fn local_map_beats_global_map() {
     let p = pod(json!([{"name": "a", "image": "app"}]));
-    let idx = index(&[m("dev", "z-local", "app").built("reg.io/local:t"), m("global", "a-global", "app").built("reg.io/global:t")], Some("global"), &[]);
+    let idx = index(
+        &[m("dev", "z-local", "app").built("reg.io/local:t"), m("global", "a-global", "app").built("reg.io/global:t")],
+        Some("global"),
+        &[],
+    );
     let (out, inj) = run_with(&p, &idx);
     assert_eq!(image(&out, 0), "reg.io/local:t");
     assert_eq!(inj.swaps[0].scope, Scope::Local);
@@ -252,14 +270,22 @@ fn local_map_beats_global_map() {
 #[test]
 fn exact_global_beats_name_only_local() {
     let p = pod(json!([{"name": "a", "image": "app:1"}]));
-    let idx = index(&[m("dev", "local", "app").built("reg.io/local:t"), m("global", "g", "app:1").exact().built("reg.io/global:t")], Some("global"), &[]);
+    let idx = index(
+        &[m("dev", "local", "app").built("reg.io/local:t"), m("global", "g", "app:1").exact().built("reg.io/global:t")],
+        Some("global"),
+        &[],
+    );
     assert_eq!(image(&run_with(&p, &idx).0, 0), "reg.io/global:t");
 }
 
 #[test]
 fn global_namespace_and_file_maps_apply_to_every_namespace() {
     let p = pod(json!([{"name": "a", "image": "app"}, {"name": "b", "image": "tool"}]));
-    let idx = index(&[m("global", "g", "app").built("reg.io/app:g")], Some("global"), &[m("", "f", "tool").built("reg.io/tool:f")]);
+    let idx = index(
+        &[m("global", "g", "app").built("reg.io/app:g")],
+        Some("global"),
+        &[m("", "f", "tool").built("reg.io/tool:f")],
+    );
     let (out, inj) = run_with(&p, &idx);
     assert_eq!(image(&out, 0), "reg.io/app:g");
     assert_eq!(image(&out, 1), "reg.io/tool:f");
@@ -307,7 +333,10 @@ fn ephemeral_containers_are_untouched() {
 fn engine_applied_to_its_own_output_changes_nothing() {
     let p = pod(json!([{"name": "a", "image": "reg.io/app", "env": [{"name": "I", "value": "reg.io/app:old"}]},
                         {"name": "b", "image": "tool"}]));
-    let maps = [m("dev", "app", "reg.io/app").env().command(&["x"]).built("reg.io/app:tilt-1"), m("dev", "tool", "tool").args(&[]).built("reg.io/tool:2")];
+    let maps = [
+        m("dev", "app", "reg.io/app").env().command(&["x"]).built("reg.io/app:tilt-1"),
+        m("dev", "tool", "tool").args(&[]).built("reg.io/tool:2"),
+    ];
     let (once, inj) = run(&p, &maps);
     assert_eq!(inj.swaps.len(), 3);
     let (twice, inj2) = run(&once, &maps);

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 fn map(ns: &str, name: &str, selector: &str, image: Option<&str>, env: bool) -> ImageMap {
-    let mut m = ImageMap::new(name, ImageMapSpec { selector: selector.into(), match_in_env_vars: env, ..Default::default() });
+    let mut m =
+        ImageMap::new(name, ImageMapSpec { selector: selector.into(), match_in_env_vars: env, ..Default::default() });
     m.metadata.namespace = Some(ns.into());
     m.status = image.map(|i| ImageMapStatus { image: i.into(), ..Default::default() });
     m
@@ -69,9 +70,12 @@ async fn api_server_review_gets_a_patch_that_swaps_containers_init_containers_an
     expected["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
     expected["spec"]["containers"][0]["env"][0]["value"] = json!("localhost:5000/my-apiserver:tilt-8f2c");
     expected["spec"]["initContainers"][0]["image"] = json!("localhost:5000/my-apiserver:tilt-8f2c");
-    expected["metadata"]["annotations"]["imagemap.tilt.dev/swaps"] = pod["metadata"]["annotations"]["imagemap.tilt.dev/swaps"].clone();
+    expected["metadata"]["annotations"]["imagemap.tilt.dev/swaps"] =
+        pod["metadata"]["annotations"]["imagemap.tilt.dev/swaps"].clone();
     assert_eq!(pod, expected);
-    let records: Value = serde_json::from_str(pod["metadata"]["annotations"]["imagemap.tilt.dev/swaps"].as_str().expect("annotation")).expect("json");
+    let records: Value =
+        serde_json::from_str(pod["metadata"]["annotations"]["imagemap.tilt.dev/swaps"].as_str().expect("annotation"))
+            .expect("json");
     assert_eq!(records.as_array().map(Vec::len), Some(3));
     assert_eq!(r["warnings"].as_array().map(Vec::len), Some(3), "one warning per distinct swap: {r}");
     assert_eq!(r["auditAnnotations"]["swaps"], "3");
@@ -128,9 +132,14 @@ async fn non_pod_non_create_subresource_and_null_object_reviews_are_allowed_unch
 async fn malformed_truncated_and_misshapen_bodies_get_400() {
     let state = state_with(&[]);
     let full = common::FIXTURE.as_bytes();
-    for body in [b"{not json".to_vec(), full[..full.len() / 2].to_vec(), b"[]".to_vec(), b"{}".to_vec(),
-                 br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x"}}"#.to_vec(),
-                 b"".to_vec()] {
+    for body in [
+        b"{not json".to_vec(),
+        full[..full.len() / 2].to_vec(),
+        b"[]".to_vec(),
+        b"{}".to_vec(),
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x"}}"#.to_vec(),
+        b"".to_vec(),
+    ] {
         let (status, text) = call(&state, Method::POST, "/mutate", body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{}: {text}", String::from_utf8_lossy(&body));
         assert!(!text.is_empty());
@@ -149,7 +158,12 @@ async fn wrong_method_is_405_unknown_path_404_wrong_content_type_415() {
     let state = state_with(&[]);
     assert_eq!(call(&state, Method::GET, "/mutate", Body::empty()).await.0, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(call(&state, Method::POST, "/nope", Body::empty()).await.0, StatusCode::NOT_FOUND);
-    let req = Request::builder().method(Method::POST).uri("/mutate").header("content-type", "text/plain").body(Body::from("x")).expect("req");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/mutate")
+        .header("content-type", "text/plain")
+        .body(Body::from("x"))
+        .expect("req");
     let resp = router(state.clone()).oneshot(req).await.expect("infallible");
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
@@ -161,7 +175,12 @@ async fn oversized_bodies_get_413_by_length_and_while_streaming() {
     assert_eq!(call(&state, Method::POST, "/mutate", big.clone()).await.0, StatusCode::PAYLOAD_TOO_LARGE);
     // No Content-Length: a streamed body is cut off at the cap.
     let chunks = futures_util_stream(big);
-    let req = Request::builder().method(Method::POST).uri("/mutate").header("content-type", "application/json").body(chunks).expect("req");
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/mutate")
+        .header("content-type", "application/json")
+        .body(chunks)
+        .expect("req");
     let resp = router(state.clone()).oneshot(req).await.expect("infallible");
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
 }
@@ -193,7 +212,12 @@ async fn metrics_count_reviews_swaps_and_refusals() {
     call(&state, Method::POST, "/mutate", "{").await;
     let (status, text) = call(&state, Method::GET, "/metrics", Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
-    for want in ["imagemap_reviews_total{outcome=\"patched\"} 1", "imagemap_swaps_total 2", "imagemap_refused_requests_total{reason=\"malformed\"} 1", "imagemap_cache_maps 1"] {
+    for want in [
+        "imagemap_reviews_total{outcome=\"patched\"} 1",
+        "imagemap_swaps_total 2",
+        "imagemap_refused_requests_total{reason=\"malformed\"} 1",
+        "imagemap_cache_maps 1",
+    ] {
         assert!(text.contains(want), "missing {want}:\n{text}");
     }
 }

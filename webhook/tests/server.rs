@@ -19,7 +19,12 @@ fn quick_timeouts() -> Timeouts {
 }
 
 async fn start() -> Server {
-    Server::start(quick_timeouts(), Limits { max_body_bytes: 256 * 1024, ..Limits::default() }, Duration::from_millis(100)).await
+    Server::start(
+        quick_timeouts(),
+        Limits { max_body_bytes: 256 * 1024, ..Limits::default() },
+        Duration::from_millis(100),
+    )
+    .await
 }
 
 /// Points the `current` symlink at a new folder atomically, like a Secret volume update.
@@ -64,7 +69,14 @@ async fn rotates_to_a_new_certificate_without_restarting() {
     let mut open = client.connect().await.expect("handshake");
     swap_current(&server, &v2);
     let new_client = common::Client::new(&ca2.cert_pem, server.addr);
-    assert!(wait_for(|| { let c = new_client.clone(); async move { c.connect().await.is_ok() } }).await, "new certificate served");
+    assert!(
+        wait_for(|| {
+            let c = new_client.clone();
+            async move { c.connect().await.is_ok() }
+        })
+        .await,
+        "new certificate served"
+    );
     assert_ne!(new_client.peer_certificate().await, before);
     let reply = request_on(&mut open, "GET /healthz HTTP/1.1\r\nHost: x", b"", true).await;
     assert_eq!(reply.status, 200, "connections opened before the rotation keep working");
@@ -77,14 +89,18 @@ async fn broken_new_pair_keeps_the_old_one_serving_and_is_reported() {
     let before = client.peer_certificate().await;
     let broken = server.dir.join("..broken");
     std::fs::create_dir_all(&broken).expect("mkdir");
-    std::fs::write(broken.join("tls.crt"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").expect("write");
+    std::fs::write(broken.join("tls.crt"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+        .expect("write");
     std::fs::write(broken.join("tls.key"), "not a key").expect("write");
     swap_current(&server, &broken);
-    let metrics_say_broken = wait_for(|| {
-        let c = client.clone();
-        async move { c.send("GET /metrics HTTP/1.1\r\nHost: x", b"").await.body.contains("imagemap_tls_reload_broken 1") }
-    })
-    .await;
+    let metrics_say_broken =
+        wait_for(|| {
+            let c = client.clone();
+            async move {
+                c.send("GET /metrics HTTP/1.1\r\nHost: x", b"").await.body.contains("imagemap_tls_reload_broken 1")
+            }
+        })
+        .await;
     assert!(metrics_say_broken, "the broken pair is reported in metrics");
     assert_eq!(client.peer_certificate().await, before, "still serving the old pair");
     // A mismatched pair (valid cert, someone else's key) is refused too.
@@ -106,12 +122,14 @@ async fn bad_input_never_stops_the_server_on_the_same_or_other_connections() {
     let client = server.client();
     let mut conn = client.connect().await.expect("handshake");
     let bad = b"{\"apiVersion\": tru";
-    let head = format!("POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}", bad.len());
+    let head =
+        format!("POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}", bad.len());
     assert_eq!(request_on(&mut conn, &head, bad, false).await.status, 400);
     assert_eq!(request_on(&mut conn, "GET /nope HTTP/1.1\r\nHost: x", b"", false).await.status, 404);
     assert_eq!(request_on(&mut conn, "GET /mutate HTTP/1.1\r\nHost: x", b"", false).await.status, 405);
     let good = common::FIXTURE.as_bytes();
-    let head = format!("POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}", good.len());
+    let head =
+        format!("POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}", good.len());
     let reply = request_on(&mut conn, &head, good, false).await;
     assert_eq!(reply.status, 200, "same connection still serves: {}", reply.body);
     assert_eq!(client.post(good).await.status, 200, "other connections too");
@@ -121,7 +139,11 @@ async fn bad_input_never_stops_the_server_on_the_same_or_other_connections() {
 async fn oversized_chunked_body_without_length_gets_413() {
     let server = start().await;
     let mut conn = server.client().connect().await.expect("handshake");
-    conn.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").await.expect("write");
+    conn.write_all(
+        b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let chunk = vec![b' '; 64 * 1024];
     let mut sent = 0;
     let mut reply = Vec::new();
@@ -144,7 +166,10 @@ async fn oversized_chunked_body_without_length_gets_413() {
     }
     if reply.is_empty() {
         let mut buf = [0u8; 512];
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.expect("reply in time").unwrap_or(0);
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .expect("reply in time")
+            .unwrap_or(0);
         reply.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&reply);

@@ -39,7 +39,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { plain(StatusCode::NOT_FOUND, "not found: the webhook serves POST /mutate, GET /healthz, /readyz, /metrics") })
+        .fallback(|| async {
+            plain(StatusCode::NOT_FOUND, "not found: the webhook serves POST /mutate, GET /healthz, /readyz, /metrics")
+        })
         .with_state(state)
 }
 
@@ -78,7 +80,12 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
         return refusal;
     }
     let limits = state.limits;
-    let body = match tokio::time::timeout(limits.body_timeout, Limited::new(request.into_body(), limits.max_body_bytes).collect()).await {
+    let body = match tokio::time::timeout(
+        limits.body_timeout,
+        Limited::new(request.into_body(), limits.max_body_bytes).collect(),
+    )
+    .await
+    {
         Err(_) => {
             state.metrics.refused("body_timeout");
             return plain(StatusCode::REQUEST_TIMEOUT, "request body not received in time");
@@ -139,7 +146,11 @@ fn too_large(state: &AppState) -> Response {
 fn log_decision(r: &crate::admission::Reviewed, took: Duration) {
     let (swaps, warnings) = r.injection.as_ref().map_or((0, 0), |i| (i.swaps.len(), i.warnings.len()));
     let fields = r.injection.as_ref().map(|i| {
-        i.swaps.iter().map(|s| format!("{}:{}->{}", s.record.field, s.record.original, s.record.image)).collect::<Vec<_>>().join(",")
+        i.swaps
+            .iter()
+            .map(|s| format!("{}:{}->{}", s.record.field, s.record.original, s.record.image))
+            .collect::<Vec<_>>()
+            .join(",")
     });
     if r.outcome == Outcome::Skipped {
         tracing::debug!(uid = %r.uid, object = %r.object, outcome = r.outcome.as_str(), "review");

@@ -51,11 +51,27 @@ impl Default for Metrics {
         registry.register("unusable_map_hits", "Matches on ImageMaps without a usable status", unusable_hits.clone());
         registry.register("review_duration_seconds", "Time to decide one review", latency.clone());
         registry.register("cache_maps", "ImageMaps in the cache", cache_maps.clone());
-        registry.register("cache_invalid_maps", "ImageMaps skipped because their selector is invalid", cache_invalid.clone());
-        registry.register("cache_last_sync_timestamp_seconds", "When the cache last heard from the API server", cache_synced_at.clone());
-        registry.register("cache_age_seconds", "Seconds since the cache last heard from the API server", cache_age.clone());
+        registry.register(
+            "cache_invalid_maps",
+            "ImageMaps skipped because their selector is invalid",
+            cache_invalid.clone(),
+        );
+        registry.register(
+            "cache_last_sync_timestamp_seconds",
+            "When the cache last heard from the API server",
+            cache_synced_at.clone(),
+        );
+        registry.register(
+            "cache_age_seconds",
+            "Seconds since the cache last heard from the API server",
+            cache_age.clone(),
+        );
         registry.register("tls_reloads", "Serving certificate reloads, by result", cert_reloads.clone());
-        registry.register("tls_reload_broken", "1 while the certificate files on disk cannot be loaded", cert_broken.clone());
+        registry.register(
+            "tls_reload_broken",
+            "1 while the certificate files on disk cannot be loaded",
+            cert_broken.clone(),
+        );
         registry.register("imagemaps_file_reloads", "--imagemaps-file reloads, by result", file_reloads.clone());
         Metrics {
             registry,

@@ -152,6 +152,8 @@ fn certified_key(cert_path: &Path, key_path: &Path, cert: &[u8], key: &[u8]) -> 
         .ok_or_else(|| no_key(String::new()))?;
     let signing = any_supported_type(&der).map_err(|e| no_key(format!(": {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|_| TlsError::Mismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() })?;
+    certified
+        .keys_match()
+        .map_err(|_| TlsError::Mismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() })?;
     Ok(certified)
 }

@@ -63,7 +63,15 @@ impl Server {
         let done = tokio::spawn(listener::serve(listener, tls::server_config(store), router, timeouts, async {
             let _ = rx.await;
         }));
-        Server { addr, state, ca_pem: ca.cert_pem.clone(), dir: tmp.path().to_path_buf(), _tmp: tmp, stop: Some(tx), done: Some(done) }
+        Server {
+            addr,
+            state,
+            ca_pem: ca.cert_pem.clone(),
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+            stop: Some(tx),
+            done: Some(done),
+        }
     }
 
     /// Stops accepting and drains.
@@ -133,7 +141,10 @@ impl Client {
 
     /// POSTs JSON to `/mutate`.
     pub async fn post(&self, body: &[u8]) -> Reply {
-        let head = format!("POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}", body.len());
+        let head = format!(
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}",
+            body.len()
+        );
         self.send(&head, body).await
     }
 }
@@ -165,7 +176,11 @@ async fn read_reply<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Reply {
             let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
             let len = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().expect("len")))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().expect("len"))
+                })
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
                 let n = stream.read(&mut chunk).await.expect("read");

@@ -1,0 +1,269 @@
+//! The command line: kubectl's global flags and one subcommand per verb.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Manage ImageMaps: which freshly built image a Pod's image reference means.
+///
+/// An ImageMap says "selector X now means image Y"; the imagemap webhook swaps Y into every Pod
+/// created in the map's namespace. Use `set-image` from your build tool after a push.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl-imagemap", bin_name = "kubectl imagemap", version, propagate_version = true)]
+pub struct Cli {
+    /// Global flags, as kubectl spells them.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// kubectl's connection flags.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Path to the kubeconfig file to use.
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// The namespace (default: the context's namespace, else "default").
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table.
+    Table,
+    /// A table with more columns.
+    Wide,
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+    /// `imagemap.tilt.dev/NAME` per line.
+    Name,
+}
+
+/// Formats for commands that print objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObjectOutput {
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+    /// `imagemap.tilt.dev/NAME`.
+    Name,
+}
+
+/// `--dry-run` modes, as kubectl has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Send nothing to the server.
+    Client,
+    /// Ask the server to validate without storing.
+    Server,
+    /// Really create.
+    None,
+}
+
+/// Shells for `completion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an ImageMap.
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap create app --selector my-app\n  kubectl imagemap create app --selector gcr.io/team/app --match-exact --args --debug --args --port=8080\n  kubectl imagemap create app --selector app --dry-run=client -o yaml"
+    )]
+    Create(CreateArgs),
+    /// List ImageMaps in a table.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  kubectl imagemap list\n  kubectl imagemap list -A -o wide\n  kubectl imagemap list --watch"
+    )]
+    List(GetArgs),
+    /// Show one ImageMap, or all of them.
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap get app\n  kubectl imagemap get app -o yaml\n  kubectl imagemap get -o name"
+    )]
+    Get(GetArgs),
+    /// Show an ImageMap in detail: spec, status, whether it is usable, the Pods it swapped, Events.
+    #[command(after_help = "Example:\n  kubectl imagemap describe app")]
+    Describe(DescribeArgs),
+    /// Publish a build result: set an ImageMap's status image.
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap set-image app localhost:5000/app:tilt-8f2c\n  kubectl imagemap set-image app localhost:5000/app:t --from-cluster registry:5000/app:t --build-start-time now\n  kubectl imagemap set-image app localhost:5000/app:t --create --selector app"
+    )]
+    SetImage(SetImageArgs),
+    /// Delete ImageMaps.
+    #[command(after_help = "Example:\n  kubectl imagemap delete app other")]
+    Delete(DeleteArgs),
+    /// Print manifests as the webhook would change them (offline with --maps).
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap inject -f deploy.yaml\n  kubectl imagemap inject --maps maps.yaml -f pod.json -o json\n  helm template . | kubectl imagemap inject -f -"
+    )]
+    Inject(InjectArgs),
+    /// Explain which map matches an image, a manifest or a live Pod, and why.
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap explain my-app:dev\n  kubectl imagemap explain pod/web-5d8f\n  kubectl imagemap explain -f deploy.yaml --maps maps.yaml"
+    )]
+    Explain(ExplainArgs),
+    /// Check an installation end to end; exit 1 if a check fails.
+    #[command(after_help = "Example:\n  kubectl imagemap doctor -n dev")]
+    Doctor(DoctorArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  source <(kubectl imagemap completion bash)\n  kubectl imagemap completion zsh > \"${fpath[1]}/_kubectl-imagemap\""
+    )]
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// `create`
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name of the ImageMap.
+    pub name: String,
+    /// The image reference to swap in Pods.
+    #[arg(long)]
+    pub selector: String,
+    /// Also compare tags and digests, not only the repository name.
+    #[arg(long)]
+    pub match_exact: bool,
+    /// Also swap container env values equal to a matching reference.
+    #[arg(long)]
+    pub match_in_env_vars: bool,
+    /// Replace the command of swapped containers (repeat for each word; pass "" alone to clear it).
+    #[arg(long = "command", num_args = 1, allow_hyphen_values = true)]
+    pub command: Option<Vec<String>>,
+    /// Replace the args of swapped containers (repeat for each word; pass "" alone to clear them).
+    #[arg(long = "args", num_args = 1, allow_hyphen_values = true)]
+    pub args: Option<Vec<String>>,
+    /// client: print only; server: validate on the server without storing.
+    #[arg(long, value_enum, default_missing_value = "client", num_args = 0..=1, require_equals = true, default_value = "none")]
+    pub dry_run: DryRun,
+    /// Print the object.
+    #[arg(short, long, value_enum)]
+    pub output: Option<ObjectOutput>,
+}
+
+/// `list` and `get`
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Name of one ImageMap (all when omitted).
+    pub name: Option<String>,
+    /// List across all namespaces.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// After listing, watch for changes.
+    #[arg(short, long)]
+    pub watch: bool,
+}
+
+/// `describe`
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Name of the ImageMap.
+    pub name: String,
+}
+
+/// `set-image`
+#[derive(Debug, Args)]
+pub struct SetImageArgs {
+    /// Name of the ImageMap.
+    pub name: String,
+    /// The built image, as pushed.
+    pub image: String,
+    /// The image as the cluster pulls it (injected instead of IMAGE when set).
+    #[arg(long)]
+    pub from_cluster: Option<String>,
+    /// The image as your machine sees it (never injected).
+    #[arg(long)]
+    pub from_local: Option<String>,
+    /// When the build started: RFC 3339 or "now" (the default).
+    #[arg(long, default_value = "now")]
+    pub build_start_time: String,
+    /// Create the ImageMap if it does not exist (needs --selector).
+    #[arg(long)]
+    pub create: bool,
+    /// Selector for --create.
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Print the updated object.
+    #[arg(short, long, value_enum)]
+    pub output: Option<ObjectOutput>,
+}
+
+/// `delete`
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Names of the ImageMaps.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Succeed when a map does not exist.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+/// `inject`
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Manifest file (YAML or JSON, multi-document or List); `-` for standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub file: PathBuf,
+    /// Take maps from this file instead of the cluster (applied as the webhook's --imagemaps-file: to every namespace).
+    #[arg(long)]
+    pub maps: Option<PathBuf>,
+    /// Also use the maps of this namespace as global (the webhook's --global-namespace).
+    #[arg(long)]
+    pub global_namespace: Option<String>,
+    /// Output format (default: the input's, YAML or JSON).
+    #[arg(short, long, value_enum)]
+    pub output: Option<ObjectOutput>,
+}
+
+/// `explain`
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// `pod/NAME` for a live Pod, or an image reference.
+    pub target: Option<String>,
+    /// A manifest file to explain instead; `-` for standard input.
+    #[arg(short = 'f', long = "filename", conflicts_with = "target")]
+    pub file: Option<PathBuf>,
+    /// Take maps from this file instead of the cluster.
+    #[arg(long)]
+    pub maps: Option<PathBuf>,
+    /// Also use the maps of this namespace as global (the webhook's --global-namespace).
+    #[arg(long)]
+    pub global_namespace: Option<String>,
+}
+
+/// `doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Name of the MutatingWebhookConfiguration (default: the one whose webhook names contain "imagemap").
+    #[arg(long)]
+    pub webhook_config: Option<String>,
+    /// Skip the final check that creates a temporary ImageMap and a dry-run Pod.
+    #[arg(long)]
+    pub no_dry_run: bool,
+}

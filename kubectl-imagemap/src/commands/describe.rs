@@ -1,0 +1,157 @@
+//! `kubectl imagemap describe NAME`: spec, status, usability, the Pods it swapped, Events.
+
+use anyhow::Result;
+use imagemap::inject::{parse_records, SwapRecord, SWAPS_ANNOTATION};
+use imagemap::types::ImageMap;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
+use kube::Api;
+
+use crate::cli::{DescribeArgs, Global};
+use crate::client::Cluster;
+use crate::render::{self, human_duration};
+
+/// A Pod and the swaps a map made in it.
+pub struct SwappedPod {
+    /// Pod name.
+    pub name: String,
+    /// The map's records in its annotation.
+    pub records: Vec<SwapRecord>,
+}
+
+/// Renders the description (pure).
+pub fn describe_text(map: &ImageMap, pods: &[SwappedPod], events: &[Event], now: Timestamp) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{:<22}{}\n", format!("{k}:"), v));
+    let status = map.status.clone().unwrap_or_default();
+    line("Name", map.metadata.name.as_deref().unwrap_or(""));
+    line("Namespace", map.metadata.namespace.as_deref().unwrap_or(""));
+    line("Selector", &map.spec.selector);
+    line("Match Exact", &map.spec.match_exact.to_string());
+    line("Match In Env Vars", &map.spec.match_in_env_vars.to_string());
+    let words = |w: &[String]| if w.is_empty() { "<cleared>".to_string() } else { w.join(" ") };
+    line("Override Command", &map.spec.override_command.as_ref().map_or("<none>".into(), |o| words(&o.command)));
+    line("Override Args", &map.spec.override_args.as_ref().map_or("<none>".into(), |o| words(&o.args)));
+    line("Image", or_none(&status.image));
+    line("Image From Cluster", or_none(&status.image_from_cluster));
+    line("Image From Local", or_none(&status.image_from_local));
+    let built = status
+        .build_start_time
+        .as_ref()
+        .map(|t| format!("{} ({} ago)", t.0, human_duration(now.as_second() - t.0.as_second())));
+    line("Build Start Time", built.as_deref().unwrap_or("<none>"));
+    match render::usability(map) {
+        Ok(target) => line("Usable", &format!("Yes: Pods get {target}")),
+        Err(why) => line(
+            "Usable",
+            &format!(
+                "No: {why}; set one with `kubectl imagemap set-image {} IMAGE`",
+                map.metadata.name.as_deref().unwrap_or("NAME")
+            ),
+        ),
+    }
+    out.push_str("Swapped Pods:\n");
+    if pods.is_empty() {
+        out.push_str("  <none>\n");
+    }
+    for pod in pods {
+        for r in &pod.records {
+            out.push_str(&format!("  pod/{}  {}  {} -> {}\n", pod.name, r.field, r.original, r.image));
+        }
+    }
+    out.push_str("Events:\n");
+    if events.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let mut rows = vec![vec!["  TYPE".to_string(), "REASON".into(), "AGE".into(), "MESSAGE".into()]];
+        for e in events {
+            let when = e.last_timestamp.as_ref().map(|t| t.0).or(e.event_time.as_ref().map(|t| t.0));
+            rows.push(vec![
+                format!("  {}", e.type_.clone().unwrap_or_default()),
+                e.reason.clone().unwrap_or_default(),
+                render::age(now, when),
+                e.message.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push_str(&render::align(&rows));
+    }
+    out
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() {
+        "<none>"
+    } else {
+        s
+    }
+}
+
+/// The Pods whose swap annotation names `map_id`.
+pub fn swapped_pods(pods: &[Pod], map_id: &str) -> Vec<SwappedPod> {
+    pods.iter()
+        .filter_map(|p| {
+            let text = p.metadata.annotations.as_ref()?.get(SWAPS_ANNOTATION)?;
+            let records: Vec<SwapRecord> = parse_records(text).into_iter().filter(|r| r.image_map == map_id).collect();
+            (!records.is_empty()).then(|| SwappedPod { name: p.metadata.name.clone().unwrap_or_default(), records })
+        })
+        .collect()
+}
+
+/// Runs `describe`.
+pub async fn run(global: &Global, args: &DescribeArgs) -> Result<String> {
+    let cluster = Cluster::connect(global).await?;
+    let map = cluster
+        .maps()
+        .get(&args.name)
+        .await
+        .map_err(|e| cluster.explain_error(e, &format!("imagemap {:?}", args.name)))?;
+    let ns = cluster.namespace.clone();
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
+    let pods = match pods.list(&ListParams::default()).await {
+        Ok(list) => swapped_pods(&list.items, &format!("{ns}/{}", args.name)),
+        Err(e) => {
+            eprintln!("warning: cannot list Pods: {e}");
+            Vec::new()
+        }
+    };
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), &ns);
+    let selector = format!("involvedObject.kind=ImageMap,involvedObject.name={}", args.name);
+    let events = events.list(&ListParams::default().fields(&selector)).await.map(|l| l.items).unwrap_or_default();
+    Ok(describe_text(&map, &pods, &events, Timestamp::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imagemap::types::{ImageMapSpec, ImageMapStatus};
+    use serde_json::json;
+
+    #[test]
+    fn describes_an_unbuilt_map_with_the_fix() {
+        let mut m = ImageMap::new("web", ImageMapSpec { selector: "web".into(), ..Default::default() });
+        m.metadata.namespace = Some("dev".into());
+        let text = describe_text(&m, &[], &[], Timestamp::now());
+        assert!(text.contains("Selector:             web\n"), "{text}");
+        assert!(text.contains("Usable:               No: has no built image yet"), "{text}");
+        assert!(text.contains("kubectl imagemap set-image web IMAGE"), "{text}");
+        assert!(text.contains("Swapped Pods:\n  <none>\nEvents:\n  <none>\n"), "{text}");
+    }
+
+    #[test]
+    fn lists_pods_swapped_by_this_map_only() {
+        let pods: Vec<Pod> = serde_json::from_value(json!([
+            {"metadata": {"name": "a", "annotations": {SWAPS_ANNOTATION: r#"[{"field":"spec.containers{c}.image","original":"web","image":"r.io/web:1","imageMap":"dev/web"},{"field":"spec.containers{d}.image","original":"x","image":"r.io/x:1","imageMap":"dev/x"}]"#}}},
+            {"metadata": {"name": "b"}},
+            {"metadata": {"name": "c", "annotations": {SWAPS_ANNOTATION: "garbage"}}}
+        ])).expect("pods");
+        let found = swapped_pods(&pods, "dev/web");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].records.len(), 1);
+        let mut m = ImageMap::new("web", ImageMapSpec { selector: "web".into(), ..Default::default() });
+        m.status = Some(ImageMapStatus { image: "r.io/web:1".into(), ..Default::default() });
+        let text = describe_text(&m, &found, &[], Timestamp::now());
+        assert!(text.contains("  pod/a  spec.containers{c}.image  web -> r.io/web:1\n"), "{text}");
+        assert!(text.contains("Usable:               Yes: Pods get r.io/web:1"), "{text}");
+    }
+}

@@ -1,0 +1,27 @@
+//! One module per subcommand. Each returns the text for standard output; errors go to stderr.
+
+pub mod completion;
+pub mod create;
+pub mod delete;
+pub mod describe;
+pub mod doctor;
+pub mod explain;
+pub mod get;
+pub mod inject;
+pub mod set_image;
+
+use anyhow::{bail, Result};
+use imagemap::reference::Reference;
+
+/// Validates an image reference given on the command line, naming the flag.
+pub fn validate_reference(flag: &str, value: &str) -> Result<()> {
+    if let Err(e) = Reference::parse(value) {
+        bail!("invalid {flag} {value:?}: {e}");
+    }
+    Ok(())
+}
+
+/// `--command ""` or `--args ""` alone means "clear": an empty list.
+pub fn override_list(words: &Option<Vec<String>>) -> Option<Vec<String>> {
+    words.as_ref().map(|w| if w.len() == 1 && w[0].is_empty() { Vec::new() } else { w.clone() })
+}
