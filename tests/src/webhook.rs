@@ -75,6 +75,38 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     )
 }
 
+/// Prints a warning when `program` is older than a file under `webhook/src`: the tests would
+/// run yesterday's webhook. Not an error: the binary may be what the caller wants.
+fn warn_if_stale(program: &Path) {
+    fn newest(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+        let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            let candidate = if path.is_dir() {
+                newest(&path)
+            } else {
+                entry.metadata().and_then(|m| m.modified()).ok().map(|t| (t, path))
+            };
+            if let Some(c) = candidate {
+                if best.as_ref().is_none_or(|b| c.0 > b.0) {
+                    best = Some(c);
+                }
+            }
+        }
+        best
+    }
+    let built = std::fs::metadata(program).and_then(|m| m.modified());
+    if let (Ok(built), Some((changed, source))) = (built, newest(&workspace_root().join("webhook/src"))) {
+        if changed > built {
+            eprintln!(
+                "imagemap-e2e: warning: {} is older than {}; run `cargo build --workspace --bins` to test the current code",
+                program.display(),
+                source.display()
+            );
+        }
+    }
+}
+
 /// How to run a [`Webhook`].
 #[derive(Clone, Debug, Default)]
 pub struct WebhookOptions {
@@ -115,6 +147,7 @@ impl Webhook {
     /// until `GET /readyz` answers 200 over HTTPS, i.e. its ImageMap cache has synced.
     pub fn start(plane: &ControlPlane, opts: WebhookOptions) -> Result<Webhook> {
         let program = workspace_binary(WEBHOOK_BIN)?;
+        warn_if_stale(&program);
         let dir = tempfile::Builder::new()
             .prefix("imagemap-e2e-webhook-")
             .tempdir()
@@ -578,6 +611,14 @@ mod tests {
         let long = unique_name(&"x".repeat(100));
         assert!(long.len() <= 63, "{long}");
         assert!(unique_name("--").starts_with("test-"));
+    }
+
+    #[test]
+    fn a_missing_binary_says_how_to_build_it() {
+        let e = workspace_binary("no-such-binary-here").expect_err("missing");
+        let text = format!("{e:#}");
+        assert!(text.contains("cargo build --workspace --bins"), "{text}");
+        assert!(text.contains("no-such-binary-here"), "{text}");
     }
 
     #[test]
