@@ -107,7 +107,8 @@ fn kubectl_apply_swaps_containers_init_containers_env_and_overrides_from_the_map
             "overrideCommand": {"command": ["/app", "--serve"]},
             "overrideArgs": {"args": []},
         }),
-        Some(json!({"image": "localhost:5000/my-app:tilt-1", "imageFromLocal": "localhost:5000/my-app:tilt-1"})),
+        // imageFromLocal is how the developer's machine sees the image: never injected.
+        Some(json!({"image": "localhost:5000/my-app:tilt-1", "imageFromLocal": "127.0.0.1:5001/my-app:local"})),
     );
     wait_until_dry_run_gives(plane, served, &ns, "my-app", "localhost:5000/my-app:tilt-1");
 
