@@ -21,7 +21,9 @@ fn run_with(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) ->
     let path = format!("{}:{}", plugin_dir().display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("kubectl");
     cmd.arg("imagemap").args(args).env("PATH", path).env("KUBECONFIG", kubeconfig);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn kubectl");
     if let Some(input) = stdin {
         use std::io::Write;
@@ -42,7 +44,12 @@ fn ok(plane: &ControlPlane, args: &[&str]) -> String {
 
 fn fails(plane: &ControlPlane, args: &[&str]) -> String {
     let out = run(plane, args);
-    assert_eq!(out.status.code(), Some(1), "kubectl imagemap {args:?} should exit 1: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "kubectl imagemap {args:?} should exit 1: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -56,7 +63,18 @@ fn create_get_list_set_image_describe_and_delete() {
     let row: Vec<&str> = table.lines().nth(1).expect("row").split_whitespace().collect();
     assert_eq!(&row[..5], ["app", "my-app", "<none>", "<none>", "False"]);
 
-    let out = ok(plane, &["set-image", "app", "localhost:5000/my-app:tilt-1", "--from-cluster", "registry:5000/my-app:tilt-1", "-n", &ns]);
+    let out = ok(
+        plane,
+        &[
+            "set-image",
+            "app",
+            "localhost:5000/my-app:tilt-1",
+            "--from-cluster",
+            "registry:5000/my-app:tilt-1",
+            "-n",
+            &ns,
+        ],
+    );
     assert_eq!(out, "imagemap.tilt.dev/app image set to registry:5000/my-app:tilt-1\n");
     let got: Value = serde_json::from_str(&ok(plane, &["get", "app", "-n", &ns, "-o", "json"])).expect("json");
     assert_eq!(got["status"]["image"], "localhost:5000/my-app:tilt-1");
@@ -83,7 +101,10 @@ fn create_get_list_set_image_describe_and_delete() {
     // --create with a selector creates and publishes in one call.
     let out = ok(plane, &["set-image", "tool", "reg.io/tool:2", "--create", "--selector", "tool", "-n", &ns]);
     assert!(out.contains("created and image set"), "{out}");
-    assert_eq!(ok(plane, &["delete", "app", "tool", "-n", &ns]), "imagemap.tilt.dev \"app\" deleted\nimagemap.tilt.dev \"tool\" deleted\n");
+    assert_eq!(
+        ok(plane, &["delete", "app", "tool", "-n", &ns]),
+        "imagemap.tilt.dev \"app\" deleted\nimagemap.tilt.dev \"tool\" deleted\n"
+    );
     assert_eq!(ok(plane, &["get", "-n", &ns, "-o", "name"]), "");
 }
 
@@ -136,7 +157,8 @@ fn unreachable_api_server_is_reported_with_the_fix() {
     let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"app"}]}}"#;
     let maps = dir.path().join("maps.yaml");
     std::fs::write(&maps, "apiVersion: tilt.dev/v1alpha1\nkind: ImageMap\nmetadata: {name: app}\nspec: {selector: app}\nstatus: {image: 'reg.io/app:1'}\n").expect("write");
-    let out = run_with(&kubeconfig, &["inject", "--maps", maps.to_str().expect("utf8"), "-f", "-", "-o", "json"], Some(pod));
+    let out =
+        run_with(&kubeconfig, &["inject", "--maps", maps.to_str().expect("utf8"), "-f", "-", "-o", "json"], Some(pod));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["spec"]["containers"][0]["image"], "reg.io/app:1");
@@ -175,7 +197,10 @@ fn inject_and_explain_use_the_cluster_maps() {
     assert!(warnings.contains(&format!("ImageMap {ns}/unbuilt matches worker")), "{warnings}");
 
     let explained = ok(plane, &["explain", "web:1", "-n", &ns]);
-    assert!(explained.contains(&format!("ImageMap {ns}/web (name-only, local, selector web): WINS: swaps to reg.io/web:7")), "{explained}");
+    assert!(
+        explained.contains(&format!("ImageMap {ns}/web (name-only, local, selector web): WINS: swaps to reg.io/web:7")),
+        "{explained}"
+    );
     let explained = run_with(plane.kubeconfig_path(), &["explain", "-f", "-", "-n", &ns], Some(&manifests));
     let text = String::from_utf8_lossy(&explained.stdout);
     assert!(text.contains("spec.containers{web}.image: web:1 -> reg.io/web:7"), "{text}");
@@ -224,7 +249,8 @@ fn completion_scripts_and_help_examples() {
     for shell in ["bash", "zsh", "fish"] {
         assert!(ok(plane, &["completion", shell]).contains("set-image"), "{shell}");
     }
-    for cmd in ["create", "list", "get", "describe", "set-image", "delete", "inject", "explain", "doctor", "completion"] {
+    for cmd in ["create", "list", "get", "describe", "set-image", "delete", "inject", "explain", "doctor", "completion"]
+    {
         let help = ok(plane, &[cmd, "--help"]);
         assert!(help.contains("Example"), "{cmd} --help has an example:\n{help}");
     }
