@@ -221,3 +221,17 @@ async fn metrics_count_reviews_swaps_and_refusals() {
         assert!(text.contains(want), "missing {want}:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn review_captured_from_the_real_api_server_is_patched() {
+    let review: Value =
+        serde_json::from_str(include_str!("fixtures/captured-pod-create-review.json")).expect("captured fixture");
+    let ns = review["request"]["namespace"].as_str().expect("namespace").to_string();
+    let state = state_with(&[map(&ns, "api", "my-apiserver", Some("localhost:5000/my-apiserver:tilt-1"), false)]);
+    let resp = mutate(&state, &review).await;
+    assert_eq!(resp["response"]["uid"], review["request"]["uid"]);
+    let pod = common::apply_response_patch(&review, &resp);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "localhost:5000/my-apiserver:tilt-1");
+    assert_eq!(pod["spec"]["initContainers"][0]["image"], "localhost:5000/my-apiserver:tilt-1");
+    assert_eq!(pod["spec"]["containers"][1]["image"], "busybox:1.36");
+}
