@@ -1,0 +1,134 @@
+{{/* Names ---------------------------------------------------------------------------------- */}}
+
+{{- define "imagemap.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* `<release>-<chart>`, or the release name when it already contains the chart name. */}}
+{{- define "imagemap.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "imagemap.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "imagemap.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "imagemap.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding tls.crt and tls.key (and ca.crt, except maybe in existingSecret mode). */}}
+{{- define "imagemap.tlsSecretName" -}}
+{{- if eq .Values.certs.mode "existingSecret" }}
+{{- required "certs.existingSecret.name is required when certs.mode is existingSecret: the Secret (in the release namespace) with tls.crt and tls.key" .Values.certs.existingSecret.name }}
+{{- else }}
+{{- printf "%s-tls" (include "imagemap.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "imagemap.webhookConfigurationName" -}}
+{{- default (include "imagemap.fullname" .) .Values.webhook.configurationName }}
+{{- end }}
+
+{{- define "imagemap.configMapName" -}}
+{{- default (printf "%s-imagemaps" (include "imagemap.fullname" .)) .Values.imagemapsFile.existingConfigMap }}
+{{- end }}
+
+{{/* Labels ---------------------------------------------------------------------------------- */}}
+
+{{- define "imagemap.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "imagemap.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end }}
+
+{{- define "imagemap.labels" -}}
+helm.sh/chart: {{ include "imagemap.chart" . }}
+{{ include "imagemap.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: imagemap
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* `annotations:` with the common annotations plus the given dict; nothing when both are empty. */}}
+{{- define "imagemap.annotations" -}}
+{{- $all := merge (deepCopy (default dict .extra)) (deepCopy (default dict .root.Values.commonAnnotations)) }}
+{{- with $all }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Image ----------------------------------------------------------------------------------- */}}
+
+{{- define "imagemap.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Certificates ---------------------------------------------------------------------------- */}}
+
+{{/* The host of webhook.url without port or IPv6 brackets; empty when no URL is set. */}}
+{{- define "imagemap.urlHost" -}}
+{{- with .Values.webhook.url }}
+{{- $host := (urlParse .).host }}
+{{- if hasPrefix "[" $host }}
+{{- regexReplaceAll "^\\[([^\\]]*)\\].*$" $host "${1}" }}
+{{- else }}
+{{- regexReplaceAll ":[0-9]*$" $host "" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The names the serving certificate must cover, as JSON: {"dns": [...], "ips": [...]}.
+The Service DNS names, plus the host of webhook.url (an IP SAN for an IP address, a DNS SAN
+otherwise).
+*/}}
+{{- define "imagemap.certHosts" -}}
+{{- $svc := include "imagemap.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $dns := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) }}
+{{- $ips := list }}
+{{- $host := include "imagemap.urlHost" . }}
+{{- if $host }}
+{{- if or (regexMatch "^[0-9]{1,3}(\\.[0-9]{1,3}){3}$" $host) (contains ":" $host) }}
+{{- $ips = append $ips $host }}
+{{- else if not (has $host $dns) }}
+{{- $dns = append $dns $host }}
+{{- end }}
+{{- end }}
+{{- dict "dns" $dns "ips" $ips | toJson }}
+{{- end }}
+
+{{/*
+The caBundle (base64 of PEM) for the webhook configuration in existingSecret mode: accepts PEM
+text or its base64.
+*/}}
+{{- define "imagemap.existingCaBundle" -}}
+{{- $ca := required "certs.existingSecret.caBundle is required when certs.mode is existingSecret: the PEM of the CA that signed tls.crt" .Values.certs.existingSecret.caBundle }}
+{{- if contains "-----BEGIN" $ca }}
+{{- $ca | b64enc }}
+{{- else }}
+{{- $ca | nospace }}
+{{- end }}
+{{- end }}
