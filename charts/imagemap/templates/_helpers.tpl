@@ -49,21 +49,31 @@
 
 {{/* Labels ---------------------------------------------------------------------------------- */}}
 
-{{- define "imagemap.selectorLabels" -}}
+{{- define "imagemap.instanceLabels" -}}
 app.kubernetes.io/name: {{ include "imagemap.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "imagemap.selectorLabels" -}}
+{{ include "imagemap.instanceLabels" . }}
 app.kubernetes.io/component: webhook
 {{- end }}
 
-{{- define "imagemap.labels" -}}
+{{/* The labels of every resource, without app.kubernetes.io/component. */}}
+{{- define "imagemap.baseLabels" -}}
 helm.sh/chart: {{ include "imagemap.chart" . }}
-{{ include "imagemap.selectorLabels" . }}
+{{ include "imagemap.instanceLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: imagemap
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{- define "imagemap.labels" -}}
+{{ include "imagemap.baseLabels" . }}
+app.kubernetes.io/component: webhook
 {{- end }}
 
 {{/* `annotations:` with the common annotations plus the given dict; nothing when both are empty. */}}
