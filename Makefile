@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test lint fmt crd controlplane dev dev-down bench clean
+.PHONY: all build release test lint fmt crd controlplane dev dev-down bench stress clean
 
 all: build
 
@@ -39,6 +39,11 @@ dev: controlplane build
 
 dev-down:
 	bash scripts/dev.sh down
+
+## Longer load and abuse tests (not part of `make test`): the ignored tests.
+stress: controlplane build
+	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
+	  $(CARGO) test --release --workspace -- --ignored --test-threads=1
 
 ## Benchmarks (not part of `make test`).
 bench:
