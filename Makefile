@@ -43,7 +43,7 @@ dev-down:
 ## Longer load and abuse tests (not part of `make test`): the ignored tests.
 stress: controlplane build
 	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
-	  $(CARGO) test --release --workspace -- --ignored --test-threads=1
+	  $(CARGO) test --workspace -- --ignored --test-threads=1
 
 ## Benchmarks (not part of `make test`).
 bench:

@@ -76,12 +76,14 @@ app.kubernetes.io/part-of: imagemap
 app.kubernetes.io/component: webhook
 {{- end }}
 
-{{/* `annotations:` with the common annotations plus the given dict; nothing when both are empty. */}}
+{{/*
+`annotations:` (the common annotations plus the dict `extra`) as a metadata field: a newline and
+the field indented by 2, or nothing when both are empty. Use right after `labels`.
+*/}}
 {{- define "imagemap.annotations" -}}
 {{- $all := merge (deepCopy (default dict .extra)) (deepCopy (default dict .root.Values.commonAnnotations)) }}
 {{- with $all }}
-annotations:
-  {{- toYaml . | nindent 2 }}
+{{ printf "annotations:\n%s" (toYaml . | indent 2) | indent 2 }}
 {{- end }}
 {{- end }}
 
