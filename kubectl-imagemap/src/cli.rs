@@ -124,6 +124,9 @@ pub enum Command {
     /// Check an installation end to end; exit 1 if a check fails.
     #[command(after_help = "Example:\n  kubectl imagemap doctor -n dev")]
     Doctor(DoctorArgs),
+    /// Restart the Deployments, StatefulSets and DaemonSets whose Pods this map swapped.
+    #[command(after_help = "Example:\n  kubectl imagemap rollout app")]
+    Rollout(RolloutArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  source <(kubectl imagemap completion bash)\n  kubectl imagemap completion zsh > \"${fpath[1]}/_kubectl-imagemap\""
@@ -255,6 +258,13 @@ pub struct ExplainArgs {
     /// Also use the maps of this namespace as global (the webhook's --global-namespace).
     #[arg(long)]
     pub global_namespace: Option<String>,
+}
+
+/// `rollout`
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// Name of the ImageMap.
+    pub name: String,
 }
 
 /// `doctor`

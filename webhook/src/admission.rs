@@ -110,8 +110,22 @@ struct Envelope {
     request: Option<AdmissionRequest<PodObject>>,
 }
 
+/// Options of the decision beyond the maps.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewOptions {
+    /// Hold Pods whose image waits for an unbuilt map with a scheduling gate (`--gate-unbuilt`).
+    pub gate_unbuilt: bool,
+    /// The current time (RFC 3339), recorded on gated Pods.
+    pub now: String,
+}
+
 /// Decodes `body`, decides, and encodes the response AdmissionReview.
 pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
+    review_with(body, index, &ReviewOptions::default())
+}
+
+/// [`review`] with options.
+pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Result<Reviewed, ReviewError> {
     let envelope: Envelope = serde_json::from_slice(body)?;
     let mut request = envelope.request.ok_or(ReviewError::NoRequest)?;
     request.types = TypeMeta { api_version: envelope.api_version, kind: envelope.kind };
@@ -122,7 +136,10 @@ pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
             let namespace = request.namespace.as_deref().or(pod.metadata.namespace.as_deref()).unwrap_or("default");
             let name = pod.metadata.name.as_deref().filter(|n| !n.is_empty()).or(pod.metadata.generate_name.as_deref());
             let object = format!("{namespace}/{}", name.unwrap_or(""));
-            let injection = inject(view(pod), &Applicable { index, namespace });
+            let mut injection = inject(view(pod), &Applicable { index, namespace });
+            if options.gate_unbuilt {
+                crate::gate::gate(view(pod), &mut injection, &options.now);
+            }
             (if injection.patch.is_empty() { Outcome::Unchanged } else { Outcome::Patched }, object, Some(injection))
         }
     };
@@ -161,7 +178,7 @@ fn view(pod: &PodObject) -> PodView<'_> {
         Some(a) => MetadataView::Annotations(a.get(SWAPS_ANNOTATION).map(String::as_str)),
         None => MetadataView::NoAnnotations,
     };
-    PodView { spec: pod.spec.as_ref(), metadata }
+    PodView { spec: pod.spec.as_ref(), metadata, labels_present: pod.metadata.labels.is_some() }
 }
 
 /// Encodes the response review with `patch` (a serialized JSON patch), base64-encoded as Go's

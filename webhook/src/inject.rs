@@ -128,6 +128,8 @@ pub struct PodView<'a> {
     pub spec: Option<&'a Value>,
     /// What `metadata` looks like, to place the swap annotation.
     pub metadata: MetadataView<'a>,
+    /// `metadata.labels` exists.
+    pub labels_present: bool,
 }
 
 /// The shape of a Pod's metadata, as far as the swap annotation is concerned.
@@ -151,7 +153,8 @@ impl<'a> PodView<'a> {
             },
             _ => MetadataView::Absent,
         };
-        PodView { spec: pod.get("spec"), metadata }
+        let labels_present = pod.pointer("/metadata/labels").is_some_and(Value::is_object);
+        PodView { spec: pod.get("spec"), metadata, labels_present }
     }
 }
 

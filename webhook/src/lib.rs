@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod admission;
+pub mod gate;
 pub mod inject;
 pub mod manifests;
 pub mod maps;
@@ -13,6 +14,9 @@ pub mod mapsfile;
 pub mod patch;
 pub mod reference;
 pub mod types;
+
+#[cfg(feature = "client")]
+pub mod workloads;
 
 #[cfg(feature = "server")]
 pub mod server;

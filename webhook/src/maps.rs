@@ -304,6 +304,11 @@ impl MapIndex {
         }
     }
 
+    /// Every map from the cluster.
+    pub fn cluster_maps(&self) -> impl Iterator<Item = &CompiledMap> {
+        self.by_namespace.values().flat_map(|n| n.values().flatten().map(|m| m.as_ref()))
+    }
+
     /// All maps of one namespace (for listing and explaining).
     pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = &CompiledMap> {
         self.by_namespace.get(namespace).into_iter().flat_map(|n| n.values().flatten().map(|m| m.as_ref()))

@@ -33,7 +33,7 @@
 {{/* The Secret holding tls.crt and tls.key (and ca.crt, except maybe in existingSecret mode). */}}
 {{- define "imagemap.tlsSecretName" -}}
 {{- if eq .Values.certs.mode "existingSecret" }}
-{{- required "certs.existingSecret.name is required when certs.mode is existingSecret: the Secret (in the release namespace) with tls.crt and tls.key" .Values.certs.existingSecret.name }}
+{{- required "certs.mode=existingSecret needs certs.existingSecret.name (a Secret in the release namespace with tls.crt and tls.key) and certs.existingSecret.caBundle (the PEM of the CA that signed tls.crt)" .Values.certs.existingSecret.name }}
 {{- else }}
 {{- printf "%s-tls" (include "imagemap.fullname" .) }}
 {{- end }}
@@ -137,7 +137,8 @@ The caBundle (base64 of PEM) for the webhook configuration in existingSecret mod
 text or its base64.
 */}}
 {{- define "imagemap.existingCaBundle" -}}
-{{- $ca := required "certs.existingSecret.caBundle is required when certs.mode is existingSecret: the PEM of the CA that signed tls.crt" .Values.certs.existingSecret.caBundle }}
+{{- $_ := required "certs.mode=existingSecret needs certs.existingSecret.name (a Secret in the release namespace with tls.crt and tls.key) and certs.existingSecret.caBundle (the PEM of the CA that signed tls.crt)" .Values.certs.existingSecret.name }}
+{{- $ca := required "certs.mode=existingSecret needs certs.existingSecret.name (a Secret in the release namespace with tls.crt and tls.key) and certs.existingSecret.caBundle (the PEM of the CA that signed tls.crt)" .Values.certs.existingSecret.caBundle }}
 {{- if contains "-----BEGIN" $ca }}
 {{- $ca | b64enc }}
 {{- else }}

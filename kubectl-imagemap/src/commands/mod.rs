@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod explain;
 pub mod get;
 pub mod inject;
+pub mod rollout;
 pub mod set_image;
 
 use anyhow::{bail, Result};

@@ -79,6 +79,29 @@ pub struct Config {
     /// After draining starts, in-flight requests get this long to finish.
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub shutdown_timeout: Duration,
+    /// Hold Pods whose image matches a map without a build yet (scheduling gate tilt.dev/imagemap);
+    /// a leader-elected controller swaps the image in and removes the gate once it is built.
+    #[arg(long, env = "IMAGEMAP_GATE_UNBUILT")]
+    pub gate_unbuilt: bool,
+    /// Release gated Pods unchanged (with an Event) after this long.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub gate_timeout: Duration,
+    /// When a map's image changes, restart the Deployments, StatefulSets and DaemonSets whose
+    /// Pods it swapped (like `kubectl rollout restart`).
+    #[arg(long, env = "IMAGEMAP_RESTART_ON_REBUILD")]
+    pub restart_on_rebuild: bool,
+    /// Namespace of the controller's leader-election Lease (default: $POD_NAMESPACE, else default).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "imagemap-controller")]
+    pub leader_election_id: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else hostname and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How often the controller looks at gated Pods.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub controller_interval: Duration,
 }
 
 impl Config {
@@ -88,6 +111,23 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             body_timeout: self.body_timeout,
             max_concurrent_reviews: self.max_concurrent_reviews.max(1),
+        }
+    }
+
+    /// Controller settings from the flags.
+    pub fn controller_options(&self) -> super::controller::Options {
+        let identity = self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+            format!("{host}-{}", std::process::id())
+        });
+        super::controller::Options {
+            gate_unbuilt: self.gate_unbuilt,
+            gate_timeout: self.gate_timeout,
+            restart_on_rebuild: self.restart_on_rebuild,
+            lease_namespace: self.leader_election_namespace.clone(),
+            lease_name: self.leader_election_id.clone(),
+            identity,
+            interval: self.controller_interval,
         }
     }
 

@@ -13,7 +13,7 @@ use axum::Router;
 use http_body_util::{BodyExt, Limited};
 
 use super::AppState;
-use crate::admission::{review, Outcome};
+use crate::admission::{review_with, Outcome, ReviewOptions};
 
 /// Limits applied to each request.
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +98,10 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
         Ok(Ok(collected)) => collected.to_bytes(),
     };
     let started = Instant::now();
-    let result = state.with_index(|index| review(&body, index));
+    let gate_unbuilt = state.gate_unbuilt.load(std::sync::atomic::Ordering::Relaxed);
+    let now = if gate_unbuilt { k8s_openapi::jiff::Timestamp::now().to_string() } else { String::new() };
+    let options = ReviewOptions { gate_unbuilt, now };
+    let result = state.with_index(|index| review_with(&body, index, &options));
     let took = started.elapsed();
     match result {
         Ok(reviewed) => {

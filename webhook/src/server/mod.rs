@@ -2,6 +2,7 @@
 //! Everything here is I/O around the pure core in the crate root.
 
 pub mod config;
+pub mod controller;
 pub mod http;
 pub mod listener;
 pub mod metrics;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub limits: http::Limits,
     /// Bounds concurrent reviews; past it requests get 503 at once.
     pub concurrency: tokio::sync::Semaphore,
+    /// Hold Pods waiting for unbuilt maps with a scheduling gate (`--gate-unbuilt`).
+    pub gate_unbuilt: AtomicBool,
 }
 
 impl AppState {
@@ -44,6 +47,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             metrics: metrics::Metrics::default(),
             concurrency: tokio::sync::Semaphore::new(limits.max_concurrent_reviews),
+            gate_unbuilt: AtomicBool::new(false),
             limits,
         })
     }
@@ -84,11 +88,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store::load_file_once(path, &state).context("loading --imagemaps-file")?;
         tokio::spawn(store::watch_file(path.clone(), config.maps_reload_interval, state.clone()));
     }
+    state.gate_unbuilt.store(config.gate_unbuilt, Ordering::Release);
     if config.no_cluster {
         state.synced.store(true, Ordering::Release);
     } else {
         let client = store::client(config.kubeconfig.as_deref()).await?;
-        tokio::spawn(store::watch_cluster(client, state.clone()));
+        tokio::spawn(store::watch_cluster(client.clone(), state.clone()));
+        if config.gate_unbuilt || config.restart_on_rebuild {
+            tokio::spawn(controller::run(client, state.clone(), config.controller_options()));
+        }
     }
 
     let listener = tokio::net::TcpListener::bind(config.listen)

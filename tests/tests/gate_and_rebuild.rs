@@ -1,0 +1,257 @@
+//! Holding Pods until their image is built (`--gate-unbuilt`) and following rebuilds
+//! (`--restart-on-rebuild`), through the real API server and controller-manager.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use imagemap_e2e::binaries::workspace_root;
+use imagemap_e2e::{poll, shared, ControlPlane, ControlPlaneOptions, ServedWebhook, WebhookOptions};
+use serde_json::Value;
+
+const GATE: &str = "tilt.dev/imagemap";
+
+fn controller_args(lease_ns: &str, extra: &[&str]) -> WebhookOptions {
+    let mut args: Vec<String> = [
+        "--gate-unbuilt",
+        "--restart-on-rebuild",
+        "--controller-interval",
+        "300ms",
+        "--leader-election-namespace",
+        lease_ns,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    WebhookOptions { extra_args: args, ..Default::default() }
+}
+
+fn plugin(plane: &ControlPlane, args: &[&str]) -> String {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let path = format!("{}:{}", target.join("debug").display(), std::env::var("PATH").unwrap_or_default());
+    let out = Command::new("kubectl")
+        .arg("imagemap")
+        .args(args)
+        .env("PATH", path)
+        .env("KUBECONFIG", plane.kubeconfig_path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl imagemap");
+    assert!(out.status.success(), "kubectl imagemap {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn get_pod(plane: &ControlPlane, ns: &str, name: &str) -> Value {
+    serde_json::from_str(&plane.kubectl_ok(["get", "pod", name, "-n", ns, "-o", "json"])).expect("pod json")
+}
+
+fn gates(pod: &Value) -> Vec<String> {
+    pod["spec"]["schedulingGates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["name"].as_str().map(String::from))
+        .collect()
+}
+
+fn events(plane: &ControlPlane, ns: &str, reason: &str) -> Vec<Value> {
+    let list: Value =
+        serde_json::from_str(&plane.kubectl_ok(["get", "events", "-n", ns, "-o", "json"])).expect("events");
+    list["items"].as_array().into_iter().flatten().filter(|e| e["reason"] == reason).cloned().collect()
+}
+
+fn run_pod(plane: &ControlPlane, ns: &str, name: &str, image: &str) -> String {
+    let out = plane.kubectl(["run", name, "-n", ns, &format!("--image={image}"), "--restart=Never"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_pod_created_before_its_build_waits_at_a_gate_then_gets_the_built_image() {
+    let plane = shared();
+    let lease_ns = plane.create_namespace("gate-lease");
+    let served = ServedWebhook::start(plane, "gate", controller_args(&lease_ns, &[])).expect("webhook");
+    let ns = served.create_namespace("gate");
+    plugin(plane, &["create", "app", "--selector", "gated-app", "-n", &ns]);
+    // The webhook's cache must know the (unbuilt) map before the Pod is created.
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=gated-app", "--dry-run=server", "-o", "json"]);
+        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
+        gates(&pod).contains(&GATE.to_string()).then_some(())
+    })
+    .expect("dry-run Pod gated once the webhook sees the map");
+
+    let warnings = run_pod(plane, &ns, "web", "gated-app");
+    assert!(warnings.contains("held by scheduling gate"), "{warnings}");
+    let pod = get_pod(plane, &ns, "web");
+    assert_eq!(gates(&pod), [GATE]);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "gated-app");
+
+    plugin(plane, &["set-image", "app", "localhost:5000/gated-app:tilt-1", "-n", &ns]);
+    let released = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let pod = get_pod(plane, &ns, "web");
+        gates(&pod).is_empty().then_some(pod)
+    })
+    .expect("gate removed after set-image");
+    assert_eq!(released["spec"]["containers"][0]["image"], "localhost:5000/gated-app:tilt-1");
+    assert!(released["metadata"]["annotations"]["imagemap.tilt.dev/swaps"]
+        .as_str()
+        .expect("swap recorded")
+        .contains("gated-app:tilt-1"));
+    assert!(released["metadata"]["labels"].get("imagemap.tilt.dev/gated").is_none());
+    let swapped = poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        let e = events(plane, &ns, "ImageMapSwapped");
+        (!e.is_empty()).then_some(e)
+    })
+    .expect("an Event records the swap");
+    assert_eq!(swapped.len(), 1, "one replica acted once");
+}
+
+#[test]
+fn a_gated_pod_is_released_unchanged_after_the_timeout_and_when_its_map_is_deleted() {
+    let plane =
+        ControlPlane::start(ControlPlaneOptions { controller_manager: true, ..Default::default() }).expect("plane");
+    let lease_ns = plane.create_namespace("timeout-lease");
+    let served = ServedWebhook::start(&plane, "timeout", controller_args(&lease_ns, &["--gate-timeout", "3s"]))
+        .expect("webhook");
+    let ns = served.create_namespace("timeout");
+    plugin(&plane, &["create", "slow", "--selector", "slow-app", "-n", &ns]);
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=slow-app", "--dry-run=server", "-o", "json"]);
+        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (!gates(&pod).is_empty()).then_some(())
+    })
+    .expect("webhook sees the map");
+    run_pod(&plane, &ns, "waits", "slow-app");
+    assert_eq!(gates(&get_pod(&plane, &ns, "waits")), [GATE]);
+    let released = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let pod = get_pod(&plane, &ns, "waits");
+        gates(&pod).is_empty().then_some(pod)
+    })
+    .expect("released after the timeout");
+    assert_eq!(released["spec"]["containers"][0]["image"], "slow-app", "original image kept");
+    let timeouts = poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        let e = events(&plane, &ns, "ImageMapGateTimeout");
+        (!e.is_empty()).then_some(e)
+    })
+    .expect("a Warning Event");
+    assert_eq!(timeouts[0]["type"], "Warning");
+
+    // A gated Pod whose map is deleted is released too (well before the timeout).
+    let plane2 = &plane;
+    run_pod(plane2, &ns, "orphan", "slow-app");
+    assert_eq!(gates(&get_pod(plane2, &ns, "orphan")), [GATE]);
+    plugin(plane2, &["delete", "slow", "-n", &ns]);
+    let released = poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        let pod = get_pod(plane2, &ns, "orphan");
+        gates(&pod).is_empty().then_some(pod)
+    })
+    .expect("released when the map is gone");
+    assert_eq!(released["spec"]["containers"][0]["image"], "slow-app");
+}
+
+#[test]
+fn a_rebuild_rolls_a_deployment_to_new_pods_with_the_new_image() {
+    let plane = shared();
+    let lease_ns = plane.create_namespace("rebuild-lease");
+    let served = ServedWebhook::start(plane, "rebuild", controller_args(&lease_ns, &[])).expect("webhook");
+    let ns = served.create_namespace("rebuild");
+    plugin(plane, &["set-image", "api", "reg.io/api:build-1", "--create", "--selector", "api-server", "-n", &ns]);
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=api-server", "--dry-run=server", "-o", "json"]);
+        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (pod["spec"]["containers"][0]["image"] == "reg.io/api:build-1").then_some(())
+    })
+    .expect("webhook sees the map");
+    plane.kubectl_ok(["create", "deployment", "api", "-n", &ns, "--image=api-server", "--replicas=1"]);
+    let images = |plane: &ControlPlane| -> Vec<String> {
+        let list: Value =
+            serde_json::from_str(&plane.kubectl_ok(["get", "pods", "-n", &ns, "-l", "app=api", "-o", "json"]))
+                .expect("pods");
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["spec"]["containers"][0]["image"].as_str().map(String::from))
+            .collect()
+    };
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        images(plane).contains(&"reg.io/api:build-1".to_string()).then_some(())
+    })
+    .expect("first Pod swapped to build-1");
+    plugin(plane, &["set-image", "api", "reg.io/api:build-2", "-n", &ns]);
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        images(plane).contains(&"reg.io/api:build-2".to_string()).then_some(())
+    })
+    .expect("the Deployment rolled to a Pod with build-2");
+    let restarted = plane.kubectl_ok([
+        "get",
+        "deployment",
+        "api",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
+    ]);
+    assert!(!restarted.is_empty(), "restarted like kubectl rollout restart");
+    let desc = plugin(plane, &["describe", "api", "-n", &ns]);
+    assert!(desc.contains("Restarted") && desc.contains("deployment/api"), "describe shows what it restarted:\n{desc}");
+
+    // On demand, too.
+    let out = plugin(plane, &["rollout", "api", "-n", &ns]);
+    assert!(out.contains("deployment.apps/api restarted"), "{out}");
+}
+
+#[test]
+fn two_replicas_never_both_act_one_holds_the_lease() {
+    let plane =
+        ControlPlane::start(ControlPlaneOptions { controller_manager: true, ..Default::default() }).expect("plane");
+    let lease_ns = plane.create_namespace("lease");
+    let a =
+        ServedWebhook::start(&plane, "replica-a", controller_args(&lease_ns, &["--identity", "replica-a"])).expect("a");
+    let b = imagemap_e2e::Webhook::start(&plane, controller_args(&lease_ns, &["--identity", "replica-b"])).expect("b");
+    let holder = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let out = plane.kubectl([
+            "get",
+            "lease",
+            "imagemap-controller",
+            "-n",
+            &lease_ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        let h = String::from_utf8_lossy(&out.stdout).to_string();
+        (!h.is_empty()).then_some(h)
+    })
+    .expect("a lease holder");
+    assert!(holder == "replica-a" || holder == "replica-b", "{holder}");
+    let ns = a.create_namespace("lease-pods");
+    plugin(&plane, &["create", "app", "--selector", "lease-app", "-n", &ns]);
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=lease-app", "--dry-run=server", "-o", "json"]);
+        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (!gates(&pod).is_empty()).then_some(())
+    })
+    .expect("gating active");
+    for i in 0..3 {
+        run_pod(&plane, &ns, &format!("p{i}"), "lease-app");
+    }
+    plugin(&plane, &["set-image", "app", "reg.io/lease-app:1", "-n", &ns]);
+    for i in 0..3 {
+        poll(Duration::from_secs(30), Duration::from_millis(200), || {
+            gates(&get_pod(&plane, &ns, &format!("p{i}"))).is_empty().then_some(())
+        })
+        .expect("released");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let swapped = events(&plane, &ns, "ImageMapSwapped");
+    assert_eq!(swapped.len(), 3, "exactly one release per Pod: {swapped:?}");
+    let reporters: std::collections::BTreeSet<&str> =
+        swapped.iter().filter_map(|e| e["reportingInstance"].as_str()).collect();
+    assert_eq!(reporters.len(), 1, "one replica did all the work: {reporters:?}");
+    assert!(reporters.contains(holder.as_str()), "the lease holder acted: {reporters:?} vs {holder}");
+    let leading_a = a.webhook().log().contains("leading=true");
+    let leading_b = b.log().contains("leading=true");
+    assert!(leading_a ^ leading_b, "exactly one replica led (a: {leading_a}, b: {leading_b})");
+}
