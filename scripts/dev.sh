@@ -124,6 +124,7 @@ up() {
   hook_port=$(free_port)
   "$target/imagemap-certs" --out "$state/webhook" --host 127.0.0.1 >/dev/null
   start imagemap-webhook "$target/imagemap-webhook" --listen "127.0.0.1:$hook_port" --kubeconfig "$kubeconfig" \
+    --gate-unbuilt --restart-on-rebuild \
     --tls-cert-file "$state/webhook/tls.crt" --tls-private-key-file "$state/webhook/tls.key"
   wait_for imagemap-webhook curl -sf --cacert "$state/webhook/ca.crt" "https://127.0.0.1:$hook_port/readyz"
 
@@ -173,6 +174,12 @@ Try:
   kubectl imagemap create app --selector app
   kubectl imagemap set-image app localhost:5000/app:tilt-1
   kubectl run x --image=app && kubectl get pod x -o jsonpath='{.spec.containers[0].image}{"\n"}'
+
+A Pod created before its build waits at a scheduling gate, then gets the built image:
+  kubectl imagemap create web --selector web
+  kubectl run y --image=web && kubectl get pod y -o jsonpath='{.spec.schedulingGates}{"\n"}'
+  kubectl imagemap set-image web localhost:5000/web:tilt-1
+  kubectl get pod y -o jsonpath='{.spec.containers[0].image} {.spec.schedulingGates}{"\n"}'
 
 Stop it with: make dev-down
 EOF2
