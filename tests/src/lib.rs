@@ -18,6 +18,7 @@ pub mod kubeconfig;
 pub mod kubectl;
 pub mod net;
 pub mod pki;
+pub mod plugin;
 pub mod process;
 pub mod wait;
 pub mod webhook;

@@ -405,6 +405,38 @@ fn cases() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// Adds to `missing` every key under `values` (path `prefix`) that `schema` does not declare or
+/// the README's values table does not list (objects listed as a whole are not descended into).
+fn undocumented(prefix: &str, values: &Value, schema: &Value, readme: &str, missing: &mut Vec<String>) {
+    for (key, value) in values.as_object().into_iter().flatten() {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        let declared = &schema["properties"][key];
+        if declared.is_null() {
+            missing.push(format!("{path} is not in values.schema.json"));
+        }
+        if readme.contains(&format!("| `{path}` |")) {
+            continue;
+        }
+        match value.as_object() {
+            Some(children) if !children.is_empty() => undocumented(&path, value, declared, readme, missing),
+            _ => missing.push(format!("{path} is not in README.md's values table")),
+        }
+    }
+}
+
+#[test]
+fn every_value_is_in_the_schema_and_the_readme() {
+    let read = |file: &str| {
+        std::fs::read_to_string(chart_dir().join(file))
+            .unwrap_or_else(|e| panic!("reading charts/imagemap/{file}: {e}"))
+    };
+    let values: Value = serde_yaml::from_str(&read("values.yaml")).expect("values.yaml is YAML");
+    let schema: Value = serde_json::from_str(&read("values.schema.json")).expect("values.schema.json is JSON");
+    let mut missing = Vec::new();
+    undocumented("", &values, &schema, &read("README.md"), &mut missing);
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
 #[test]
 fn lint_passes_in_every_mode_and_with_every_option() {
     let plane = shared();

@@ -1,23 +1,15 @@
 //! `kubectl imagemap doctor` on a healthy install and on broken ones, through the real kubectl
 //! and API server: each failure is reported with its fix and exits 1.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use imagemap_e2e::binaries::workspace_root;
+use imagemap_e2e::plugin::kubectl_imagemap;
 use imagemap_e2e::{shared, ControlPlane, ServedWebhook, WebhookOptions};
 
 fn doctor(plane: &ControlPlane, args: &[&str]) -> Output {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let path = format!("{}:{}", target.join("debug").display(), std::env::var("PATH").unwrap_or_default());
-    Command::new("kubectl")
-        .args(["imagemap", "doctor"])
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", plane.kubeconfig_path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kubectl imagemap doctor")
+    let mut all = vec!["doctor"];
+    all.extend_from_slice(args);
+    kubectl_imagemap(plane.kubeconfig_path(), &all, None)
 }
 
 fn text(out: &Output) -> String {

@@ -1,11 +1,9 @@
 //! Holding Pods until their image is built (`--gate-unbuilt`) and following rebuilds
 //! (`--restart-on-rebuild`), through the real API server and controller-manager.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use imagemap_e2e::binaries::workspace_root;
+use imagemap_e2e::plugin::kubectl_imagemap_ok;
 use imagemap_e2e::{poll, shared, ControlPlane, ControlPlaneOptions, ServedWebhook, WebhookOptions};
 use serde_json::Value;
 
@@ -28,18 +26,18 @@ fn controller_args(lease_ns: &str, extra: &[&str]) -> WebhookOptions {
 }
 
 fn plugin(plane: &ControlPlane, args: &[&str]) -> String {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let path = format!("{}:{}", target.join("debug").display(), std::env::var("PATH").unwrap_or_default());
-    let out = Command::new("kubectl")
-        .arg("imagemap")
-        .args(args)
-        .env("PATH", path)
-        .env("KUBECONFIG", plane.kubeconfig_path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("kubectl imagemap");
-    assert!(out.status.success(), "kubectl imagemap {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    kubectl_imagemap_ok(plane.kubeconfig_path(), args)
+}
+
+/// Waits until a server-side dry-run Pod with `image` comes back `accepted` by the webhook.
+fn wait_for_webhook(plane: &ControlPlane, ns: &str, image: &str, accepted: impl Fn(&Value) -> bool) {
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let out =
+            plane.kubectl(["run", "probe", "-n", ns, &format!("--image={image}"), "--dry-run=server", "-o", "json"]);
+        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
+        accepted(&pod).then_some(())
+    })
+    .expect("the webhook sees the map");
 }
 
 fn get_pod(plane: &ControlPlane, ns: &str, name: &str) -> Value {
@@ -75,12 +73,7 @@ fn a_pod_created_before_its_build_waits_at_a_gate_then_gets_the_built_image() {
     let ns = served.create_namespace("gate");
     plugin(plane, &["create", "app", "--selector", "gated-app", "-n", &ns]);
     // The webhook's cache must know the (unbuilt) map before the Pod is created.
-    poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=gated-app", "--dry-run=server", "-o", "json"]);
-        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
-        gates(&pod).contains(&GATE.to_string()).then_some(())
-    })
-    .expect("dry-run Pod gated once the webhook sees the map");
+    wait_for_webhook(plane, &ns, "gated-app", |pod| gates(pod).contains(&GATE.to_string()));
 
     let warnings = run_pod(plane, &ns, "web", "gated-app");
     assert!(warnings.contains("held by scheduling gate"), "{warnings}");
@@ -117,12 +110,7 @@ fn a_gated_pod_is_released_unchanged_after_the_timeout_and_when_its_map_is_delet
         .expect("webhook");
     let ns = served.create_namespace("timeout");
     plugin(&plane, &["create", "slow", "--selector", "slow-app", "-n", &ns]);
-    poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=slow-app", "--dry-run=server", "-o", "json"]);
-        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (!gates(&pod).is_empty()).then_some(())
-    })
-    .expect("webhook sees the map");
+    wait_for_webhook(&plane, &ns, "slow-app", |pod| !gates(pod).is_empty());
     run_pod(&plane, &ns, "waits", "slow-app");
     assert_eq!(gates(&get_pod(&plane, &ns, "waits")), [GATE]);
     let released = poll(Duration::from_secs(30), Duration::from_millis(200), || {
@@ -158,12 +146,7 @@ fn a_rebuild_rolls_a_deployment_to_new_pods_with_the_new_image() {
     let served = ServedWebhook::start(plane, "rebuild", controller_args(&lease_ns, &[])).expect("webhook");
     let ns = served.create_namespace("rebuild");
     plugin(plane, &["set-image", "api", "reg.io/api:build-1", "--create", "--selector", "api-server", "-n", &ns]);
-    poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=api-server", "--dry-run=server", "-o", "json"]);
-        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (pod["spec"]["containers"][0]["image"] == "reg.io/api:build-1").then_some(())
-    })
-    .expect("webhook sees the map");
+    wait_for_webhook(plane, &ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-1");
     plane.kubectl_ok(["create", "deployment", "api", "-n", &ns, "--image=api-server", "--replicas=1"]);
     let images = |plane: &ControlPlane| -> Vec<String> {
         let list: Value =
@@ -228,12 +211,7 @@ fn two_replicas_never_both_act_one_holds_the_lease() {
     assert!(holder == "replica-a" || holder == "replica-b", "{holder}");
     let ns = a.create_namespace("lease-pods");
     plugin(&plane, &["create", "app", "--selector", "lease-app", "-n", &ns]);
-    poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=lease-app", "--dry-run=server", "-o", "json"]);
-        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (!gates(&pod).is_empty()).then_some(())
-    })
-    .expect("gating active");
+    wait_for_webhook(&plane, &ns, "lease-app", |pod| !gates(pod).is_empty());
     for i in 0..3 {
         run_pod(&plane, &ns, &format!("p{i}"), "lease-app");
     }

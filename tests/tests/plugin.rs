@@ -1,35 +1,16 @@
 //! `kubectl imagemap` through the real `kubectl` binary (plugin found on PATH) against the real
 //! API server: every command, its output formats and its error paths.
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use imagemap_e2e::binaries::workspace_root;
-use imagemap_e2e::{shared, ControlPlane, ControlPlaneOptions};
+use imagemap_e2e::plugin::kubectl_imagemap;
+use imagemap_e2e::{shared, workspace_binary, ControlPlane, ControlPlaneOptions};
 use serde_json::Value;
-
-fn plugin_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let dir = target.join("debug");
-    assert!(dir.join("kubectl-imagemap").is_file(), "run `cargo build --workspace --bins` first (make test does)");
-    dir
-}
 
 /// Runs `kubectl imagemap ARGS` with `kubeconfig`, optional stdin.
 fn run_with(kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let path = format!("{}:{}", plugin_dir().display(), std::env::var("PATH").unwrap_or_default());
-    let mut cmd = Command::new("kubectl");
-    cmd.arg("imagemap").args(args).env("PATH", path).env("KUBECONFIG", kubeconfig);
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn kubectl");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
-    }
-    child.wait_with_output().expect("kubectl output")
+    kubectl_imagemap(kubeconfig, args, stdin)
 }
 
 fn run(plane: &ControlPlane, args: &[&str]) -> Output {
@@ -212,7 +193,8 @@ fn watch_prints_changes_as_they_happen() {
     let plane = shared();
     let ns = plane.create_namespace("plugin-watch");
     ok(plane, &["create", "app", "--selector", "app", "-n", &ns]);
-    let path = format!("{}:{}", plugin_dir().display(), std::env::var("PATH").unwrap_or_default());
+    let dir = workspace_binary("kubectl-imagemap").expect("plugin built").parent().expect("dir").to_path_buf();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut child = Command::new("kubectl")
         .args(["imagemap", "list", "--watch", "-n", &ns])
         .env("PATH", path)
