@@ -368,6 +368,7 @@ fn cases() -> Vec<(&'static str, Value)> {
             json!({"certs": {"mode": "existingSecret", "existingSecret": {"name": "my-tls", "caBundle": pem}}}),
         ),
         ("single-replica", json!({"replicaCount": 1})),
+        ("controller", json!({"controller": {"gateUnbuilt": true, "gateTimeout": "5m", "restartOnRebuild": true}})),
         (
             "everything",
             json!({
@@ -652,6 +653,53 @@ fn every_mode_and_option_renders_objects_the_api_server_accepts() {
             }
             "single-replica" => {
                 assert!(all_of(&objects, "PodDisruptionBudget").is_empty(), "a 1-replica PDB would block drains");
+            }
+            "controller" => {
+                for flag in [
+                    "--gate-unbuilt",
+                    "--gate-timeout=5m",
+                    "--restart-on-rebuild",
+                    &format!("--leader-election-namespace={ns}"),
+                ] {
+                    assert!(args.contains(&flag), "{flag} in {args:?}");
+                }
+                let env = &pod_spec["containers"][0]["env"];
+                assert_eq!(
+                    env[0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
+                    "POD_NAME for the Lease identity"
+                );
+                let rules = &one(&objects, "ClusterRole")["rules"];
+                let granted: BTreeSet<String> =
+                    rules
+                        .as_array()
+                        .expect("rules")
+                        .iter()
+                        .flat_map(|r| {
+                            let verbs: Vec<String> = r["verbs"]
+                                .as_array()
+                                .expect("verbs")
+                                .iter()
+                                .filter_map(|v| v.as_str().map(String::from))
+                                .collect();
+                            r["resources"].as_array().expect("resources").iter().filter_map(|x| x.as_str()).flat_map(
+                                move |res| verbs.iter().map(move |v| format!("{v} {res}")).collect::<Vec<_>>(),
+                            )
+                        })
+                        .collect();
+                for want in [
+                    "patch pods",
+                    "list pods",
+                    "create events",
+                    "get replicasets",
+                    "patch deployments",
+                    "patch statefulsets",
+                    "patch daemonsets",
+                ] {
+                    assert!(granted.contains(want), "{want} granted when the controller is on: {granted:?}");
+                }
+                let lease_rules = &one(&objects, "Role")["rules"][0];
+                assert_eq!(lease_rules["resources"], json!(["leases"]));
+                assert_eq!(one(&objects, "RoleBinding")["metadata"]["namespace"], ns.as_str());
             }
             "everything" => {
                 assert_eq!(skipped, 1, "the ServiceMonitor");

@@ -225,3 +225,82 @@ pub fn apply_response_patch(request: &serde_json::Value, response: &serde_json::
     }
     object
 }
+
+/// Like [`request_on`], but returns errors (including a connection closed before the whole
+/// reply) instead of panicking: for load generators that count failures.
+pub async fn try_request_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    head: &str,
+    body: &[u8],
+    close: bool,
+) -> std::io::Result<Reply> {
+    let mut req = head.as_bytes().to_vec();
+    if close {
+        req.extend_from_slice(b"\r\nConnection: close");
+    }
+    req.extend_from_slice(b"\r\n\r\n");
+    req.extend_from_slice(body);
+    stream.write_all(&req).await?;
+    try_read_reply(stream).await
+}
+
+/// Reads one `Content-Length` reply; errors instead of panicking.
+pub async fn try_read_reply<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Reply> {
+    use std::io::{Error, ErrorKind};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| Error::new(ErrorKind::InvalidData, format!("no status line in {head:?}")))?;
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .map(|v| v.parse::<usize>().map_err(|e| Error::new(ErrorKind::InvalidData, e)))
+                .transpose()?
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed mid-body"));
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+            return Ok(Reply { status, body });
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed before a reply"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The head of a `POST /mutate` with a JSON body of `len` bytes (no trailing blank line).
+pub fn mutate_head(len: usize) -> String {
+    format!("POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}")
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn pem_to_der(pem: &str) -> Vec<u8> {
+    rustls_pemfile_certs(pem).into_iter().next().expect("a PEM certificate").to_vec()
+}
+
+/// Waits until the peer closes `stream` (EOF or an error such as a reset); `Err` if it is
+/// still open after `limit`.
+pub async fn wait_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Result<(), ()> {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return Err(()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
