@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test lint fmt crd controlplane dev dev-down bench stress clean
+.PHONY: all build release test lint fmt crd controlplane dev dev-down dev-webhook-down bench stress clean
 
 all: build
 
@@ -39,6 +39,9 @@ dev: controlplane build
 
 dev-down:
 	bash scripts/dev.sh down
+
+dev-webhook-down:
+	bash scripts/dev.sh webhook-down
 
 ## Longer load and abuse tests (not part of `make test`): the ignored tests.
 stress: controlplane build

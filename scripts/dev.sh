@@ -185,8 +185,19 @@ Stop it with: make dev-down
 EOF2
 }
 
+# Stops only the dev webhook and its registration (e.g. to install the Helm chart instead).
+webhook_down() {
+  if [ -f "$state/pids/imagemap-webhook" ]; then
+    kill -TERM "$(cat "$state/pids/imagemap-webhook")" 2>/dev/null || true
+    rm -f "$state/pids/imagemap-webhook"
+  fi
+  KUBECONFIG=$state/kubeconfig kubectl delete mutatingwebhookconfiguration imagemap-dev --ignore-not-found >/dev/null
+  log "dev webhook stopped and unregistered"
+}
+
 case "${1:-up}" in
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  webhook-down) webhook_down ;;
+  *) echo "usage: $0 up|down|webhook-down" >&2; exit 2 ;;
 esac

@@ -1,0 +1,513 @@
+//! Faults under load, over real sockets on 127.0.0.1: reviews past the concurrency cap are
+//! refused at once (503) while the held ones complete; the serving certificate is rotated (and
+//! broken, and rotated again) while clients keep sending reviews, with no failed request; and the
+//! real binary, sent SIGTERM under load, fails readiness first, finishes in-flight reviews and
+//! exits in time (DESIGN §8).
+//!
+//! Every load generator here is a handful of tasks, bounded in requests and in time, that stop by
+//! themselves. No assertion is on latency; the only time bounds are generous multiples of
+//! configured intervals and timeouts.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{mutate_head, pem_to_der, try_request_on, Client, Server, FIXTURE};
+use imagemap::server::{http::Limits, listener::Timeouts};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+/// A hard cap on any load task, whatever happens.
+const LOAD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Pause between two requests of one load task: steady load that leaves CPU for the server on
+/// two shared cores.
+const PACE: Duration = Duration::from_millis(5);
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        handshake: Duration::from_secs(2),
+        header: Duration::from_secs(2),
+        idle: Duration::from_secs(30),
+        shutdown: Duration::from_secs(5),
+    }
+}
+
+async fn poll_until<F: std::future::Future<Output = bool>>(limit: Duration, mut check: impl FnMut() -> F) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn metrics(client: &Client) -> String {
+    client.send("GET /metrics HTTP/1.1\r\nHost: x", b"").await.body
+}
+
+/// The value of a metric line `name{labels} value` (first match), if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency cap
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_concurrency_cap_excess_reviews_get_503_at_once_and_the_held_ones_complete() {
+    let limits = Limits { max_body_bytes: 256 * 1024, body_timeout: Duration::from_secs(20), max_concurrent_reviews: 2 };
+    let server = Server::start(timeouts(), limits, Duration::from_secs(1)).await;
+    let client = server.client();
+    let body = FIXTURE.as_bytes();
+    let (first, rest) = body.split_at(body.len() / 2);
+
+    // Two reviews whose bodies stall halfway hold both permits.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = client.connect().await.expect("handshake");
+        let mut req = format!("{}\r\n\r\n", mutate_head(body.len())).into_bytes();
+        req.extend_from_slice(first);
+        conn.write_all(&req).await.expect("write the first half");
+        held.push(conn);
+    }
+    let state = server.state.clone();
+    assert!(
+        poll_until(Duration::from_secs(10), || {
+            let s = state.clone();
+            async move { s.concurrency.available_permits() == 0 }
+        })
+        .await,
+        "the two stalled reviews hold both permits"
+    );
+
+    // Twenty more, at once: each refused with 503 without waiting for a permit.
+    let started = Instant::now();
+    let excess = futures::future::join_all((0..20).map(|_| {
+        let c = client.clone();
+        async move {
+            let t = Instant::now();
+            let reply = c.post(FIXTURE.as_bytes()).await;
+            (reply, t.elapsed())
+        }
+    }))
+    .await;
+    for (reply, took) in &excess {
+        assert_eq!(reply.status, 503, "{}", reply.body);
+        assert!(reply.body.contains("too many reviews in flight"), "{}", reply.body);
+        assert!(*took < limits.body_timeout, "refused before the held reviews' body timeout, not queued");
+    }
+    assert_eq!(server.state.concurrency.available_permits(), 0, "the held reviews were still in flight meanwhile");
+    let worst = excess.iter().map(|(_, t)| *t).max().unwrap_or_default();
+    eprintln!("20 excess reviews refused in {:.1?} (slowest {worst:.1?})", started.elapsed());
+    let text = metrics(&client).await;
+    let busy = metric(&text, "imagemap_refused_requests_total{reason=\"busy\"}").unwrap_or(0.0);
+    assert!(busy >= 20.0, "refusals are counted: {busy}\n{text}");
+
+    // The held reviews complete once their bodies arrive; then permits are free again.
+    for conn in &mut held {
+        conn.write_all(rest).await.expect("write the second half");
+        let reply = common::try_read_reply(conn).await.expect("a reply to the held review");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let review: Value = serde_json::from_str(&reply.body).expect("a review");
+        assert_eq!(review["response"]["allowed"], true);
+    }
+    assert_eq!(client.post(FIXTURE.as_bytes()).await.status, 200, "served again below the cap");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificate rotation under load
+
+/// Points `current` at `new_dir` atomically (rename of a symlink), as a Secret volume update does.
+fn swap_current(server: &Server, new_dir: &std::path::Path) {
+    let tmp_link = server.dir.join("current.tmp");
+    let _ = std::fs::remove_file(&tmp_link);
+    std::os::unix::fs::symlink(new_dir, &tmp_link).expect("symlink");
+    std::fs::rename(&tmp_link, server.dir.join("current")).expect("rename");
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+struct Seen {
+    /// Every failed request or handshake, with why.
+    failures: Vec<String>,
+    /// Per new-connection task: (when, certificate DER) of each handshake, in order.
+    handshakes: Vec<Vec<(Instant, Vec<u8>)>>,
+    /// Reviews answered 200.
+    ok: usize,
+}
+
+/// Counts a reply; false when the connection failed.
+fn record(seen: &Mutex<Seen>, what: &str, result: std::io::Result<common::Reply>) -> bool {
+    let mut s = seen.lock().expect("lock");
+    match result {
+        Ok(r) if r.status == 200 => s.ok += 1,
+        Ok(r) => s.failures.push(format!("{what}: {} {}", r.status, r.body)),
+        Err(e) => {
+            s.failures.push(format!("{what}: {e}"));
+            return false;
+        }
+    }
+    true
+}
+
+/// A keep-alive client: one connection for the whole run, reviews one after another.
+async fn keep_alive_load(client: Client, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>, max: usize) -> usize {
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    let mut conn = match client.connect().await {
+        Ok(c) => c,
+        Err(e) => {
+            seen.lock().expect("lock").failures.push(format!("keep-alive handshake: {e}"));
+            return 0;
+        }
+    };
+    let mut sent = 0;
+    while !stop.load(Ordering::Acquire) && sent < max && Instant::now() < deadline {
+        let result = try_request_on(&mut conn, &mutate_head(FIXTURE.len()), FIXTURE.as_bytes(), false).await;
+        sent += 1;
+        if !record(&seen, "keep-alive review", result) {
+            return sent;
+        }
+        tokio::time::sleep(PACE).await;
+    }
+    sent
+}
+
+/// A client that opens a new connection (a new handshake) for every review.
+async fn new_connection_load(client: Client, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>, slot: usize, max: usize) {
+    let deadline = Instant::now() + LOAD_DEADLINE;
+    let mut sent = 0;
+    while !stop.load(Ordering::Acquire) && sent < max && Instant::now() < deadline {
+        sent += 1;
+        let mut conn = match client.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                seen.lock().expect("lock").failures.push(format!("handshake: {e}"));
+                continue;
+            }
+        };
+        let der = conn.get_ref().1.peer_certificates().map(|c| c[0].to_vec()).unwrap_or_default();
+        seen.lock().expect("lock").handshakes[slot].push((Instant::now(), der));
+        let result = try_request_on(&mut conn, &mutate_head(FIXTURE.len()), FIXTURE.as_bytes(), true).await;
+        record(&seen, "review", result);
+        tokio::time::sleep(PACE).await;
+    }
+}
+
+/// The first handshake at or after `since` that presented `der`, across tasks.
+fn first_seen(seen: &Mutex<Seen>, der: &[u8], since: Instant) -> Option<Instant> {
+    let s = seen.lock().expect("lock");
+    s.handshakes.iter().flatten().filter(|(t, d)| *t >= since && d == der).map(|(t, _)| *t).min()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_keeps_the_old_one() {
+    let reload = Duration::from_millis(200);
+    // "Within the reload interval", with room for a loaded machine: 10 intervals.
+    let bound = reload * 10;
+    let server = Server::start(
+        timeouts(),
+        Limits { max_body_bytes: 256 * 1024, ..Limits::default() },
+        reload,
+    )
+    .await;
+    let v1 = pem_to_der(&std::fs::read_to_string(server.dir.join("..v1/tls.crt")).expect("read v1"));
+    let v2_dir = server.dir.join("..v2");
+    let v4_dir = server.dir.join("..v4");
+    let broken_dir = server.dir.join("..v3-broken");
+    for d in [&v2_dir, &v4_dir, &broken_dir] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    // v2 and v4 come from new CAs: the clients trust all three, as an API server does while
+    // its caBundle holds the old and the new CA.
+    let ca2 = common::mint(&v2_dir);
+    let ca4 = common::mint(&v4_dir);
+    // A cert from v4 with v2's key: both files load, the pair does not match.
+    std::fs::copy(v4_dir.join("tls.crt"), broken_dir.join("tls.crt")).expect("copy cert");
+    std::fs::copy(v2_dir.join("tls.key"), broken_dir.join("tls.key")).expect("copy key");
+    let v2 = pem_to_der(&std::fs::read_to_string(v2_dir.join("tls.crt")).expect("read v2"));
+    let v4 = pem_to_der(&std::fs::read_to_string(v4_dir.join("tls.crt")).expect("read v4"));
+    let client = Client::new(&format!("{}{}{}", server.ca_pem, ca2.cert_pem, ca4.cert_pem), server.addr);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let new_conn_tasks = 2;
+    let seen = Arc::new(Mutex::new(Seen { handshakes: vec![Vec::new(); new_conn_tasks], ..Seen::default() }));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(keep_alive_load(client.clone(), stop.clone(), seen.clone(), 20_000)));
+    }
+    let mut handshakers = Vec::new();
+    for slot in 0..new_conn_tasks {
+        handshakers.push(tokio::spawn(new_connection_load(client.clone(), stop.clone(), seen.clone(), slot, 20_000)));
+    }
+    let served = || seen.lock().expect("lock").ok;
+    let before = served();
+    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "load runs");
+
+    // 1. A new pair: new handshakes present it within the bound.
+    let swapped_at = Instant::now();
+    swap_current(&server, &v2_dir);
+    assert!(
+        poll_until(bound * 3, || async { first_seen(&seen, &v2, swapped_at).is_some() }).await,
+        "the new certificate is served"
+    );
+    let delay_v2 = first_seen(&seen, &v2, swapped_at).expect("seen") - swapped_at;
+    assert!(delay_v2 <= bound, "new handshakes present the new certificate within {bound:?}: {delay_v2:?}");
+    let before = served();
+    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "load goes on");
+
+    // 2. A broken pair: reported, and the previous pair keeps serving.
+    let broken_at = Instant::now();
+    swap_current(&server, &broken_dir);
+    let c = client.clone();
+    assert!(
+        poll_until(bound * 3, || {
+            let c = c.clone();
+            async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(1.0) }
+        })
+        .await,
+        "the broken pair is reported in metrics"
+    );
+    let before = served();
+    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "load goes on");
+    {
+        let s = seen.lock().expect("lock");
+        let during: Vec<_> = s.handshakes.iter().flatten().filter(|(t, _)| *t > broken_at).collect();
+        assert!(!during.is_empty(), "handshakes happened while the pair on disk was broken");
+        assert!(during.iter().all(|(_, d)| *d == v2), "only the last good pair was served meanwhile");
+    }
+
+    // 3. A good pair again: served, and the metric clears.
+    let fixed_at = Instant::now();
+    swap_current(&server, &v4_dir);
+    assert!(
+        poll_until(bound * 3, || async { first_seen(&seen, &v4, fixed_at).is_some() }).await,
+        "the next good pair is served"
+    );
+    let delay_v4 = first_seen(&seen, &v4, fixed_at).expect("seen") - fixed_at;
+    assert!(delay_v4 <= bound, "within {bound:?}: {delay_v4:?}");
+    assert_eq!(metric(&metrics(&client).await, "imagemap_tls_reload_broken"), Some(0.0));
+    let before = served();
+    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "load goes on");
+
+    stop.store(true, Ordering::Release);
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.expect("keep-alive task"));
+    }
+    for t in handshakers {
+        t.await.expect("handshake task");
+    }
+    let s = seen.lock().expect("lock");
+    assert!(s.failures.is_empty(), "{} failed requests: {:?}", s.failures.len(), &s.failures[..s.failures.len().min(5)]);
+    // Each task's handshakes show the pairs in order, never an older one after a newer one.
+    for (slot, hs) in s.handshakes.iter().enumerate() {
+        let order: Vec<usize> =
+            hs.iter().map(|(_, d)| [&v1, &v2, &v4].iter().position(|c| *c == d).unwrap_or(usize::MAX)).collect();
+        assert!(order.iter().all(|o| *o != usize::MAX), "task {slot} saw an unknown certificate");
+        assert!(order.windows(2).all(|w| w[0] <= w[1]), "task {slot} saw an older pair after a newer one");
+    }
+    let handshakes: usize = s.handshakes.iter().map(Vec::len).sum();
+    eprintln!(
+        "rotation under load: {} reviews OK, 0 failed; {handshakes} handshakes; keep-alive connections served {kept:?} \
+         reviews each without reconnecting; new pair first served after {delay_v2:.0?} and {delay_v4:.0?} \
+         (reload interval {reload:?})",
+        s.ok
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful shutdown of the real binary under load
+
+const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
+ {"apiVersion":"tilt.dev/v1alpha1","kind":"ImageMap","metadata":{"name":"api","namespace":"dev"},
+  "spec":{"selector":"my-apiserver"},"status":{"image":"localhost:5000/my-apiserver:tilt-1"}}]}"#;
+
+struct Binary {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn start_binary(extra: &[&str]) -> (Binary, Client) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = common::mint(dir.path());
+    let maps = dir.path().join("maps.json");
+    std::fs::write(&maps, MAPS).expect("write maps");
+    let port = free_port();
+    let log = dir.path().join("webhook.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"))
+        .args(["--no-cluster", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--imagemaps-file")
+        .arg(&maps)
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-private-key-file")
+        .arg(dir.path().join("tls.key"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn the webhook");
+    let client = Client::new(&ca.cert_pem, format!("127.0.0.1:{port}").parse().expect("addr"));
+    (Binary { child, _dir: dir, log }, client)
+}
+
+async fn status_of(client: &Client, path: &str) -> Option<(u16, String)> {
+    let mut conn = client.connect().await.ok()?;
+    let r = try_request_on(&mut conn, &format!("GET {path} HTTP/1.1\r\nHost: x"), b"", true).await.ok()?;
+    Some((r.status, r.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_fails_readiness_first_finishes_in_flight_reviews_and_exits_in_time() {
+    let delay = Duration::from_secs(2);
+    let drain = Duration::from_secs(10);
+    // Kubernetes' default terminationGracePeriodSeconds.
+    let grace = Duration::from_secs(30);
+    let (mut binary, client) = start_binary(&["--shutdown-delay", "2s", "--shutdown-timeout", "10s", "--body-timeout", "25s"]);
+    let c = client.clone();
+    assert!(
+        poll_until(Duration::from_secs(30), || {
+            let c = c.clone();
+            async move { status_of(&c, "/readyz").await.is_some_and(|(s, _)| s == 200) }
+        })
+        .await,
+        "the webhook became ready"
+    );
+
+    // Load: reviews from three clients until readiness fails (as endpoints stop routing then).
+    let not_ready = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for keep_alive in [true, false, false] {
+        let (client, not_ready, failures, answered) =
+            (client.clone(), not_ready.clone(), failures.clone(), answered.clone());
+        load.push(tokio::spawn(async move {
+            let deadline = Instant::now() + LOAD_DEADLINE;
+            let mut conn = None;
+            while !not_ready.load(Ordering::Acquire) && Instant::now() < deadline {
+                if conn.is_none() {
+                    match client.connect().await {
+                        Ok(c) => conn = Some(c),
+                        Err(e) => {
+                            failures.lock().expect("lock").push(format!("handshake: {e}"));
+                            break;
+                        }
+                    }
+                }
+                let stream = conn.as_mut().expect("connected");
+                let r = try_request_on(stream, &mutate_head(FIXTURE.len()), FIXTURE.as_bytes(), !keep_alive).await;
+                match r {
+                    Ok(r) if r.status == 200 && r.body.contains("\"patch\"") => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.lock().expect("lock").push(format!("review: {} {}", r.status, r.body)),
+                    Err(e) => failures.lock().expect("lock").push(format!("review: {e}")),
+                }
+                if !keep_alive {
+                    conn = None;
+                }
+                tokio::time::sleep(PACE).await;
+            }
+        }));
+    }
+    // A probe like the kubelet's: a new connection every 50 ms.
+    let probe = {
+        let (client, not_ready) = (client.clone(), not_ready.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + LOAD_DEADLINE;
+            while Instant::now() < deadline {
+                if let Some((503, body)) = status_of(&client, "/readyz").await {
+                    not_ready.store(true, Ordering::Release);
+                    return Some((Instant::now(), body));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        })
+    };
+    // A review in flight across the whole shutdown: half its body now, the rest while draining.
+    let body = FIXTURE.as_bytes();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut in_flight = client.connect().await.expect("handshake");
+    let mut req = format!("{}\r\n\r\n", mutate_head(body.len())).into_bytes();
+    req.extend_from_slice(first);
+    in_flight.write_all(&req).await.expect("write the first half");
+    assert!(poll_until(Duration::from_secs(20), || async { answered.load(Ordering::Relaxed) >= 30 }).await, "load runs");
+
+    let termed = Instant::now();
+    let pid = binary.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+
+    let (failed_at, why) = probe.await.expect("probe task").expect("readiness failed after SIGTERM");
+    assert!(why.contains("shutting down"), "{why}");
+    let readiness_failed_after = failed_at - termed;
+    // Still serving while not ready: the delay lets endpoints catch up before draining.
+    if Instant::now() < termed + delay {
+        let r = client.post(FIXTURE.as_bytes()).await;
+        assert_eq!(r.status, 200, "reviews are still answered while readiness fails: {}", r.body);
+        assert_eq!(status_of(&client, "/healthz").await.map(|(s, _)| s), Some(200), "still alive");
+    }
+    for t in load {
+        t.await.expect("load task");
+    }
+
+    // Draining: the listener is closed, the review in flight still gets its answer.
+    let c = client.clone();
+    assert!(
+        poll_until(delay * 5, || {
+            let c = c.clone();
+            async move { c.connect().await.is_err() }
+        })
+        .await,
+        "new connections are refused once draining"
+    );
+    in_flight.write_all(rest).await.expect("write the rest while draining");
+    let reply = common::try_read_reply(&mut in_flight).await.expect("the in-flight review is answered");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains("\"patch\""), "and swapped: {}", reply.body);
+
+    let exit = loop {
+        if let Some(exit) = binary.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(termed.elapsed() < grace, "exited within the grace period ({grace:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let exited_after = termed.elapsed();
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(exited_after < delay + drain + Duration::from_secs(5), "exit after the delay and drain: {exited_after:?}");
+    let failures = failures.lock().expect("lock");
+    assert!(failures.is_empty(), "client errors: {failures:?}");
+
+    let log = std::fs::read_to_string(&binary.log).expect("log");
+    let at = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle:?} in the log:\n{log}"));
+    assert!(at("readiness now fails") < at("draining in-flight requests"), "{log}");
+    assert!(at("draining in-flight requests") < at("stopped"), "{log}");
+    eprintln!(
+        "shutdown under load: {} reviews answered, 0 client errors; readiness failed {readiness_failed_after:.0?} \
+         after SIGTERM; exited {exited_after:.1?} after SIGTERM (delay {delay:?}, drain timeout {drain:?})",
+        answered.load(Ordering::Relaxed)
+    );
+}
