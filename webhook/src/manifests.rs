@@ -50,7 +50,9 @@ fn walk(object: &mut Value, default_namespace: &str, index: &MapIndex, out: &mut
         }
         return;
     }
-    let Some(pointer) = template_pointer(&kind) else { return };
+    // A document without `kind` that has a Pod spec is taken as a Pod.
+    let pod_like = kind.is_empty() && object.pointer("/spec/containers").is_some();
+    let Some(pointer) = (if pod_like { Some("") } else { template_pointer(&kind) }) else { return };
     let namespace = object
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -102,6 +104,13 @@ mod tests {
         let before = svc.clone();
         assert!(inject_object(&mut svc, "default", &index()).is_empty());
         assert_eq!(svc, before);
+    }
+
+    #[test]
+    fn a_document_without_kind_but_with_a_pod_spec_is_a_pod() {
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "app"}]}});
+        assert_eq!(inject_object(&mut pod, "default", &index()).len(), 1);
+        assert_eq!(pod["spec"]["containers"][0]["image"], "reg.io/app:t");
     }
 
     #[test]
