@@ -47,22 +47,12 @@ pub fn explain_image(index: &MapIndex, namespace: &str, value: &str) -> String {
         } else {
             "matches but outranked (exact > name-only, local > global, then lowest name)".to_string()
         };
-        out.push_str(&format!("  ImageMap {} ({how}, {scope}, selector {}): {verdict}\n", map.id, map.spec_selector()));
+        out.push_str(&format!("  ImageMap {} ({how}, {scope}, selector {}): {verdict}\n", map.id, map.selector.familiar()));
     }
     if winner.is_none() {
         out.push_str("  result: unchanged\n");
     }
     out
-}
-
-trait SelectorText {
-    fn spec_selector(&self) -> String;
-}
-
-impl SelectorText for imagemap::maps::CompiledMap {
-    fn spec_selector(&self) -> String {
-        self.selector.familiar()
-    }
 }
 
 /// Explains every swap the engine makes in a manifest's Pods (pure).
