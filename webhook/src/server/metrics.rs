@@ -1,7 +1,7 @@
 //! Prometheus metrics (DESIGN §7): reviews by outcome, swaps, latency, cache size and age,
 //! unusable-map hits, certificate reloads and refused requests.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::text::encode;
@@ -28,6 +28,7 @@ pub struct Metrics {
     cert_reloads: Family<Labels, Counter>,
     cert_broken: Gauge,
     file_reloads: Family<Labels, Counter>,
+    watch_healthy: AtomicBool,
 }
 
 impl Default for Metrics {
@@ -87,6 +88,7 @@ impl Default for Metrics {
             cert_reloads,
             cert_broken,
             file_reloads,
+            watch_healthy: AtomicBool::new(false),
         }
     }
 }
@@ -111,9 +113,15 @@ impl Metrics {
         self.cache_invalid.set(invalid as i64);
     }
 
-    /// Records that the cache just heard from the API server.
+    /// Records that the cache just heard from the API server: it is current until the watch fails.
     pub fn cache_heard(&self) {
         self.cache_synced_at.set(now_secs() as i64);
+        self.watch_healthy.store(true, Ordering::Release);
+    }
+
+    /// Records that the watch failed: from now on the cache ages.
+    pub fn cache_stale(&self) {
+        self.watch_healthy.store(false, Ordering::Release);
     }
 
     /// Counts a certificate reload attempt.
@@ -129,9 +137,12 @@ impl Metrics {
 
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> String {
-        let synced = self.cache_synced_at.get();
-        if synced > 0 {
-            self.cache_age.set((now_secs() - synced as f64).max(0.0));
+        if self.watch_healthy.load(Ordering::Acquire) {
+            // A healthy watch is current even when nothing changed for a while.
+            self.cache_synced_at.set(now_secs() as i64);
+            self.cache_age.set(0.0);
+        } else if self.cache_synced_at.get() > 0 {
+            self.cache_age.set((now_secs() - self.cache_synced_at.get() as f64).max(0.0));
         }
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
@@ -160,9 +171,26 @@ mod tests {
             "imagemap_unusable_map_hits_total 1",
             "imagemap_review_duration_seconds_bucket{le=\"0.0005\"} 1",
             "imagemap_cache_maps 5",
-            "imagemap_cache_age_seconds",
+            "imagemap_cache_age_seconds 0",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+    }
+
+    #[test]
+    fn cache_ages_only_while_the_watch_is_failing() {
+        let m = Metrics::default();
+        m.cache_heard();
+        m.cache_synced_at.set(now_secs() as i64 - 30);
+        assert!(m.render().contains("imagemap_cache_age_seconds 0.0"), "healthy watch: current");
+        m.cache_synced_at.set(now_secs() as i64 - 30);
+        m.cache_stale();
+        let text = m.render();
+        let age: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("imagemap_cache_age_seconds "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("age line");
+        assert!(age >= 29.0, "stale watch: {age}");
     }
 }

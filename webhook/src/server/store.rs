@@ -49,7 +49,10 @@ pub async fn watch_cluster(client: Client, state: Arc<AppState>) {
                 state.metrics.cache_heard();
                 apply(event, &mut buffer, &state);
             }
-            Err(e) => tracing::warn!(error = %e, "ImageMap watch failed; serving the last known maps and retrying"),
+            Err(e) => {
+                state.metrics.cache_stale();
+                tracing::warn!(error = %e, "ImageMap watch failed; serving the last known maps and retrying");
+            }
         }
     }
 }
