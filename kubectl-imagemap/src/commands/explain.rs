@@ -47,7 +47,11 @@ pub fn explain_image(index: &MapIndex, namespace: &str, value: &str) -> String {
         } else {
             "matches but outranked (exact > name-only, local > global, then lowest name)".to_string()
         };
-        out.push_str(&format!("  ImageMap {} ({how}, {scope}, selector {}): {verdict}\n", map.id, map.selector.familiar()));
+        out.push_str(&format!(
+            "  ImageMap {} ({how}, {scope}, selector {}): {verdict}\n",
+            map.id,
+            map.selector.familiar()
+        ));
     }
     if winner.is_none() {
         out.push_str("  result: unchanged\n");
