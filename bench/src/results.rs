@@ -1,0 +1,227 @@
+//! What each step measured, as JSON files in the results folder; `imagemap-bench report` turns
+//! them into `docs/benchmarks.md`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Writes `value` as `dir/NAME.json`.
+pub fn save<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads `dir/NAME.json` if it exists.
+pub fn load<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<Option<T>> {
+    let path = dir.join(format!("{name}.json"));
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&path)?;
+    Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?))
+}
+
+/// One criterion comparison: the handler and the serde baseline on the same body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CriterionCase {
+    /// `8KB-one`...
+    pub case: String,
+    /// Body size in bytes.
+    pub body_bytes: usize,
+    /// Handler time per review, ns.
+    pub handler_ns: f64,
+    /// Baseline time, ns.
+    pub baseline_ns: f64,
+    /// handler / baseline.
+    pub ratio: f64,
+}
+
+/// Handler cost with a number of maps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapsCase {
+    /// Maps in the index.
+    pub maps: usize,
+    /// Time per review, ns.
+    pub ns: f64,
+    /// Against the 10-map case.
+    pub ratio: f64,
+}
+
+/// Step 1 and 2: criterion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CriterionResults {
+    /// Which point estimate (`median`).
+    pub estimate: String,
+    /// Handler vs baseline.
+    pub review: Vec<CriterionCase>,
+    /// Handler vs number of maps.
+    pub maps: Vec<MapsCase>,
+}
+
+/// One load-generator run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadRun {
+    /// Which server.
+    pub server: String,
+    /// Connections.
+    pub connections: usize,
+    /// Target rate (open loop), or none for as fast as possible (closed loop).
+    pub target_rate: Option<f64>,
+    /// Seconds.
+    pub seconds: f64,
+    /// Successful requests per second.
+    pub rps: f64,
+    /// Latency p50 (ms).
+    pub p50_ms: f64,
+    /// Latency p99 (ms).
+    pub p99_ms: f64,
+    /// Latency p99.9 (ms).
+    pub p999_ms: f64,
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Other statuses and errors.
+    pub failed: u64,
+    /// The server's CPU use over the run (1.0 = one core busy all the time).
+    pub server_cpu: f64,
+    /// The server's CPU time per successful request, µs.
+    pub server_cpu_us_per_request: f64,
+}
+
+/// Step 3: TLS on loopback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsResults {
+    /// Review body size.
+    pub body_bytes: usize,
+    /// Maps loaded in the webhook.
+    pub maps: usize,
+    /// Every closed-loop run, in order.
+    pub max_runs: Vec<LoadRun>,
+    /// The webhook's best closed-loop run.
+    pub webhook_max: LoadRun,
+    /// The baseline's best closed-loop run.
+    pub baseline_max: LoadRun,
+    /// webhook / baseline requests per second.
+    pub throughput_ratio: f64,
+    /// The open-loop runs at half the webhook's maximum.
+    pub fixed: Vec<LoadRun>,
+    /// oha's version.
+    pub oha_version: String,
+}
+
+/// One handshake measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakeRun {
+    /// Key type.
+    pub key_type: String,
+    /// Full handshakes completed.
+    pub handshakes: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Wall time, s.
+    pub seconds: f64,
+    /// Server CPU over the run, s.
+    pub server_cpu_s: f64,
+    /// Server CPU per handshake, µs.
+    pub cpu_us_per_handshake: f64,
+    /// Client-observed connect + handshake time p50, ms.
+    pub client_p50_ms: f64,
+    /// Client-observed p99, ms.
+    pub client_p99_ms: f64,
+}
+
+/// Step 4: handshakes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandshakeResults {
+    /// ECDSA (the default) first, then RSA.
+    pub runs: Vec<HandshakeRun>,
+    /// The TLS version and cipher suite negotiated.
+    pub negotiated: String,
+}
+
+/// One memory reading.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryPoint {
+    /// ImageMaps in the cluster (and the webhook's cache).
+    pub maps: usize,
+    /// How they reached the webhook.
+    pub how: String,
+    /// Peak RSS (VmHWM), bytes.
+    pub peak_rss: u64,
+    /// RSS when read, bytes.
+    pub rss: u64,
+    /// The webhook's `imagemap_cache_maps` when read.
+    pub cache_maps: f64,
+    /// Seconds from start (or from the last create) until the cache held them all.
+    pub sync_seconds: f64,
+}
+
+/// Step 5: memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryResults {
+    /// Readings, the 0-map baseline first.
+    pub points: Vec<MemoryPoint>,
+    /// How fast the maps were created (creates + status patches per second).
+    pub create_rate: f64,
+    /// Requests in flight while creating.
+    pub concurrency: usize,
+    /// Maps asked for and reached (a time limit may stop short).
+    pub target_maps: usize,
+    /// Anything that did not go as planned.
+    pub notes: Vec<String>,
+}
+
+/// One batch of Pod creates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct E2eRun {
+    /// Round (runs alternate without/with).
+    pub round: usize,
+    /// Whether the webhook was registered.
+    pub webhook: bool,
+    /// Concurrent creates.
+    pub concurrency: usize,
+    /// Pods created.
+    pub pods: usize,
+    /// Failed creates.
+    pub failed: usize,
+    /// Pods that came back with the image swapped.
+    pub swapped: usize,
+    /// Wall time, s.
+    pub seconds: f64,
+    /// Creates per second.
+    pub creates_per_s: f64,
+    /// Create latency p50, ms.
+    pub p50_ms: f64,
+    /// Create latency p99, ms.
+    pub p99_ms: f64,
+}
+
+/// Step 6: end to end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct E2eResults {
+    /// Every run in order.
+    pub runs: Vec<E2eRun>,
+    /// Pod size in bytes (JSON).
+    pub pod_bytes: usize,
+    /// The webhook's own review-duration histogram, from its metrics: reviews and mean µs.
+    pub webhook_reviews: f64,
+    /// Mean time the webhook spent deciding, µs (its `imagemap_review_duration_seconds`).
+    pub webhook_mean_decision_us: f64,
+}
+
+/// Instruction counts (callgrind) of the in-process path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileResults {
+    /// Instructions per review (8 KB, one container matching, 10 maps).
+    pub handler_ir: f64,
+    /// Instructions per serde parse + reserialize of the same body.
+    pub baseline_ir: f64,
+    /// handler / baseline.
+    pub ratio: f64,
+    /// Top functions by exclusive instructions in the handler run: (share %, function).
+    pub top_exclusive: Vec<(f64, String)>,
+    /// Top functions by inclusive instructions: (share %, function).
+    pub top_inclusive: Vec<(f64, String)>,
+}
