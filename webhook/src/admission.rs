@@ -65,12 +65,35 @@ pub struct Reviewed {
 /// object (status, managed fields' contents aside) is skipped while parsing, not materialized.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PodObject {
-    /// The Pod's metadata.
-    #[serde(default)]
+    /// The Pod's metadata (without managed fields, which can be large and are never read).
+    #[serde(default, deserialize_with = "lean_metadata")]
     pub metadata: ObjectMeta,
-    /// The Pod's spec, untyped so that unknown fields are never lost or re-encoded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The Pod's spec, untyped, holding only the fields the engine reads (see `pruned`).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::pruned::spec")]
     pub spec: Option<Value>,
+}
+
+/// The metadata fields the webhook reads; everything else (managed fields above all) is skipped.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LeanMetadata {
+    name: Option<String>,
+    generate_name: Option<String>,
+    namespace: Option<String>,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+fn lean_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = Option::<LeanMetadata>::deserialize(d)?.unwrap_or_default();
+    Ok(ObjectMeta {
+        name: m.name,
+        generate_name: m.generate_name,
+        namespace: m.namespace,
+        labels: m.labels,
+        annotations: m.annotations,
+        ..Default::default()
+    })
 }
 
 impl kube::Resource for PodObject {
@@ -126,7 +149,7 @@ pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
 
 /// [`review`] with options.
 pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Result<Reviewed, ReviewError> {
-    let envelope: Envelope = serde_json::from_slice(body)?;
+    let envelope: Envelope = crate::pruned::with_env(index.has_env_maps(), || serde_json::from_slice(body))?;
     let mut request = envelope.request.ok_or(ReviewError::NoRequest)?;
     request.types = TypeMeta { api_version: envelope.api_version, kind: envelope.kind };
     let mut response = AdmissionResponse::from(&request);

@@ -12,6 +12,7 @@ pub mod manifests;
 pub mod maps;
 pub mod mapsfile;
 pub mod patch;
+mod pruned;
 pub mod reference;
 pub mod types;
 

@@ -266,6 +266,16 @@ impl MapIndex {
         maps.into_iter().filter_map(|m| self.upsert(m).err()).collect()
     }
 
+    /// Replaces every cluster map with those of `fresh` (an index built from a full list; its
+    /// file maps and global namespace are ignored).
+    pub fn replace_cluster_with(&mut self, fresh: MapIndex) {
+        self.by_namespace = fresh.by_namespace;
+        self.cluster_keys = fresh.cluster_keys;
+        self.invalid = fresh.invalid;
+        self.cluster_len = fresh.cluster_len;
+        self.env_maps = fresh.env_maps + self.file.values().flatten().filter(|m| m.match_in_env_vars).count();
+    }
+
     /// Replaces every file map; returns the ones skipped as invalid.
     pub fn replace_file<'m>(&mut self, maps: impl IntoIterator<Item = &'m ImageMap>) -> Vec<InvalidMap> {
         self.env_maps -= self.file.values().flatten().filter(|m| m.match_in_env_vars).count();
@@ -361,6 +371,23 @@ pub(crate) mod tests {
         idx.remove("a", "m");
         assert!(idx.is_empty());
         assert_eq!(idx.candidates("a", "docker.io/library/other").iter().count(), 0);
+    }
+
+    #[test]
+    fn a_fresh_list_replaces_cluster_maps_and_keeps_file_maps() {
+        let mut idx = MapIndex::new(Some("g".into()));
+        idx.upsert(&map("a", "old", "old", "x:1")).expect("valid");
+        let mut file = map("", "f", "tool", "x:1");
+        file.spec.match_in_env_vars = true;
+        idx.replace_file([&file]);
+        let mut fresh = MapIndex::new(None);
+        fresh.upsert(&map("a", "new", "new", "x:1")).expect("valid");
+        idx.replace_cluster_with(fresh);
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx.candidates("a", "docker.io/library/old").iter().count(), 0);
+        assert_eq!(idx.candidates("a", "docker.io/library/new").iter().count(), 1);
+        assert_eq!(idx.global_namespace(), Some("g"));
+        assert!(idx.has_env_maps());
     }
 
     #[test]

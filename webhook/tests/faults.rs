@@ -1,8 +1,10 @@
-//! Faults under load, over real sockets on 127.0.0.1: reviews past the concurrency cap are
-//! refused at once (503) while the held ones complete; the serving certificate is rotated (and
-//! broken, and rotated again) while clients keep sending reviews, with no failed request; and the
-//! real binary, sent SIGTERM under load, fails readiness first, finishes in-flight reviews and
-//! exits in time (DESIGN §8).
+//! Faults under load, over real sockets on 127.0.0.1 (DESIGN §8): reviews past the concurrency
+//! cap are refused at once (503) while the held ones complete; the serving certificate is rotated
+//! (and broken, and rotated again) while clients keep sending reviews, with no failed request; the
+//! real binary logs a broken pair and keeps the old one; the real binary, sent SIGTERM under load,
+//! fails readiness first, finishes in-flight reviews and exits in time; and the real binary
+//! answers every kind of bad request a probe from outside may send with a clear 4xx (or "allowed,
+//! no patch"), never a 5xx, and keeps serving on the same and other connections.
 //!
 //! Every load generator here is a handful of tasks, bounded in requests and in time, that stop by
 //! themselves. No assertion is on latency; the only time bounds are generous multiples of
@@ -63,7 +65,8 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_concurrency_cap_excess_reviews_get_503_at_once_and_the_held_ones_complete() {
-    let limits = Limits { max_body_bytes: 256 * 1024, body_timeout: Duration::from_secs(20), max_concurrent_reviews: 2 };
+    let limits =
+        Limits { max_body_bytes: 256 * 1024, body_timeout: Duration::from_secs(20), max_concurrent_reviews: 2 };
     let server = Server::start(timeouts(), limits, Duration::from_secs(1)).await;
     let client = server.client();
     let body = FIXTURE.as_bytes();
@@ -201,6 +204,14 @@ async fn new_connection_load(client: Client, stop: Arc<AtomicBool>, seen: Arc<Mu
     }
 }
 
+/// Lets the load run for a second (each phase of the rotation test), then checks it made
+/// progress.
+async fn keeps_serving(served: &impl Fn() -> usize) {
+    let before = served();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "the load makes progress");
+}
+
 /// The first handshake at or after `since` that presented `der`, across tasks.
 fn first_seen(seen: &Mutex<Seen>, der: &[u8], since: Instant) -> Option<Instant> {
     let s = seen.lock().expect("lock");
@@ -212,12 +223,7 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
     let reload = Duration::from_millis(200);
     // "Within the reload interval", with room for a loaded machine: 10 intervals.
     let bound = reload * 10;
-    let server = Server::start(
-        timeouts(),
-        Limits { max_body_bytes: 256 * 1024, ..Limits::default() },
-        reload,
-    )
-    .await;
+    let server = Server::start(timeouts(), Limits { max_body_bytes: 256 * 1024, ..Limits::default() }, reload).await;
     let v1 = pem_to_der(&std::fs::read_to_string(server.dir.join("..v1/tls.crt")).expect("read v1"));
     let v2_dir = server.dir.join("..v2");
     let v4_dir = server.dir.join("..v4");
@@ -234,7 +240,8 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
     std::fs::copy(v2_dir.join("tls.key"), broken_dir.join("tls.key")).expect("copy key");
     let v2 = pem_to_der(&std::fs::read_to_string(v2_dir.join("tls.crt")).expect("read v2"));
     let v4 = pem_to_der(&std::fs::read_to_string(v4_dir.join("tls.crt")).expect("read v4"));
-    let client = Client::new(&format!("{}{}{}", server.ca_pem, ca2.cert_pem, ca4.cert_pem), server.addr);
+    // No TLS session resumption: a resumed handshake presents no certificate at all.
+    let client = Client::without_resumption(&format!("{}{}{}", server.ca_pem, ca2.cert_pem, ca4.cert_pem), server.addr);
 
     let stop = Arc::new(AtomicBool::new(false));
     let new_conn_tasks = 2;
@@ -248,20 +255,34 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
         handshakers.push(tokio::spawn(new_connection_load(client.clone(), stop.clone(), seen.clone(), slot, 20_000)));
     }
     let served = || seen.lock().expect("lock").ok;
-    let before = served();
-    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "load runs");
+    keeps_serving(&served).await;
 
     // 1. A new pair: new handshakes present it within the bound.
     let swapped_at = Instant::now();
     swap_current(&server, &v2_dir);
-    assert!(
-        poll_until(bound * 3, || async { first_seen(&seen, &v2, swapped_at).is_some() }).await,
-        "the new certificate is served"
-    );
+    let ok = poll_until(bound * 3, || async { first_seen(&seen, &v2, swapped_at).is_some() }).await;
+    {
+        let s = seen.lock().expect("lock");
+        let after: Vec<_> = s
+            .handshakes
+            .iter()
+            .flatten()
+            .filter(|(t, _)| *t >= swapped_at)
+            .map(|(_, d)| {
+                if *d == v1 {
+                    "v1"
+                } else if *d == v2 {
+                    "v2"
+                } else {
+                    "other"
+                }
+            })
+            .collect();
+        assert!(ok, "the new certificate is served; failures: {:?}; after the swap: {after:?}", s.failures);
+    }
     let delay_v2 = first_seen(&seen, &v2, swapped_at).expect("seen") - swapped_at;
     assert!(delay_v2 <= bound, "new handshakes present the new certificate within {bound:?}: {delay_v2:?}");
-    let before = served();
-    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "load goes on");
+    keeps_serving(&served).await;
 
     // 2. A broken pair: reported, and the previous pair keeps serving.
     let broken_at = Instant::now();
@@ -275,8 +296,7 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
         .await,
         "the broken pair is reported in metrics"
     );
-    let before = served();
-    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "load goes on");
+    keeps_serving(&served).await;
     {
         let s = seen.lock().expect("lock");
         let during: Vec<_> = s.handshakes.iter().flatten().filter(|(t, _)| *t > broken_at).collect();
@@ -294,8 +314,7 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
     let delay_v4 = first_seen(&seen, &v4, fixed_at).expect("seen") - fixed_at;
     assert!(delay_v4 <= bound, "within {bound:?}: {delay_v4:?}");
     assert_eq!(metric(&metrics(&client).await, "imagemap_tls_reload_broken"), Some(0.0));
-    let before = served();
-    assert!(poll_until(Duration::from_secs(20), || async { served() >= before + 20 }).await, "load goes on");
+    keeps_serving(&served).await;
 
     stop.store(true, Ordering::Release);
     let mut kept = Vec::new();
@@ -306,7 +325,12 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
         t.await.expect("handshake task");
     }
     let s = seen.lock().expect("lock");
-    assert!(s.failures.is_empty(), "{} failed requests: {:?}", s.failures.len(), &s.failures[..s.failures.len().min(5)]);
+    assert!(
+        s.failures.is_empty(),
+        "{} failed requests: {:?}",
+        s.failures.len(),
+        &s.failures[..s.failures.len().min(5)]
+    );
     // Each task's handshakes show the pairs in order, never an older one after a newer one.
     for (slot, hs) in s.handshakes.iter().enumerate() {
         let order: Vec<usize> =
@@ -332,7 +356,8 @@ const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
 
 struct Binary {
     child: std::process::Child,
-    _dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    dir: tempfile::TempDir,
     log: std::path::PathBuf,
 }
 
@@ -347,6 +372,8 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// Starts the binary with `--no-cluster` and [`MAPS`], certificates in its folder
+/// (`Binary::dir`); does not wait for readiness.
 fn start_binary(extra: &[&str]) -> (Binary, Client) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = common::mint(dir.path());
@@ -368,8 +395,8 @@ fn start_binary(extra: &[&str]) -> (Binary, Client) {
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn the webhook");
-    let client = Client::new(&ca.cert_pem, format!("127.0.0.1:{port}").parse().expect("addr"));
-    (Binary { child, _dir: dir, log }, client)
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    (Binary { child, addr, dir, log }, Client::new(&ca.cert_pem, addr))
 }
 
 async fn status_of(client: &Client, path: &str) -> Option<(u16, String)> {
@@ -384,7 +411,8 @@ async fn sigterm_under_load_fails_readiness_first_finishes_in_flight_reviews_and
     let drain = Duration::from_secs(10);
     // Kubernetes' default terminationGracePeriodSeconds.
     let grace = Duration::from_secs(30);
-    let (mut binary, client) = start_binary(&["--shutdown-delay", "2s", "--shutdown-timeout", "10s", "--body-timeout", "25s"]);
+    let (mut binary, client) =
+        start_binary(&["--shutdown-delay", "2s", "--shutdown-timeout", "10s", "--body-timeout", "25s"]);
     let c = client.clone();
     assert!(
         poll_until(Duration::from_secs(30), || {
@@ -454,7 +482,10 @@ async fn sigterm_under_load_fails_readiness_first_finishes_in_flight_reviews_and
     let mut req = format!("{}\r\n\r\n", mutate_head(body.len())).into_bytes();
     req.extend_from_slice(first);
     in_flight.write_all(&req).await.expect("write the first half");
-    assert!(poll_until(Duration::from_secs(20), || async { answered.load(Ordering::Relaxed) >= 30 }).await, "load runs");
+    assert!(
+        poll_until(Duration::from_secs(20), || async { answered.load(Ordering::Relaxed) >= 30 }).await,
+        "load runs"
+    );
 
     let termed = Instant::now();
     let pid = binary.child.id().to_string();
@@ -509,5 +540,343 @@ async fn sigterm_under_load_fails_readiness_first_finishes_in_flight_reviews_and
         "shutdown under load: {} reviews answered, 0 client errors; readiness failed {readiness_failed_after:.0?} \
          after SIGTERM; exited {exited_after:.1?} after SIGTERM (delay {delay:?}, drain timeout {drain:?})",
         answered.load(Ordering::Relaxed)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle keep-alive connections
+
+/// `--idle-timeout` (default 90 s) says how long an idle keep-alive connection is kept; the
+/// header timeout (default 5 s) is for a request whose headers have started. An API server
+/// keeps its connections to a webhook alive between reviews: closing them at the header
+/// timeout costs a new TLS handshake per burst and opens a race where a review is sent on a
+/// connection the server is closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: hyper's header_read_timeout also runs while a kept-alive connection waits for its next request, so --header-timeout (5 s) closes idle connections long before --idle-timeout (90 s) (server/listener.rs serve)"]
+async fn an_idle_keep_alive_connection_is_kept_until_the_idle_timeout() {
+    let header = Duration::from_millis(300);
+    let idle = Duration::from_secs(4);
+    let t = Timeouts { header, idle, ..timeouts() };
+    let server = Server::start(t, Limits::default(), Duration::from_secs(1)).await;
+    let mut conn = server.client().connect().await.expect("handshake");
+    let r = try_request_on(&mut conn, "GET /healthz HTTP/1.1\r\nHost: x", b"", false).await.expect("reply");
+    assert_eq!(r.status, 200);
+    let answered = Instant::now();
+    let closed = common::wait_closed(&mut conn, idle * SLACK_IDLE).await;
+    let after = answered.elapsed();
+    assert!(closed.is_ok(), "closed within {SLACK_IDLE}x the idle timeout");
+    assert!(
+        after >= idle / 2,
+        "an idle keep-alive connection was closed after {after:?}: idle timeout {idle:?}, header timeout {header:?}"
+    );
+}
+
+const SLACK_IDLE: u32 = 3;
+
+// ---------------------------------------------------------------------------------------------
+// Bad input to the real binary, as a probe from outside sends it
+
+/// What a bad request must get.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// This status.
+    Status(u16),
+    /// 200 with `allowed: true` and no patch.
+    AllowedUnchanged,
+    /// 200 with `allowed: true` (the init containers may still be swapped).
+    Allowed,
+    /// A 4xx, or the connection closed: never a 5xx, never a hang.
+    Refused,
+}
+
+/// Sends raw `bytes` on a new TLS connection and reads one reply (None: closed without one).
+async fn raw(client: &Client, bytes: &[u8]) -> Option<common::Reply> {
+    let mut conn = client.connect().await.expect("handshake");
+    conn.write_all(bytes).await.ok()?;
+    tokio::time::timeout(Duration::from_secs(20), common::try_read_reply(&mut conn)).await.expect("no hang").ok()
+}
+
+fn post_bytes(content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+fn review_with(change: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut review: Value = serde_json::from_str(FIXTURE).expect("fixture");
+    change(&mut review);
+    post_bytes("application/json", review.to_string().as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_binary_answers_bad_requests_clearly_and_keeps_serving() {
+    let (mut binary, client) = start_binary(&[]);
+    let c = client.clone();
+    assert!(
+        poll_until(Duration::from_secs(30), || {
+            let c = c.clone();
+            async move { status_of(&c, "/readyz").await.is_some_and(|(s, _)| s == 200) }
+        })
+        .await,
+        "the webhook became ready"
+    );
+    let full = FIXTURE.as_bytes();
+    let mut huge_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: ".to_vec();
+    huge_header.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024));
+    huge_header.extend_from_slice(b"\r\n\r\n");
+    let cases: Vec<(&str, Vec<u8>, Want)> = vec![
+        ("malformed JSON", post_bytes("application/json", b"{\"apiVersion\": tru"), Want::Status(400)),
+        ("truncated review", post_bytes("application/json", &full[..full.len() / 2]), Want::Status(400)),
+        ("empty body", post_bytes("application/json", b""), Want::Status(400)),
+        ("binary garbage", post_bytes("application/json", &[0xff, 0x00, 0xfe, 0x7b]), Want::Status(400)),
+        ("review without request", post_bytes("application/json", br#"{"kind":"AdmissionReview"}"#), Want::Status(400)),
+        ("wrong Content-Type", post_bytes("text/plain", full), Want::Status(415)),
+        ("GET /mutate", b"GET /mutate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), Want::Status(405)),
+        ("unknown path", b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), Want::Status(404)),
+        (
+            "declared body over the default 7 MiB cap, never sent",
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8388608\r\n\r\n"
+                .to_vec(),
+            Want::Status(413),
+        ),
+        ("object null", review_with(|r| r["request"]["object"] = Value::Null), Want::AllowedUnchanged),
+        (
+            "no spec",
+            review_with(|r| {
+                r["request"]["object"].as_object_mut().map(|o| o.remove("spec"));
+            }),
+            Want::AllowedUnchanged,
+        ),
+        (
+            "containers not an array",
+            review_with(|r| r["request"]["object"]["spec"]["containers"] = serde_json::json!({"a": 1})),
+            Want::Allowed,
+        ),
+        (
+            "another kind",
+            review_with(|r| {
+                r["request"]["kind"] = serde_json::json!({"group": "apps", "version": "v1", "kind": "Deployment"})
+            }),
+            Want::AllowedUnchanged,
+        ),
+        ("UPDATE", review_with(|r| r["request"]["operation"] = serde_json::json!("UPDATE")), Want::AllowedUnchanged),
+        (
+            "a subresource",
+            review_with(|r| r["request"]["subResource"] = serde_json::json!("ephemeralcontainers")),
+            Want::AllowedUnchanged,
+        ),
+        (
+            "admission.k8s.io/v1beta1 DELETE",
+            review_with(|r| {
+                r["apiVersion"] = serde_json::json!("admission.k8s.io/v1beta1");
+                r["request"]["operation"] = serde_json::json!("DELETE");
+            }),
+            Want::AllowedUnchanged,
+        ),
+        ("garbage request line", b"HELLO THERE\r\n\r\n".to_vec(), Want::Refused),
+        ("2 MiB header", huge_header, Want::Refused),
+        (
+            "two different Content-Lengths",
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec(),
+            Want::Refused,
+        ),
+        (
+            "Content-Length and chunked together",
+            b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            Want::Refused,
+        ),
+    ];
+    for (what, bytes, want) in &cases {
+        let reply = raw(&client, bytes).await;
+        eprintln!("{what}: {}", reply.as_ref().map_or("closed".to_string(), |r| r.status.to_string()));
+        match (want, &reply) {
+            (Want::Status(s), Some(r)) => assert_eq!(r.status, *s, "{what}: {}", r.body),
+            (Want::AllowedUnchanged, Some(r)) => {
+                assert_eq!(r.status, 200, "{what}: {}", r.body);
+                let v: Value = serde_json::from_str(&r.body).expect("a review");
+                assert_eq!(v["response"]["allowed"], true, "{what}");
+                assert!(v["response"].get("patch").is_none(), "{what}: {}", r.body);
+            }
+            (Want::Allowed, Some(r)) => {
+                assert_eq!(r.status, 200, "{what}: {}", r.body);
+                let v: Value = serde_json::from_str(&r.body).expect("a review");
+                assert_eq!(v["response"]["allowed"], true, "{what}");
+            }
+            (Want::Refused, None) => {}
+            (Want::Refused, Some(r)) => assert!((400..500).contains(&r.status), "{what}: {} {}", r.status, r.body),
+            (_, None) => panic!("{what}: closed without a reply"),
+        }
+        if let Ok(Some(exit)) = binary.child.try_wait() {
+            panic!("the webhook exited after {what}: {exit:?}");
+        }
+    }
+    // Plain HTTP to the HTTPS port, and a bad then a good request pipelined on one connection.
+    let mut tcp = tokio::net::TcpStream::connect(binary.addr).await.expect("connect");
+    let _ = tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(common::wait_closed(&mut tcp, Duration::from_secs(25)).await.is_ok(), "plain HTTP is closed");
+    let mut conn = client.connect().await.expect("handshake");
+    let mut both = format!("{}\r\n\r\n{{bad", mutate_head(4)).into_bytes();
+    both.extend_from_slice(format!("{}\r\n\r\n", mutate_head(full.len())).as_bytes());
+    both.extend_from_slice(full);
+    conn.write_all(&both).await.expect("write");
+    assert_eq!(common::try_read_reply(&mut conn).await.expect("first reply").status, 400);
+    let second = common::try_read_reply(&mut conn).await.expect("second reply");
+    assert_eq!(second.status, 200, "the same connection keeps serving: {}", second.body);
+    assert!(second.body.contains("\"patch\""), "and swaps: {}", second.body);
+    let r = client.post(full).await;
+    assert!(r.status == 200 && r.body.contains("\"patch\""), "other connections too: {}", r.body);
+    assert!(binary.child.try_wait().expect("wait").is_none(), "still running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stress: 30 rotations (every third one broken) under load, about a minute"]
+async fn stress_thirty_rotations_under_load_fail_no_request() {
+    let reload = Duration::from_millis(200);
+    let bound = reload * 10;
+    let server = Server::start(timeouts(), Limits { max_body_bytes: 256 * 1024, ..Limits::default() }, reload).await;
+    let ca = imagemap_certs::CertificateAuthority::new("rotation CA", 1).expect("a CA");
+    let client = Client::without_resumption(&format!("{}{}", server.ca_pem, ca.cert_pem), server.addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen { handshakes: vec![Vec::new(); 2], ..Seen::default() }));
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        tasks.push(tokio::spawn(keep_alive_load(client.clone(), stop.clone(), seen.clone(), 100_000)));
+    }
+    let mut handshakers = Vec::new();
+    for slot in 0..2 {
+        handshakers.push(tokio::spawn(new_connection_load(client.clone(), stop.clone(), seen.clone(), slot, 100_000)));
+    }
+    let served = || seen.lock().expect("lock").ok;
+    let mut last_good = pem_to_der(&std::fs::read_to_string(server.dir.join("..v1/tls.crt")).expect("read v1"));
+    let mut delays = Vec::new();
+    for i in 0..30 {
+        let dir = server.dir.join(format!("..r{i}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        common::write_leaf(&ca, &dir);
+        let broken = i % 3 == 2;
+        if broken {
+            std::fs::write(dir.join("tls.key"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .expect("break the key");
+        }
+        let at = Instant::now();
+        swap_current(&server, &dir);
+        if broken {
+            let c = client.clone();
+            assert!(
+                poll_until(bound * 3, || {
+                    let c = c.clone();
+                    async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(1.0) }
+                })
+                .await,
+                "rotation {i}: the broken pair is reported"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let s = seen.lock().expect("lock");
+            let during: Vec<_> = s.handshakes.iter().flatten().filter(|(t, _)| *t > at).collect();
+            assert!(during.iter().all(|(_, d)| *d == last_good), "rotation {i}: the last good pair keeps serving");
+        } else {
+            let new = pem_to_der(&std::fs::read_to_string(dir.join("tls.crt")).expect("read"));
+            assert!(
+                poll_until(bound * 3, || async { first_seen(&seen, &new, at).is_some() }).await,
+                "rotation {i}: the new pair is served"
+            );
+            delays.push(first_seen(&seen, &new, at).expect("seen") - at);
+            last_good = new;
+        }
+        keeps_serving(&served).await;
+    }
+    stop.store(true, Ordering::Release);
+    for t in tasks {
+        t.await.expect("keep-alive task");
+    }
+    for t in handshakers {
+        t.await.expect("handshake task");
+    }
+    let s = seen.lock().expect("lock");
+    assert!(
+        s.failures.is_empty(),
+        "{} failed requests: {:?}",
+        s.failures.len(),
+        &s.failures[..s.failures.len().min(5)]
+    );
+    let worst = delays.iter().max().copied().unwrap_or_default();
+    assert!(worst <= bound, "new pairs served within {bound:?}: worst {worst:?}");
+    eprintln!("30 rotations under load: {} reviews OK, 0 failed; new pair served after at most {worst:.0?}", s.ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_binary_logs_a_broken_pair_on_disk_and_keeps_serving_the_old_one() {
+    let (mut binary, client) = start_binary(&["--tls-reload-interval", "200ms"]);
+    let c = client.clone();
+    assert!(
+        poll_until(Duration::from_secs(30), || {
+            let c = c.clone();
+            async move { status_of(&c, "/readyz").await.is_some_and(|(s, _)| s == 200) }
+        })
+        .await,
+        "the webhook became ready"
+    );
+    let before = client.peer_certificate().await;
+    let key = binary.dir.path().join("tls.key");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").expect("break the key");
+    let log = binary.log.clone();
+    let logged = |needle: &'static str| {
+        let log = log.clone();
+        move || {
+            let log = log.clone();
+            async move { std::fs::read_to_string(&log).unwrap_or_default().contains(needle) }
+        }
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), logged("new certificate pair is broken; still serving the previous one"))
+            .await,
+        "the broken pair is logged:\n{}",
+        std::fs::read_to_string(&binary.log).unwrap_or_default()
+    );
+    let text = metrics(&client).await;
+    assert_eq!(metric(&text, "imagemap_tls_reload_broken"), Some(1.0), "{text}");
+    assert_eq!(client.peer_certificate().await, before, "the old pair keeps serving");
+    let r = client.post(FIXTURE.as_bytes()).await;
+    assert!(r.status == 200 && r.body.contains("\"patch\""), "{}", r.body);
+    assert!(binary.child.try_wait().expect("wait").is_none(), "still running");
+}
+
+/// `imagemap_tls_reload_broken` is "1 while the certificate files on disk cannot be loaded".
+/// After a broken pair, putting the served pair back (reverting a bad Secret) leaves it at 1:
+/// `CertStore::reload` sees the bytes it loaded last and reports "unchanged", and `watch` only
+/// clears the gauge after loading a changed pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: reverting to the served pair after a broken one leaves imagemap_tls_reload_broken at 1 (server/tls.rs reload returns Ok(false), watch keeps the gauge)"]
+async fn reverting_a_broken_pair_to_the_served_one_clears_the_broken_metric() {
+    let reload = Duration::from_millis(100);
+    let server = Server::start(timeouts(), Limits::default(), reload).await;
+    let client = server.client();
+    let broken = server.dir.join("..broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::copy(server.dir.join("..v1/tls.crt"), broken.join("tls.crt")).expect("copy the cert");
+    std::fs::write(broken.join("tls.key"), "not a key").expect("write");
+    swap_current(&server, &broken);
+    let c = client.clone();
+    assert!(
+        poll_until(reload * 50, || {
+            let c = c.clone();
+            async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(1.0) }
+        })
+        .await,
+        "the broken pair is reported"
+    );
+    swap_current(&server, &server.dir.join("..v1"));
+    let c = client.clone();
+    assert!(
+        poll_until(reload * 50, || {
+            let c = c.clone();
+            async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(0.0) }
+        })
+        .await,
+        "the files on disk load again, yet the metric still says broken"
     );
 }

@@ -147,6 +147,14 @@ fn too_large(state: &AppState) -> Response {
 }
 
 fn log_decision(r: &crate::admission::Reviewed, took: Duration) {
+    if r.outcome == Outcome::Skipped {
+        tracing::debug!(uid = %r.uid, object = %r.object, outcome = r.outcome.as_str(), "review");
+        return;
+    }
+    // The line is built only when it will be written.
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
     let (swaps, warnings) = r.injection.as_ref().map_or((0, 0), |i| (i.swaps.len(), i.warnings.len()));
     let fields = r.injection.as_ref().map(|i| {
         i.swaps
@@ -155,18 +163,14 @@ fn log_decision(r: &crate::admission::Reviewed, took: Duration) {
             .collect::<Vec<_>>()
             .join(",")
     });
-    if r.outcome == Outcome::Skipped {
-        tracing::debug!(uid = %r.uid, object = %r.object, outcome = r.outcome.as_str(), "review");
-    } else {
-        tracing::info!(
-            uid = %r.uid,
-            object = %r.object,
-            outcome = r.outcome.as_str(),
-            swaps,
-            warnings,
-            fields = fields.unwrap_or_default(),
-            micros = took.as_micros() as u64,
-            "review"
-        );
-    }
+    tracing::info!(
+        uid = %r.uid,
+        object = %r.object,
+        outcome = r.outcome.as_str(),
+        swaps,
+        warnings,
+        fields = fields.unwrap_or_default(),
+        micros = took.as_micros() as u64,
+        "review"
+    );
 }

@@ -13,6 +13,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 
 use super::AppState;
+use crate::maps::MapIndex;
 use crate::mapsfile::parse_maps;
 use crate::types::ImageMap;
 
@@ -42,7 +43,9 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
 pub async fn watch_cluster(client: Client, state: Arc<AppState>) {
     let api: Api<ImageMap> = Api::all(client);
     let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let mut buffer: Vec<ImageMap> = Vec::new();
+    // A (re)list is compiled into a fresh index as it arrives, then swapped in whole: the raw
+    // objects of a large list are never all held at once.
+    let mut buffer: Option<MapIndex> = None;
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
@@ -57,17 +60,18 @@ pub async fn watch_cluster(client: Client, state: Arc<AppState>) {
     }
 }
 
-fn apply(event: Event<ImageMap>, buffer: &mut Vec<ImageMap>, state: &AppState) {
+fn apply(event: Event<ImageMap>, buffer: &mut Option<MapIndex>, state: &AppState) {
     match event {
-        Event::Init => buffer.clear(),
-        Event::InitApply(map) => buffer.push(map),
-        Event::InitDone => {
-            let invalid = state.update_index(|idx| idx.replace_cluster(buffer.iter()));
-            for e in &invalid {
+        Event::Init => *buffer = Some(MapIndex::new(None)),
+        Event::InitApply(map) => {
+            if let Err(e) = buffer.get_or_insert_with(|| MapIndex::new(None)).upsert(&map) {
                 tracing::warn!(error = %e, "skipping ImageMap with an invalid selector");
             }
+        }
+        Event::InitDone => {
+            let fresh = buffer.take().unwrap_or_default();
+            state.update_index(|idx| idx.replace_cluster_with(fresh));
             let count = state.with_index(|idx| idx.len());
-            buffer.clear();
             if !state.synced.swap(true, Ordering::AcqRel) {
                 tracing::info!(maps = count, "ImageMap cache synced");
             } else {

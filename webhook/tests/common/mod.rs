@@ -226,6 +226,26 @@ pub fn apply_response_patch(request: &serde_json::Value, response: &serde_json::
     object
 }
 
+impl Client {
+    /// A client trusting `ca_pem` (one or more CAs) that never resumes a TLS session, so every
+    /// connection is a full handshake in which the server presents its current certificate (as
+    /// Go clients without a session cache, such as the API server's, do).
+    pub fn without_resumption(ca_pem: &str, addr: SocketAddr) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile_certs(ca_pem) {
+            roots.add(cert).expect("add root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        Client { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), addr }
+    }
+}
+
 /// Like [`request_on`], but returns errors (including a connection closed before the whole
 /// reply) instead of panicking: for load generators that count failures.
 pub async fn try_request_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
