@@ -90,6 +90,8 @@ pub struct ControlPlane {
     etcd_port: u16,
     etcd_peer_port: u16,
     timings: StartupTimings,
+    /// How many times [`ControlPlane::stop_apiserver`] ran (names the logs it keeps).
+    apiserver_stops: usize,
 }
 
 impl ControlPlane {
@@ -153,6 +155,7 @@ impl ControlPlane {
             etcd_port,
             etcd_peer_port,
             timings: StartupTimings { pki: started.elapsed(), ..StartupTimings::default() },
+            apiserver_stops: 0,
         };
         // On error `plane` is dropped here, which stops whatever was started.
         plane.boot(opts)?;
@@ -179,11 +182,7 @@ impl ControlPlane {
         self.spawn("kube-apiserver", self.apiserver_args())?;
         let port = self.apiserver_port;
         self.wait_ready("kube-apiserver", opts.ready_timeout, Duration::from_millis(250), |kubectl| {
-            // A cheap TCP probe first: each kubectl run costs CPU the apiserver needs to start.
-            net::port_open(port)
-                && kubectl
-                    .run(["get", "--raw", "/readyz"])
-                    .is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"ok")
+            apiserver_ready(port, kubectl)
         })
         .map_err(|e| {
             // Still running but not ready: say which checks fail.
@@ -496,6 +495,85 @@ impl ControlPlane {
         Ok(name)
     }
 
+    /// Stops kube-apiserver (SIGTERM, SIGKILL after a grace period), as when it crashes or is
+    /// upgraded: etcd keeps running with the data, and the port, certificates and kubeconfigs stay,
+    /// so that [`ControlPlane::start_apiserver`] brings the same API server back. Its log so far
+    /// is kept as `kube-apiserver.N.log`. Fails if it is not running.
+    pub fn stop_apiserver(&mut self) -> Result<()> {
+        let at = self.processes.iter().position(|p| p.name() == APISERVER).context("kube-apiserver is not running")?;
+        let mut process = self.processes.remove(at);
+        process.stop(STOP_GRACE);
+        self.apiserver_stops += 1;
+        let log = self.dir.path().join(format!("{APISERVER}.log"));
+        let kept = self.dir.path().join(format!("{APISERVER}.{}.log", self.apiserver_stops));
+        std::fs::rename(&log, &kept).with_context(|| format!("keeping {} as {}", log.display(), kept.display()))?;
+        // The watchdog would signal the stopped process group at exit, and the kernel may have
+        // given that id to another process by then: a fresh one guards the running ones only.
+        self.rearm_watchdog()
+    }
+
+    /// Starts kube-apiserver again after [`ControlPlane::stop_apiserver`], with the same flags,
+    /// port and certificates, and waits until `/readyz` is `ok`; returns how long that took.
+    /// Fails if it is already running, or (with its log's tail) if it does not become ready
+    /// (e.g. "address already in use": another process took the port meanwhile).
+    pub fn start_apiserver(&mut self) -> Result<Duration> {
+        if self.pid(APISERVER).is_some() {
+            bail!("kube-apiserver is already running");
+        }
+        let step = Instant::now();
+        self.spawn(APISERVER, self.apiserver_args())?;
+        let port = self.apiserver_port;
+        let timeout = ControlPlaneOptions::default().ready_timeout;
+        let ready =
+            self.wait_ready(APISERVER, timeout, Duration::from_millis(250), |kubectl| apiserver_ready(port, kubectl));
+        // Back in its place right after etcd: teardown goes newest first, so it is stopped
+        // after the controller-manager and before etcd, as at start.
+        let process = self.processes.pop().context("kube-apiserver was just started")?;
+        let after_etcd = self.processes.iter().position(|p| p.name() == "etcd").map_or(0, |i| i + 1);
+        self.processes.insert(after_etcd, process);
+        ready?;
+        Ok(step.elapsed())
+    }
+
+    /// Whether kube-apiserver runs (it may be stopped by [`ControlPlane::stop_apiserver`]).
+    pub fn apiserver_running(&self) -> bool {
+        self.pid(APISERVER).is_some()
+    }
+
+    /// etcd's client port on 127.0.0.1 (plain HTTP).
+    pub fn etcd_port(&self) -> u16 {
+        self.etcd_port
+    }
+
+    /// Compacts etcd's history up to its current revision and returns that revision (through
+    /// etcd's JSON gateway, `/v3/kv/compaction`). etcd does this on its own with time; a watch
+    /// that resumes from an older resourceVersion afterwards gets `410 Gone` and must list again.
+    pub fn compact_etcd(&self) -> Result<i64> {
+        // Any key: the response header carries the store's current revision.
+        let range = etcd_post(self.etcd_port, "/v3/kv/range", r#"{"key":"AA=="}"#)?;
+        let revision: i64 = range["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .or_else(|| range["header"]["revision"].as_i64())
+            .with_context(|| format!("no revision in etcd's answer {range}"))?;
+        let body = serde_json::json!({ "revision": revision.to_string(), "physical": true }).to_string();
+        etcd_post(self.etcd_port, "/v3/kv/compaction", &body)?;
+        Ok(revision)
+    }
+
+    /// Replaces the watchdog with one that guards the processes running now.
+    fn rearm_watchdog(&mut self) -> Result<()> {
+        let keep = std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty());
+        let mut fresh = Watchdog::spawn((!keep).then_some(self.dir.path()))?;
+        for process in &self.processes {
+            fresh.guard(process.pid())?;
+        }
+        // Armed before the old one goes, so that something always guards the processes.
+        let mut old = std::mem::replace(&mut self.watchdog, fresh);
+        old.disarm();
+        Ok(())
+    }
+
     /// Runs this plane's `helm` with the admin kubeconfig, its cache, config and data in the
     /// plane's folder; any exit status. Panics only if helm cannot be run at all.
     pub fn helm<I, S>(&self, args: I) -> Output
@@ -530,6 +608,39 @@ impl Drop for ControlPlane {
         }
         eprintln!("imagemap-e2e: stopped the control plane at {} in {:.1?}", self.server_url(), started.elapsed());
     }
+}
+
+/// The API server's component name.
+const APISERVER: &str = "kube-apiserver";
+
+/// Whether the API server on `port` is ready: a cheap TCP probe first (each kubectl run costs
+/// CPU the apiserver needs to start), then `kubectl get --raw /readyz` is `ok`.
+fn apiserver_ready(port: u16, kubectl: &Kubectl) -> bool {
+    net::port_open(port)
+        && kubectl.run(["get", "--raw", "/readyz"]).is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"ok")
+}
+
+/// `POST path` with a JSON `body` to etcd's gateway on 127.0.0.1:`port` (HTTP/1.0, so the answer
+/// is never chunked); the JSON answer, or an error with etcd's message.
+fn etcd_post(port: u16, path: &str, body: &str) -> Result<serde_json::Value> {
+    use std::io::{Read as _, Write as _};
+    let timeout = Duration::from_secs(5);
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).context("connecting to etcd")?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).with_context(|| format!("reading etcd's answer to {path}"))?;
+    let (head, json) = response.split_once("\r\n\r\n").with_context(|| format!("etcd answered {response:?}"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("etcd refused POST {path}: {head}\n{json}");
+    }
+    serde_json::from_str(json).with_context(|| format!("etcd's answer to {path} is not JSON: {json}"))
 }
 
 /// `PREFIX-N-PID`: a DNS-1123 label unique within this process (and across processes sharing

@@ -65,9 +65,12 @@ pub struct Reviewed {
 /// object (status, managed fields' contents aside) is skipped while parsing, not materialized.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PodObject {
-    /// The Pod's metadata (without managed fields, which can be large and are never read).
+    /// The Pod's metadata (without managed fields, which can be large and are never read);
+    /// `None` when the object has none.
     #[serde(default, deserialize_with = "lean_metadata")]
-    pub metadata: ObjectMeta,
+    pub metadata: Option<ObjectMeta>,
+    #[serde(skip)]
+    empty: ObjectMeta,
     /// The Pod's spec, untyped, holding only the fields the engine reads (see `pruned`).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::pruned::spec")]
     pub spec: Option<Value>,
@@ -84,16 +87,15 @@ struct LeanMetadata {
     annotations: Option<std::collections::BTreeMap<String, String>>,
 }
 
-fn lean_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
-    let m = Option::<LeanMetadata>::deserialize(d)?.unwrap_or_default();
-    Ok(ObjectMeta {
+fn lean_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ObjectMeta>, D::Error> {
+    Ok(Option::<LeanMetadata>::deserialize(d)?.map(|m| ObjectMeta {
         name: m.name,
         generate_name: m.generate_name,
         namespace: m.namespace,
         labels: m.labels,
         annotations: m.annotations,
         ..Default::default()
-    })
+    }))
 }
 
 impl kube::Resource for PodObject {
@@ -113,10 +115,10 @@ impl kube::Resource for PodObject {
         Cow::Borrowed("pods")
     }
     fn meta(&self) -> &ObjectMeta {
-        &self.metadata
+        self.metadata.as_ref().unwrap_or(&self.empty)
     }
     fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+        self.metadata.get_or_insert_with(ObjectMeta::default)
     }
 }
 
@@ -156,8 +158,9 @@ pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Re
     let (outcome, object, injection) = match pod_create(&request) {
         None => (Outcome::Skipped, request.name.clone(), None),
         Some(pod) => {
-            let namespace = request.namespace.as_deref().or(pod.metadata.namespace.as_deref()).unwrap_or("default");
-            let name = pod.metadata.name.as_deref().filter(|n| !n.is_empty()).or(pod.metadata.generate_name.as_deref());
+            let meta = kube::Resource::meta(pod);
+            let namespace = request.namespace.as_deref().or(meta.namespace.as_deref()).unwrap_or("default");
+            let name = meta.name.as_deref().filter(|n| !n.is_empty()).or(meta.generate_name.as_deref());
             let object = format!("{namespace}/{}", name.unwrap_or(""));
             let mut injection = inject(view(pod), &Applicable { index, namespace });
             if options.gate_unbuilt {
@@ -197,11 +200,13 @@ fn pod_create(request: &AdmissionRequest<PodObject>) -> Option<&PodObject> {
 }
 
 fn view(pod: &PodObject) -> PodView<'_> {
-    let metadata = match &pod.metadata.annotations {
-        Some(a) => MetadataView::Annotations(a.get(SWAPS_ANNOTATION).map(String::as_str)),
-        None => MetadataView::NoAnnotations,
+    let metadata = match pod.metadata.as_ref().map(|m| &m.annotations) {
+        None => MetadataView::Absent,
+        Some(Some(a)) => MetadataView::Annotations(a.get(SWAPS_ANNOTATION).map(String::as_str)),
+        Some(None) => MetadataView::NoAnnotations,
     };
-    PodView { spec: pod.spec.as_ref(), metadata, labels_present: pod.metadata.labels.is_some() }
+    let labels_present = pod.metadata.as_ref().is_some_and(|m| m.labels.is_some());
+    PodView { spec: pod.spec.as_ref(), metadata, labels_present }
 }
 
 /// Encodes the response review with `patch` (a serialized JSON patch), base64-encoded as Go's

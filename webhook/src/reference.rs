@@ -111,6 +111,9 @@ impl Reference {
             normalized.push_str(OFFICIAL_PREFIX);
         }
         normalized.push_str(path);
+        if normalized.len() > NAME_MAX {
+            return Err(ReferenceError::TooLong(normalized.len()));
+        }
         Ok(Reference { registry_len: registry.len(), name: normalized, tag, digest })
     }
 
@@ -153,7 +156,9 @@ impl Reference {
         s
     }
 
-    /// The familiar form of the name alone (`nginx`, `team/app`, `gcr.io/x/app`).
+    /// The familiar form of the name alone (`nginx`, `team/app`, `gcr.io/x/app`). A Docker Hub
+    /// path whose first component would read as a registry (`docker.io/my.org/app`) keeps its
+    /// `docker.io/`, so the familiar string always parses back to the same reference.
     pub fn familiar_name(&self) -> &str {
         if self.registry() != DOCKER_HUB {
             return &self.name;
@@ -161,7 +166,8 @@ impl Reference {
         let path = self.path();
         match path.strip_prefix(OFFICIAL_PREFIX) {
             Some(rest) if !rest.contains('/') => rest,
-            _ => path,
+            _ if split_registry(path).0.is_empty() => path,
+            _ => &self.name,
         }
     }
 
@@ -481,6 +487,20 @@ mod tests {
         assert_eq!(r.tag(), Some("1.0"));
         assert_eq!(r.digest(), Some(d.as_str()));
         assert_ne!(r, p("app:1.0"));
+    }
+
+    #[test]
+    fn familiar_strings_parse_back_to_the_same_reference() {
+        let r = p("docker.io/my.org/app:1");
+        assert_eq!(r.familiar(), "docker.io/my.org/app:1");
+        assert_eq!(p(&r.familiar()), r);
+        assert_eq!(p("docker.io/localhost/app").familiar(), "docker.io/localhost/app");
+    }
+
+    #[test]
+    fn names_longer_than_255_after_normalization_are_rejected() {
+        let written = "a".repeat(250);
+        assert!(matches!(Reference::parse(&written), Err(ReferenceError::TooLong(268))));
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn timeouts() -> Timeouts {
     Timeouts {
         handshake: Duration::from_secs(2),
         header: Duration::from_secs(2),
+        body: Duration::from_secs(2),
         idle: Duration::from_secs(30),
         shutdown: Duration::from_secs(5),
     }
@@ -552,7 +553,6 @@ async fn sigterm_under_load_fails_readiness_first_finishes_in_flight_reviews_and
 /// timeout costs a new TLS handshake per burst and opens a race where a review is sent on a
 /// connection the server is closing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: hyper's header_read_timeout also runs while a kept-alive connection waits for its next request, so --header-timeout (5 s) closes idle connections long before --idle-timeout (90 s) (server/listener.rs serve)"]
 async fn an_idle_keep_alive_connection_is_kept_until_the_idle_timeout() {
     let header = Duration::from_millis(300);
     let idle = Duration::from_secs(4);
@@ -850,7 +850,6 @@ async fn the_real_binary_logs_a_broken_pair_on_disk_and_keeps_serving_the_old_on
 /// `CertStore::reload` sees the bytes it loaded last and reports "unchanged", and `watch` only
 /// clears the gauge after loading a changed pair.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: reverting to the served pair after a broken one leaves imagemap_tls_reload_broken at 1 (server/tls.rs reload returns Ok(false), watch keeps the gauge)"]
 async fn reverting_a_broken_pair_to_the_served_one_clears_the_broken_metric() {
     let reload = Duration::from_millis(100);
     let server = Server::start(timeouts(), Limits::default(), reload).await;

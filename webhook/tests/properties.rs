@@ -211,7 +211,6 @@ proptest! {
 /// pull from a host the map never named. (Docker's own `FamiliarString` has the same ambiguity,
 /// but it is never used to write a reference another program parses again.)
 #[test]
-#[ignore = "bug: the familiar string of docker.io/<host-like>/app names another registry (reference.rs familiar_name)"]
 fn familiar_string_of_a_docker_hub_path_with_a_dotted_first_segment_names_the_same_image() {
     for text in ["docker.io/my.org/app:1", "docker.io/localhost/app", "index.docker.io/team.io/app"] {
         let r = Reference::parse(text).expect("valid: the path is on Docker Hub");
@@ -225,7 +224,6 @@ fn familiar_string_of_a_docker_hub_path_with_a_dotted_first_segment_names_the_sa
 /// (`ParseNormalizedNamed` checks `docker.io/library/...`); the parser checks the name as
 /// written, so `aaa...` (250 characters) is accepted but its own full string is refused.
 #[test]
-#[ignore = "bug: the 255-character limit is checked before normalization (reference.rs parse, NAME_MAX)"]
 fn a_name_that_normalizes_past_255_characters_is_refused() {
     let text = "a".repeat(250);
     match Reference::parse(&text) {
@@ -674,7 +672,6 @@ proptest! {
 /// its patch adds `/metadata/annotations` under a parent that does not exist. The API server
 /// always sends `metadata`, so only a hand-made review meets this.
 #[test]
-#[ignore = "bug: admission::view treats an absent metadata as present (admission.rs view); the patch does not apply"]
 fn a_review_of_an_object_without_metadata_gets_a_patch_that_applies() {
     let mut idx = MapIndex::new(None);
     let mut map = ImageMap::new("a", ImageMapSpec { selector: "app".into(), ..Default::default() });

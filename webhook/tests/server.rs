@@ -13,6 +13,7 @@ fn quick_timeouts() -> Timeouts {
     Timeouts {
         handshake: Duration::from_millis(500),
         header: Duration::from_millis(500),
+        body: Duration::from_millis(500),
         idle: Duration::from_secs(2),
         shutdown: Duration::from_secs(5),
     }

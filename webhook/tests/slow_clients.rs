@@ -43,6 +43,7 @@ fn timeouts() -> Timeouts {
     Timeouts {
         handshake: Duration::from_secs(1),
         header: Duration::from_secs(1),
+        body: Duration::from_secs(1),
         idle: Duration::from_millis(1500),
         shutdown: Duration::from_secs(5),
     }

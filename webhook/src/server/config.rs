@@ -58,7 +58,7 @@ pub struct Config {
     /// Time allowed for a TLS handshake.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub tls_handshake_timeout: Duration,
-    /// Time allowed to receive a request's headers.
+    /// Time allowed from a request's first byte until its headers have arrived.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub header_timeout: Duration,
     /// Time allowed to receive a request's body.
@@ -136,6 +136,7 @@ impl Config {
         Timeouts {
             handshake: self.tls_handshake_timeout,
             header: self.header_timeout,
+            body: self.body_timeout,
             idle: self.idle_timeout,
             shutdown: self.shutdown_timeout,
         }

@@ -21,8 +21,11 @@ use super::AppState;
 pub struct Timeouts {
     /// TLS handshake.
     pub handshake: Duration,
-    /// Request headers.
+    /// From a request's first byte until its headers have arrived (the body then gets `body`
+    /// more); a connection past that is closed.
     pub header: Duration,
+    /// Receiving a request's body, on top of `header`.
+    pub body: Duration,
     /// Idle keep-alive connections.
     pub idle: Duration,
     /// Draining in-flight requests at shutdown.
@@ -34,6 +37,7 @@ impl Default for Timeouts {
         Timeouts {
             handshake: Duration::from_secs(5),
             header: Duration::from_secs(5),
+            body: Duration::from_secs(10),
             idle: Duration::from_secs(90),
             shutdown: Duration::from_secs(20),
         }
@@ -52,7 +56,10 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(timeouts.header).keep_alive(true);
+    // hyper's own header timer also runs while a kept-alive connection waits for its next
+    // request, which would close idle connections at the header timeout: `ConnectionTimer`
+    // applies the header, body and idle timeouts instead.
+    http.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -83,7 +90,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let io = IdleTimeout::new(TokioIo::new(tls), timeouts.idle);
+            let io = ConnectionTimer::new(TokioIo::new(tls), timeouts);
             let conn = watcher.watch(http.serve_connection(io, service));
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
@@ -121,22 +128,39 @@ pub async fn shutdown_signal(state: Arc<AppState>, delay: Duration) {
     tokio::time::sleep(delay).await;
 }
 
-/// Closes a connection that has neither read nor written for `idle`.
-pub struct IdleTimeout<T> {
+/// Closes a connection that takes too long: between requests after `idle`; once a request's
+/// first byte has arrived, unless the request has been received and answered within
+/// `header + body` (reads do not extend that deadline, so trickling bytes does not help).
+pub struct ConnectionTimer<T> {
     inner: T,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    idle: Duration,
+    timeouts: Timeouts,
+    in_request: bool,
 }
 
-impl<T> IdleTimeout<T> {
-    /// Wraps `inner`.
-    pub fn new(inner: T, idle: Duration) -> Self {
-        IdleTimeout { inner, sleep: Box::pin(tokio::time::sleep(idle)), idle }
+impl<T> ConnectionTimer<T> {
+    /// Wraps `inner`, waiting for a first request.
+    pub fn new(inner: T, timeouts: Timeouts) -> Self {
+        ConnectionTimer { inner, sleep: Box::pin(tokio::time::sleep(timeouts.idle)), timeouts, in_request: false }
     }
 
-    fn touch(&mut self) {
-        let deadline = tokio::time::Instant::now() + self.idle;
+    fn set_deadline(&mut self, after: Duration) {
+        let deadline = tokio::time::Instant::now() + after;
         self.sleep.as_mut().reset(deadline);
+    }
+
+    /// Bytes arrived: a new request starts its deadline.
+    fn on_read(&mut self) {
+        if !self.in_request {
+            self.in_request = true;
+            self.set_deadline(self.timeouts.header + self.timeouts.body);
+        }
+    }
+
+    /// A response went out: back to waiting, under the idle timeout.
+    fn on_write(&mut self) {
+        self.in_request = false;
+        self.set_deadline(self.timeouts.idle);
     }
 }
 
@@ -148,12 +172,12 @@ fn timed_out() -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle timeout")
 }
 
-impl<T: Read + Unpin> Read for IdleTimeout<T> {
+impl<T: Read + Unpin> Read for ConnectionTimer<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                this.touch();
+                this.on_read();
                 Poll::Ready(r)
             }
             Poll::Pending => match this.sleep.as_mut().poll(cx) {
@@ -164,12 +188,12 @@ impl<T: Read + Unpin> Read for IdleTimeout<T> {
     }
 }
 
-impl<T: Write + Unpin> Write for IdleTimeout<T> {
+impl<T: Write + Unpin> Write for ConnectionTimer<T> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if r.is_ready() {
-            this.touch();
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.on_write();
         }
         r
     }
@@ -193,8 +217,8 @@ impl<T: Write + Unpin> Write for IdleTimeout<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            this.touch();
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.on_write();
         }
         r
     }

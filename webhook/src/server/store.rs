@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 
 use super::AppState;
@@ -42,21 +41,54 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
 /// retries with backoff and relists when its watch expires.
 pub async fn watch_cluster(client: Client, state: Arc<AppState>) {
     let api: Api<ImageMap> = Api::all(client);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    // Backoff is ours, not `default_backoff()`: that one resets on every item, including the
+    // `Init` that precedes each list attempt, so a failing list would be retried about every
+    // second forever. Here only real progress (an object, or a completed list) resets it.
+    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut backoff = Backoff::default();
     // A (re)list is compiled into a fresh index as it arrives, then swapped in whole: the raw
     // objects of a large list are never all held at once.
     let mut buffer: Option<MapIndex> = None;
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
-                state.metrics.cache_heard();
+                // `Init` only announces a list attempt: nothing has been heard yet.
+                if !matches!(event, Event::Init) {
+                    state.metrics.cache_heard();
+                    backoff.reset();
+                }
                 apply(event, &mut buffer, &state);
             }
             Err(e) => {
                 state.metrics.cache_stale();
-                tracing::warn!(error = %e, "ImageMap watch failed; serving the last known maps and retrying");
+                let wait = backoff.next();
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ImageMap watch failed; serving the last known maps and retrying");
+                tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// Exponential backoff between failed watch attempts: 0.8 s doubling to 16 s, with jitter.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_secs(16);
+
+    fn next(&mut self) -> Duration {
+        let base = Self::FIRST.saturating_mul(1 << self.failures.min(5)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        // Up to 25% jitter, from the clock's nanoseconds (no randomness source needed).
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -123,5 +155,22 @@ pub async fn watch_file(path: PathBuf, interval: Duration, state: Arc<AppState>)
                 tracing::error!(error = format!("{e:#}"), "--imagemaps-file is broken; keeping the previous maps");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..8).map(|_| b.next()).collect();
+        assert!(waits[0] >= Duration::from_millis(800) && waits[0] < Duration::from_millis(1000));
+        assert!(waits[1] >= Duration::from_millis(1600));
+        assert!(waits[7] >= Duration::from_secs(16) && waits[7] <= Duration::from_secs(20));
+        b.reset();
+        assert!(b.next() < Duration::from_secs(1));
     }
 }

@@ -118,7 +118,13 @@ pub async fn watch(store: Arc<CertStore>, interval: Duration, state: Arc<AppStat
     loop {
         tick.tick().await;
         match store.reload() {
-            Ok(false) => {}
+            Ok(false) => {
+                // The files hold the pair being served again (e.g. a broken update reverted).
+                if last_error.take().is_some() {
+                    state.metrics.cert_reload(true);
+                    tracing::info!(cert = %store.cert_path.display(), "certificate files are valid again");
+                }
+            }
             Ok(true) => {
                 last_error = None;
                 state.metrics.cert_reload(true);
