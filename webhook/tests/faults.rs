@@ -52,6 +52,15 @@ async fn poll_until<F: std::future::Future<Output = bool>>(limit: Duration, mut 
     }
 }
 
+/// Polls `/metrics` until `imagemap_tls_reload_broken` equals `want`, for at most `limit`.
+async fn broken_gauge_reaches(client: &Client, want: f64, limit: Duration) -> bool {
+    poll_until(limit, || {
+        let c = client.clone();
+        async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(want) }
+    })
+    .await
+}
+
 async fn metrics(client: &Client) -> String {
     client.send("GET /metrics HTTP/1.1\r\nHost: x", b"").await.body
 }
@@ -128,14 +137,6 @@ async fn past_the_concurrency_cap_excess_reviews_get_503_at_once_and_the_held_on
 
 // ---------------------------------------------------------------------------------------------
 // Certificate rotation under load
-
-/// Points `current` at `new_dir` atomically (rename of a symlink), as a Secret volume update does.
-fn swap_current(server: &Server, new_dir: &std::path::Path) {
-    let tmp_link = server.dir.join("current.tmp");
-    let _ = std::fs::remove_file(&tmp_link);
-    std::os::unix::fs::symlink(new_dir, &tmp_link).expect("symlink");
-    std::fs::rename(&tmp_link, server.dir.join("current")).expect("rename");
-}
 
 /// What the load generator saw.
 #[derive(Default)]
@@ -260,7 +261,7 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
 
     // 1. A new pair: new handshakes present it within the bound.
     let swapped_at = Instant::now();
-    swap_current(&server, &v2_dir);
+    server.swap_current(&v2_dir);
     let ok = poll_until(bound * 3, || async { first_seen(&seen, &v2, swapped_at).is_some() }).await;
     {
         let s = seen.lock().expect("lock");
@@ -287,16 +288,9 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
 
     // 2. A broken pair: reported, and the previous pair keeps serving.
     let broken_at = Instant::now();
-    swap_current(&server, &broken_dir);
+    server.swap_current(&broken_dir);
     let c = client.clone();
-    assert!(
-        poll_until(bound * 3, || {
-            let c = c.clone();
-            async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(1.0) }
-        })
-        .await,
-        "the broken pair is reported in metrics"
-    );
+    assert!(broken_gauge_reaches(&c, 1.0, bound * 3).await, "the broken pair is reported in metrics");
     keeps_serving(&served).await;
     {
         let s = seen.lock().expect("lock");
@@ -307,7 +301,7 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
 
     // 3. A good pair again: served, and the metric clears.
     let fixed_at = Instant::now();
-    swap_current(&server, &v4_dir);
+    server.swap_current(&v4_dir);
     assert!(
         poll_until(bound * 3, || async { first_seen(&seen, &v4, fixed_at).is_some() }).await,
         "the next good pair is served"
@@ -768,17 +762,10 @@ async fn stress_thirty_rotations_under_load_fail_no_request() {
             .expect("break the key");
         }
         let at = Instant::now();
-        swap_current(&server, &dir);
+        server.swap_current(&dir);
         if broken {
             let c = client.clone();
-            assert!(
-                poll_until(bound * 3, || {
-                    let c = c.clone();
-                    async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(1.0) }
-                })
-                .await,
-                "rotation {i}: the broken pair is reported"
-            );
+            assert!(broken_gauge_reaches(&c, 1.0, bound * 3).await, "rotation {i}: the broken pair is reported");
             tokio::time::sleep(Duration::from_millis(500)).await;
             let s = seen.lock().expect("lock");
             let during: Vec<_> = s.handshakes.iter().flatten().filter(|(t, _)| *t > at).collect();
@@ -864,24 +851,13 @@ async fn reverting_a_broken_pair_to_the_served_one_clears_the_broken_metric() {
     std::fs::create_dir_all(&broken).expect("mkdir");
     std::fs::copy(server.dir.join("..v1/tls.crt"), broken.join("tls.crt")).expect("copy the cert");
     std::fs::write(broken.join("tls.key"), "not a key").expect("write");
-    swap_current(&server, &broken);
+    server.swap_current(&broken);
+    let c = client.clone();
+    assert!(broken_gauge_reaches(&c, 1.0, reload * 50).await, "the broken pair is reported");
+    server.swap_current(&server.dir.join("..v1"));
     let c = client.clone();
     assert!(
-        poll_until(reload * 50, || {
-            let c = c.clone();
-            async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(1.0) }
-        })
-        .await,
-        "the broken pair is reported"
-    );
-    swap_current(&server, &server.dir.join("..v1"));
-    let c = client.clone();
-    assert!(
-        poll_until(reload * 50, || {
-            let c = c.clone();
-            async move { metric(&metrics(&c).await, "imagemap_tls_reload_broken") == Some(0.0) }
-        })
-        .await,
+        broken_gauge_reaches(&c, 0.0, reload * 50).await,
         "the files on disk load again, yet the metric still says broken"
     );
 }

@@ -28,14 +28,6 @@ async fn start() -> Server {
     .await
 }
 
-/// Points the `current` symlink at a new folder atomically, like a Secret volume update.
-fn swap_current(server: &Server, new_dir: &std::path::Path) {
-    let tmp_link = server.dir.join("current.tmp");
-    let _ = std::fs::remove_file(&tmp_link);
-    std::os::unix::fs::symlink(new_dir, &tmp_link).expect("symlink");
-    std::fs::rename(&tmp_link, server.dir.join("current")).expect("rename");
-}
-
 async fn wait_for<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -68,7 +60,7 @@ async fn rotates_to_a_new_certificate_without_restarting() {
     let ca2 = common::mint(&v2);
     // Keep an open connection across the rotation: it must keep working.
     let mut open = client.connect().await.expect("handshake");
-    swap_current(&server, &v2);
+    server.swap_current(&v2);
     let new_client = common::Client::new(&ca2.cert_pem, server.addr);
     assert!(
         wait_for(|| {
@@ -93,7 +85,7 @@ async fn broken_new_pair_keeps_the_old_one_serving_and_is_reported() {
     std::fs::write(broken.join("tls.crt"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
         .expect("write");
     std::fs::write(broken.join("tls.key"), "not a key").expect("write");
-    swap_current(&server, &broken);
+    server.swap_current(&broken);
     let metrics_say_broken =
         wait_for(|| {
             let c = client.clone();
@@ -112,7 +104,7 @@ async fn broken_new_pair_keeps_the_old_one_serving_and_is_reported() {
     common::mint(&mismatched);
     common::mint(&other);
     std::fs::copy(other.join("tls.key"), mismatched.join("tls.key")).expect("copy");
-    swap_current(&server, &mismatched);
+    server.swap_current(&mismatched);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(client.peer_certificate().await, before, "a mismatched pair is not served");
 }

@@ -84,6 +84,15 @@ impl Server {
         }
     }
 
+    /// Points the `current` certificate symlink at `new_dir` atomically, as a Secret volume
+    /// update does.
+    pub fn swap_current(&self, new_dir: &Path) {
+        let tmp_link = self.dir.join("current.tmp");
+        let _ = std::fs::remove_file(&tmp_link);
+        std::os::unix::fs::symlink(new_dir, &tmp_link).expect("symlink");
+        std::fs::rename(&tmp_link, self.dir.join("current")).expect("rename");
+    }
+
     /// A TLS client trusting this server's CA.
     pub fn client(&self) -> Client {
         Client::new(&self.ca_pem, self.addr)
