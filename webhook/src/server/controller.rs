@@ -64,18 +64,19 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         if now_leading != leading {
             tracing::info!(identity = %opts.identity, lease = %opts.lease_name, leading = now_leading, "controller leadership changed");
             leading = now_leading;
-            seen_targets = None;
         }
-        if !leading || !state.synced.load(Ordering::Acquire) {
+        if !state.synced.load(Ordering::Acquire) {
             continue;
         }
-        if opts.gate_unbuilt {
+        // Every replica follows the maps' images, so one that becomes leader (or regains the
+        // lead after a failed renewal) acts only on changes since its last look.
+        if opts.restart_on_rebuild {
+            restart_rebuilt(&client, &state, &opts, &mut seen_targets, leading).await;
+        }
+        if leading && opts.gate_unbuilt {
             if let Err(e) = release_gated(&client, &state, &opts).await {
                 tracing::warn!(error = %e, "could not look at gated Pods");
             }
-        }
-        if opts.restart_on_rebuild {
-            restart_rebuilt(&client, &state, &opts, &mut seen_targets).await;
         }
     }
 }
@@ -202,6 +203,7 @@ async fn restart_rebuilt(
     state: &AppState,
     opts: &Options,
     seen: &mut Option<HashMap<String, String>>,
+    act: bool,
 ) {
     let targets: HashMap<String, (String, String, String)> = state.with_index(|idx| {
         idx.cluster_maps()
@@ -214,14 +216,14 @@ async fn restart_rebuilt(
             .collect()
     });
     let Some(previous) = seen.as_mut() else {
-        // First round as leader: remember, restart nothing.
+        // First look: remember, restart nothing.
         *seen = Some(targets.into_iter().map(|(id, (_, _, t))| (id, t)).collect());
         return;
     };
     for (id, (namespace, name, target)) in &targets {
         let changed = previous.get(id).is_some_and(|old| old != target);
         previous.insert(id.clone(), target.clone());
-        if !changed {
+        if !changed || !act {
             continue;
         }
         let owners = match workloads::owners(client, namespace, id).await {
