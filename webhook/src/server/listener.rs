@@ -44,6 +44,20 @@ impl Default for Timeouts {
     }
 }
 
+/// Pending connections the kernel queues before `accept` (capped by `net.core.somaxconn`).
+/// The standard library's 128 overflows when hundreds of clients connect at once; the kernel
+/// then drops the handshake's last ACK, and a client that sends nothing first waits seconds
+/// for a retransmission before the server even sees it.
+pub const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with [`ACCEPT_BACKLOG`] (and `SO_REUSEADDR`, as the standard library does).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// Accepts connections until `shutdown` resolves, then drains them for at most
 /// `timeouts.shutdown`.
 pub async fn serve(
@@ -221,5 +235,38 @@ impl<T: Write + Unpin> Write for ConnectionTimer<T> {
             this.on_write();
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_accept_queue_instead_of_being_dropped() {
+        // Far more than the standard library's 128, well inside a 1024 file-descriptor limit.
+        const BURST: usize = 400;
+        let listener = bind(([127, 0, 0, 1], 0).into()).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connect_all = async {
+            let mut clients = Vec::with_capacity(BURST);
+            for _ in 0..BURST {
+                clients.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+            }
+            clients
+        };
+        // A short queue makes the kernel drop SYNs, and connects then hang for minutes.
+        let clients = tokio::time::timeout(Duration::from_secs(60), connect_all)
+            .await
+            .expect("every connect completes while nothing accepts (is the accept queue short?)");
+        // Every handshake completed on loopback before `connect` returned; with a short queue
+        // the kernel would have dropped the overflow, and `accept` would not find it now.
+        let std_listener = listener.into_std().expect("std listener");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let mut accepted = Vec::new();
+        while let Ok((conn, _)) = std_listener.accept() {
+            accepted.push(conn);
+        }
+        assert_eq!(accepted.len(), clients.len(), "connections queued for accept");
     }
 }

@@ -99,9 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", config.listen))?;
+    let listener = listener::bind(config.listen).with_context(|| format!("binding --listen {}", config.listen))?;
     tracing::info!(listen = %config.listen, "serving HTTPS");
     let shutdown = listener::shutdown_signal(state.clone(), config.shutdown_delay);
     listener::serve(listener, tls_config, router(state.clone()), config.timeouts(), shutdown).await;

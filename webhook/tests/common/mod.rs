@@ -56,7 +56,7 @@ impl Server {
         state.cert_loaded.store(true, std::sync::atomic::Ordering::Release);
         state.synced.store(true, std::sync::atomic::Ordering::Release);
         tokio::spawn(tls::watch(store.clone(), reload, state.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = listener::bind(([127, 0, 0, 1], 0).into()).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let router = imagemap::server::router(state.clone());
