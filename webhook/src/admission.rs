@@ -2,11 +2,8 @@
 //! Pure: no I/O, no clock; the server adds transport, metrics and logs around it.
 
 use base64::Engine as _;
-use std::borrow::Cow;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
-use kube::core::{NamespaceResourceScope, TypeMeta};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -69,8 +66,6 @@ pub struct PodObject {
     /// `None` when the object has none.
     #[serde(default, deserialize_with = "lean_metadata")]
     pub metadata: Option<ObjectMeta>,
-    #[serde(skip)]
-    empty: ObjectMeta,
     /// The Pod's spec, untyped, holding only the fields the engine reads (see `pruned`).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::pruned::spec")]
     pub spec: Option<Value>,
@@ -98,41 +93,40 @@ fn lean_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Object
     }))
 }
 
-impl kube::Resource for PodObject {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("Pod")
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("v1")
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("pods")
-    }
-    fn meta(&self) -> &ObjectMeta {
-        self.metadata.as_ref().unwrap_or(&self.empty)
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        self.metadata.get_or_insert_with(ObjectMeta::default)
-    }
-}
-
-/// The AdmissionReview envelope. kube's `AdmissionReview` flattens its type meta, which makes
-/// serde buffer the whole body before parsing it again; this envelope reads the same JSON in one
-/// pass and hands kube's `AdmissionRequest` through.
+/// The AdmissionReview envelope, read in one pass. Only what the decision needs is kept:
+/// `oldObject`, `userInfo`, `options` and the rest are skipped without being built (kube's own
+/// `AdmissionReview` flattens its type meta, which makes serde buffer the body and parse it twice).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope {
     #[serde(default)]
     api_version: String,
+    request: Option<Request>,
+}
+
+/// The fields of an AdmissionRequest the decision reads; `uid`, `kind` and `operation` are
+/// required as in the API.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    uid: String,
+    kind: RequestKind,
+    operation: String,
     #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    object: Option<PodObject>,
+}
+
+#[derive(Deserialize)]
+struct RequestKind {
+    #[serde(default)]
+    group: String,
     kind: String,
-    request: Option<AdmissionRequest<PodObject>>,
 }
 
 /// Options of the decision beyond the maps.
@@ -152,16 +146,17 @@ pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
 /// [`review`] with options.
 pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Result<Reviewed, ReviewError> {
     let envelope: Envelope = crate::pruned::with_env(index.has_env_maps(), || serde_json::from_slice(body))?;
-    let mut request = envelope.request.ok_or(ReviewError::NoRequest)?;
-    request.types = TypeMeta { api_version: envelope.api_version, kind: envelope.kind };
-    let mut response = AdmissionResponse::from(&request);
+    let request = envelope.request.ok_or(ReviewError::NoRequest)?;
     let (outcome, object, injection) = match pod_create(&request) {
         None => (Outcome::Skipped, request.name.clone(), None),
         Some(pod) => {
-            let meta = kube::Resource::meta(pod);
-            let namespace = request.namespace.as_deref().or(meta.namespace.as_deref()).unwrap_or("default");
-            let name = meta.name.as_deref().filter(|n| !n.is_empty()).or(meta.generate_name.as_deref());
-            let object = format!("{namespace}/{}", name.unwrap_or(""));
+            let meta = pod.metadata.as_ref();
+            let namespace =
+                request.namespace.as_deref().or(meta.and_then(|m| m.namespace.as_deref())).unwrap_or("default");
+            let name = meta
+                .and_then(|m| m.name.as_deref().filter(|n| !n.is_empty()).or(m.generate_name.as_deref()))
+                .unwrap_or("");
+            let object = format!("{namespace}/{name}");
             let mut injection = inject(view(pod), &Applicable { index, namespace });
             if options.gate_unbuilt {
                 crate::gate::gate(view(pod), &mut injection, &options.now);
@@ -169,29 +164,15 @@ pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Re
             (if injection.patch.is_empty() { Outcome::Unchanged } else { Outcome::Patched }, object, Some(injection))
         }
     };
-    if let Some(injection) = &injection {
-        if !injection.warnings.is_empty() {
-            response.warnings = Some(injection.warnings.clone());
-        }
-        if !injection.swaps.is_empty() {
-            response.audit_annotations.insert("swaps".into(), injection.swaps.len().to_string());
-            let fields: Vec<String> =
-                injection.swaps.iter().map(|s| format!("{}={}", s.record.field, s.record.image_map)).collect();
-            response.audit_annotations.insert("swapped".into(), fields.join(","));
-        }
-    }
-    let patch = match &injection {
-        Some(i) if !i.patch.is_empty() => Some(serde_json::to_vec(&i.patch.0)?),
-        _ => None,
-    };
-    let uid = response.uid.clone();
-    Ok(Reviewed { body: encode(response, patch)?, outcome, uid, object, injection })
+    let api_version = if envelope.api_version.is_empty() { "admission.k8s.io/v1" } else { &envelope.api_version };
+    let body = encode(api_version, &request.uid, injection.as_ref())?;
+    Ok(Reviewed { body, outcome, uid: request.uid, object, injection })
 }
 
 /// The Pod of a Pod CREATE review (not a subresource), if that is what this is.
-fn pod_create(request: &AdmissionRequest<PodObject>) -> Option<&PodObject> {
+fn pod_create(request: &Request) -> Option<&PodObject> {
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
-    let create = matches!(request.operation, Operation::Create);
+    let create = request.operation == "CREATE";
     let subresource = request.sub_resource.as_deref().is_some_and(|s| !s.is_empty());
     if !is_pod || !create || subresource {
         return None;
@@ -209,26 +190,94 @@ fn view(pod: &PodObject) -> PodView<'_> {
     PodView { spec: pod.spec.as_ref(), metadata, labels_present }
 }
 
-/// Encodes the response review with `patch` (a serialized JSON patch), base64-encoded as Go's
-/// `[]byte` expects (kube-core alone would write an array of numbers), and `patchType: JSONPatch`.
-fn encode(response: AdmissionResponse, patch: Option<Vec<u8>>) -> Result<Vec<u8>, serde_json::Error> {
-    let types = response.types.clone();
-    let mut fields = serde_json::to_value(&response)?;
-    if let (Some(patch), Value::Object(r)) = (patch, &mut fields) {
-        r.insert("patch".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(patch)));
-        r.insert("patchType".into(), Value::String("JSONPatch".into()));
+/// The response AdmissionReview as written.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseReview<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    response: Response<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<Message<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    warnings: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_annotations: Option<AuditAnnotations>,
+    /// The JSON patch, base64-encoded as Go's `[]byte` expects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    message: &'a str,
+}
+
+/// `swaps` (how many fields) and `swapped` (`field=map,...`), for the API server's audit log.
+#[derive(Serialize)]
+struct AuditAnnotations {
+    swaps: String,
+    swapped: String,
+}
+
+/// Encodes the response review: allowed, the uid echoed, the engine's warnings, and the patch
+/// with `patchType: JSONPatch` when there is one.
+fn encode(api_version: &str, uid: &str, injection: Option<&Injection>) -> Result<Vec<u8>, serde_json::Error> {
+    let mut response = Response {
+        uid,
+        allowed: true,
+        status: None,
+        warnings: &[],
+        audit_annotations: None,
+        patch: None,
+        patch_type: None,
+    };
+    if let Some(injection) = injection {
+        response.warnings = &injection.warnings;
+        if !injection.swaps.is_empty() {
+            let mut swapped = String::new();
+            for (i, s) in injection.swaps.iter().enumerate() {
+                if i > 0 {
+                    swapped.push(',');
+                }
+                swapped.push_str(&s.record.field);
+                swapped.push('=');
+                swapped.push_str(&s.record.image_map);
+            }
+            response.audit_annotations = Some(AuditAnnotations { swaps: injection.swaps.len().to_string(), swapped });
+        }
+        if !injection.patch.is_empty() {
+            let patch = serde_json::to_vec(&injection.patch.0)?;
+            response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
+            response.patch_type = Some("JSONPatch");
+        }
     }
-    let api_version = if types.api_version.is_empty() { "admission.k8s.io/v1".to_string() } else { types.api_version };
-    serde_json::to_vec(&serde_json::json!({ "apiVersion": api_version, "kind": "AdmissionReview", "response": fields }))
+    let mut out = Vec::with_capacity(256 + response.patch.as_ref().map_or(0, String::len));
+    serde_json::to_writer(&mut out, &ResponseReview { api_version, kind: "AdmissionReview", response })?;
+    Ok(out)
 }
 
 /// Encodes an answer for a review we could not read at all: allowed, no patch, with `reason`
 /// (the API server ignores `status` when allowed).
 pub fn allowed_without_review(uid: &str, reason: &str) -> Vec<u8> {
-    let value = serde_json::json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": { "uid": uid, "allowed": true, "status": { "message": reason } }
-    });
-    serde_json::to_vec(&value).unwrap_or_default()
+    let response = Response {
+        uid,
+        allowed: true,
+        status: Some(Message { message: reason }),
+        warnings: &[],
+        audit_annotations: None,
+        patch: None,
+        patch_type: None,
+    };
+    let review = ResponseReview { api_version: "admission.k8s.io/v1", kind: "AdmissionReview", response };
+    serde_json::to_vec(&review).unwrap_or_default()
 }

@@ -129,6 +129,27 @@ async fn non_pod_non_create_subresource_and_null_object_reviews_are_allowed_unch
 }
 
 #[tokio::test]
+async fn fields_the_decision_does_not_need_are_not_read_so_their_shape_does_not_matter() {
+    let state = state_with(&[map("dev", "api", "my-apiserver", Some("r.io/a:t"), false)]);
+    let mut update = fixture();
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = json!({"metadata": 7, "spec": {"containers": "odd"}});
+    update["request"]["userInfo"] = json!(["not", "an", "object"]);
+    update["request"]["options"] = json!(null);
+    let resp = mutate(&state, &update).await;
+    assert_eq!(resp["response"]["allowed"], true, "{resp}");
+    assert!(resp["response"].get("patch").is_none(), "{resp}");
+    let mut create = fixture();
+    create["request"].as_object_mut().expect("request").remove("userInfo");
+    let resp = mutate(&state, &create).await;
+    assert_eq!(resp["response"]["patchType"], "JSONPatch", "{resp}");
+    assert_eq!(
+        resp["response"]["auditAnnotations"]["swapped"],
+        "spec.containers{web}.image=dev/api,spec.initContainers{migrate}.image=dev/api"
+    );
+}
+
+#[tokio::test]
 async fn malformed_truncated_and_misshapen_bodies_get_400() {
     let state = state_with(&[]);
     let full = common::FIXTURE.as_bytes();
