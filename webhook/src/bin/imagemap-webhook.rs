@@ -3,20 +3,29 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use imagemap::server::{config::LogFormat, Config};
+use imagemap::server::{config::LogFormat, log_writer::BatchedWriter, Config};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Reviews allocate many small, short-lived values; under load glibc's allocator cost a
+/// tenth of the server's CPU (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
+    // Declared before the runtime so it is dropped after it: every line is written before exit.
+    let (writer, _flush) = BatchedWriter::new(std::io::stderr());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => logs.json().flatten_event(true).init(),
         LogFormat::Plain => logs.init(),
     }
-    imagemap::server::run(config).await.inspect_err(|e| tracing::error!(error = format!("{e:#}"), "exiting"))
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime
+        .block_on(imagemap::server::run(config))
+        .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "exiting"))
 }
