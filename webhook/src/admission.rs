@@ -3,19 +3,21 @@
 
 use base64::Engine as _;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 
 use crate::inject::{inject, Applicable, Injection, MetadataView, PodView, SWAPS_ANNOTATION};
 use crate::maps::MapIndex;
+use crate::review_reader::{self, PodObject, ReadError, Request};
 
 /// Why a request body is not an AdmissionReview we can answer (answered with 400).
 #[derive(Debug, thiserror::Error)]
 pub enum ReviewError {
     /// Not valid JSON, or not shaped like an AdmissionReview.
     #[error("request body is not a valid AdmissionReview: {0}")]
-    Malformed(#[from] serde_json::Error),
+    Malformed(#[from] ReadError),
+    /// The response could not be encoded.
+    #[error("could not encode the response: {0}")]
+    Encode(#[from] serde_json::Error),
     /// The review has no `request`.
     #[error("AdmissionReview has no request")]
     NoRequest,
@@ -58,77 +60,6 @@ pub struct Reviewed {
     pub injection: Option<Injection>,
 }
 
-/// The part of a Pod the webhook reads: metadata and spec, as JSON. Everything else in the
-/// object (status, managed fields' contents aside) is skipped while parsing, not materialized.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PodObject {
-    /// The Pod's metadata (without managed fields, which can be large and are never read);
-    /// `None` when the object has none.
-    #[serde(default, deserialize_with = "lean_metadata")]
-    pub metadata: Option<ObjectMeta>,
-    /// The Pod's spec, untyped, holding only the fields the engine reads (see `pruned`).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::pruned::spec")]
-    pub spec: Option<Value>,
-}
-
-/// The metadata fields the webhook reads; everything else (managed fields above all) is skipped.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct LeanMetadata {
-    name: Option<String>,
-    generate_name: Option<String>,
-    namespace: Option<String>,
-    labels: Option<std::collections::BTreeMap<String, String>>,
-    annotations: Option<std::collections::BTreeMap<String, String>>,
-}
-
-fn lean_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ObjectMeta>, D::Error> {
-    Ok(Option::<LeanMetadata>::deserialize(d)?.map(|m| ObjectMeta {
-        name: m.name,
-        generate_name: m.generate_name,
-        namespace: m.namespace,
-        labels: m.labels,
-        annotations: m.annotations,
-        ..Default::default()
-    }))
-}
-
-/// The AdmissionReview envelope, read in one pass. Only what the decision needs is kept:
-/// `oldObject`, `userInfo`, `options` and the rest are skipped without being built (kube's own
-/// `AdmissionReview` flattens its type meta, which makes serde buffer the body and parse it twice).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope {
-    #[serde(default)]
-    api_version: String,
-    request: Option<Request>,
-}
-
-/// The fields of an AdmissionRequest the decision reads; `uid`, `kind` and `operation` are
-/// required as in the API.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Request {
-    uid: String,
-    kind: RequestKind,
-    operation: String,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    object: Option<PodObject>,
-}
-
-#[derive(Deserialize)]
-struct RequestKind {
-    #[serde(default)]
-    group: String,
-    kind: String,
-}
-
 /// Options of the decision beyond the maps.
 #[derive(Debug, Clone, Default)]
 pub struct ReviewOptions {
@@ -145,7 +76,7 @@ pub fn review(body: &[u8], index: &MapIndex) -> Result<Reviewed, ReviewError> {
 
 /// [`review`] with options.
 pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Result<Reviewed, ReviewError> {
-    let envelope: Envelope = crate::pruned::with_env(index.has_env_maps(), || serde_json::from_slice(body))?;
+    let envelope = review_reader::read(body, index.has_env_maps())?;
     let request = envelope.request.ok_or(ReviewError::NoRequest)?;
     let (outcome, object, injection) = match pod_create(&request) {
         None => (Outcome::Skipped, request.name.clone(), None),
@@ -171,7 +102,7 @@ pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Re
 
 /// The Pod of a Pod CREATE review (not a subresource), if that is what this is.
 fn pod_create(request: &Request) -> Option<&PodObject> {
-    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    let is_pod = request.group.is_empty() && request.kind == "Pod";
     let create = request.operation == "CREATE";
     let subresource = request.sub_resource.as_deref().is_some_and(|s| !s.is_empty());
     if !is_pod || !create || subresource {

@@ -12,8 +12,8 @@ pub mod manifests;
 pub mod maps;
 pub mod mapsfile;
 pub mod patch;
-mod pruned;
 pub mod reference;
+pub mod review_reader;
 pub mod types;
 
 #[cfg(feature = "client")]
