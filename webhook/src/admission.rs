@@ -3,8 +3,6 @@
 
 use base64::Engine as _;
 
-use serde::Serialize;
-
 use crate::inject::{inject, Applicable, Injection, MetadataView, PodView, SWAPS_ANNOTATION};
 use crate::maps::MapIndex;
 use crate::review_reader::{self, PodObject, ReadError, Request};
@@ -15,9 +13,6 @@ pub enum ReviewError {
     /// Not valid JSON, or not shaped like an AdmissionReview.
     #[error("request body is not a valid AdmissionReview: {0}")]
     Malformed(#[from] ReadError),
-    /// The response could not be encoded.
-    #[error("could not encode the response: {0}")]
-    Encode(#[from] serde_json::Error),
     /// The review has no `request`.
     #[error("AdmissionReview has no request")]
     NoRequest,
@@ -96,7 +91,7 @@ pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Re
         }
     };
     let api_version = if envelope.api_version.is_empty() { "admission.k8s.io/v1" } else { &envelope.api_version };
-    let body = encode(api_version, &request.uid, injection.as_ref())?;
+    let body = encode(api_version, &request.uid, injection.as_ref(), None);
     Ok(Reviewed { body, outcome, uid: request.uid, object, injection })
 }
 
@@ -121,60 +116,35 @@ fn view(pod: &PodObject) -> PodView<'_> {
     PodView { spec: pod.spec.as_ref(), metadata, labels_present }
 }
 
-/// The response AdmissionReview as written.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseReview<'a> {
-    api_version: &'a str,
-    kind: &'static str,
-    response: Response<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Response<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<Message<'a>>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    warnings: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    audit_annotations: Option<AuditAnnotations>,
-    /// The JSON patch, base64-encoded as Go's `[]byte` expects.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct Message<'a> {
-    message: &'a str,
-}
-
-/// `swaps` (how many fields) and `swapped` (`field=map,...`), for the API server's audit log.
-#[derive(Serialize)]
-struct AuditAnnotations {
-    swaps: String,
-    swapped: String,
-}
-
-/// Encodes the response review: allowed, the uid echoed, the engine's warnings, and the patch
-/// with `patchType: JSONPatch` when there is one.
-fn encode(api_version: &str, uid: &str, injection: Option<&Injection>) -> Result<Vec<u8>, serde_json::Error> {
-    let mut response = Response {
-        uid,
-        allowed: true,
-        status: None,
-        warnings: &[],
-        audit_annotations: None,
-        patch: None,
-        patch_type: None,
-    };
+/// Encodes the response review: allowed, the uid echoed, the engine's warnings, audit
+/// annotations, and the patch (base64, as Go's `[]byte` expects) with `patchType: JSONPatch`
+/// when there is one. `message` goes into `status` (only for reviews we could not read).
+fn encode(api_version: &str, uid: &str, injection: Option<&Injection>, message: Option<&str>) -> Vec<u8> {
+    use crate::json_writer::string;
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    string(&mut out, api_version);
+    out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    string(&mut out, uid);
+    out.extend_from_slice(b",\"allowed\":true");
+    if let Some(message) = message {
+        out.extend_from_slice(b",\"status\":{\"message\":");
+        string(&mut out, message);
+        out.push(b'}');
+    }
     if let Some(injection) = injection {
-        response.warnings = &injection.warnings;
+        if !injection.warnings.is_empty() {
+            out.extend_from_slice(b",\"warnings\":[");
+            for (i, w) in injection.warnings.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                string(&mut out, w);
+            }
+            out.push(b']');
+        }
         if !injection.swaps.is_empty() {
+            // For the API server's audit log: how many fields, and `field=map,...`.
             let mut swapped = String::new();
             for (i, s) in injection.swaps.iter().enumerate() {
                 if i > 0 {
@@ -184,31 +154,49 @@ fn encode(api_version: &str, uid: &str, injection: Option<&Injection>) -> Result
                 swapped.push('=');
                 swapped.push_str(&s.record.image_map);
             }
-            response.audit_annotations = Some(AuditAnnotations { swaps: injection.swaps.len().to_string(), swapped });
+            out.extend_from_slice(b",\"auditAnnotations\":{\"swaps\":");
+            string(&mut out, &injection.swaps.len().to_string());
+            out.extend_from_slice(b",\"swapped\":");
+            string(&mut out, &swapped);
+            out.push(b'}');
         }
         if !injection.patch.is_empty() {
-            let patch = serde_json::to_vec(&injection.patch.0)?;
-            response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
-            response.patch_type = Some("JSONPatch");
+            let mut patch = Vec::with_capacity(512);
+            injection.patch.write_json(&mut patch);
+            out.extend_from_slice(b",\"patch\":\"");
+            let start = out.len();
+            out.resize(start + base64::encoded_len(patch.len(), true).unwrap_or(0), 0);
+            let written =
+                base64::engine::general_purpose::STANDARD.encode_slice(&patch, &mut out[start..]).unwrap_or(0);
+            out.truncate(start + written);
+            out.extend_from_slice(b"\",\"patchType\":\"JSONPatch\"");
         }
     }
-    let mut out = Vec::with_capacity(256 + response.patch.as_ref().map_or(0, String::len));
-    serde_json::to_writer(&mut out, &ResponseReview { api_version, kind: "AdmissionReview", response })?;
-    Ok(out)
+    out.extend_from_slice(b"}}");
+    out
 }
 
 /// Encodes an answer for a review we could not read at all: allowed, no patch, with `reason`
 /// (the API server ignores `status` when allowed).
 pub fn allowed_without_review(uid: &str, reason: &str) -> Vec<u8> {
-    let response = Response {
-        uid,
-        allowed: true,
-        status: Some(Message { message: reason }),
-        warnings: &[],
-        audit_annotations: None,
-        patch: None,
-        patch_type: None,
-    };
-    let review = ResponseReview { api_version: "admission.k8s.io/v1", kind: "AdmissionReview", response };
-    serde_json::to_vec(&review).unwrap_or_default()
+    encode("admission.k8s.io/v1", uid, None, Some(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_response_echoes_uid_and_api_version_as_valid_json_whatever_they_contain() {
+        let body = serde_json::json!({"apiVersion": "a\"b\\c\n", "request": {"uid": "u\"\u{1}é",
+            "kind": {"group": "", "kind": "Pod"}, "operation": "DELETE"}});
+        let reviewed = review(body.to_string().as_bytes(), &MapIndex::new(None)).expect("reviewed");
+        let response: serde_json::Value = serde_json::from_slice(&reviewed.body).expect("valid JSON");
+        assert_eq!(response["apiVersion"], "a\"b\\c\n");
+        assert_eq!(response["response"]["uid"], "u\"\u{1}é");
+        assert_eq!(response["response"]["allowed"], true);
+        let unread: serde_json::Value =
+            serde_json::from_slice(&allowed_without_review("x\"", "why \"not\"")).expect("valid JSON");
+        assert_eq!(unread["response"]["status"]["message"], "why \"not\"");
+    }
 }

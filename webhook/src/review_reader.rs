@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value};
+use wide::u8x16;
 
 /// Deepest nesting accepted, as serde_json.
 const MAX_DEPTH: usize = 128;
@@ -589,9 +590,24 @@ fn bytes_equal(word: u64, b: u8) -> u64 {
 const LOW_BITS: u64 = 0x0101_0101_0101_0101;
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
-/// The first `"` or `\\` at or after `from` (or control character, when `controls`), eight
-/// bytes at a time.
-fn find_string_end(bytes: &[u8], mut from: usize, controls: bool) -> Option<usize> {
+/// The first `"` or `\\` at or after `from` (or control character, when `controls`): sixteen
+/// bytes at a time (SSE2 on x86-64, through `wide`'s safe API), then eight, then one.
+pub(crate) fn find_string_end(bytes: &[u8], mut from: usize, controls: bool) -> Option<usize> {
+    let (quote, backslash, space) = (u8x16::splat(b'"'), u8x16::splat(b'\\'), u8x16::splat(0x20));
+    while let Some(chunk) = bytes.get(from..from + 16) {
+        let mut lanes = [0u8; 16];
+        lanes.copy_from_slice(chunk);
+        let v = u8x16::new(lanes);
+        let mut hits = v.simd_eq(quote) | v.simd_eq(backslash);
+        if controls {
+            hits |= v.simd_lt(space);
+        }
+        let mask = hits.to_bitmask();
+        if mask != 0 {
+            return Some(from + mask.trailing_zeros() as usize);
+        }
+        from += 16;
+    }
     while let Some(&[b0, b1, b2, b3, b4, b5, b6, b7]) = bytes.get(from..from + 8) {
         let word = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
         let mut hits = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
@@ -768,7 +784,7 @@ mod tests {
         }
 
         #[test]
-        fn finds_the_same_string_end_as_a_byte_by_byte_search(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..40), from in 0usize..40, controls: bool) {
+        fn finds_the_same_string_end_as_a_byte_by_byte_search(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80), from in 0usize..80, controls: bool) {
             let naive = bytes.iter().enumerate().skip(from)
                 .find(|(_, &b)| b == b'"' || b == b'\\' || (controls && b < 0x20)).map(|(i, _)| i);
             proptest::prop_assert_eq!(find_string_end(&bytes, from, controls), naive);
