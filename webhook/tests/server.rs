@@ -209,3 +209,25 @@ async fn shutdown_drains_then_stops_accepting() {
     server.stop().await;
     assert!(server.client().connect().await.is_err(), "no longer accepting");
 }
+
+#[tokio::test]
+async fn a_busy_keep_alive_connection_outlives_the_request_timeout_and_then_idles_out() {
+    let server = start().await;
+    let mut conn = server.client().connect().await.expect("handshake");
+    // Requests back to back for three times the header + body timeout (1 s): each is answered
+    // in time, so the connection stays open however long it has been busy.
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        let reply = request_on(&mut conn, "GET /healthz HTTP/1.1\r\nHost: x", b"", false).await;
+        assert_eq!(reply.status, 200, "request {answered} after {:?}", started.elapsed());
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then idle: closed after the idle timeout (2 s), not before half of it.
+    let idle_from = Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "idle connection closed by the server");
+    assert!(idle_from.elapsed() >= Duration::from_secs(1), "closed after {:?}", idle_from.elapsed());
+}

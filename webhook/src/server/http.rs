@@ -106,7 +106,7 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
     match result {
         Ok(reviewed) => {
             let (swaps, unusable) = reviewed.injection.as_ref().map_or((0, 0), |i| (i.swaps.len(), i.unusable.len()));
-            state.metrics.review(reviewed.outcome.as_str(), swaps, unusable, took);
+            state.metrics.review(reviewed.outcome, swaps, unusable, took);
             log_decision(&reviewed, took);
             tracing::debug!(body = %String::from_utf8_lossy(&body), "request body");
             ([(header::CONTENT_TYPE, "application/json")], Body::from(reviewed.body)).into_response()

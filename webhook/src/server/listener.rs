@@ -145,9 +145,13 @@ pub async fn shutdown_signal(state: Arc<AppState>, delay: Duration) {
 /// Closes a connection that takes too long: between requests after `idle`; once a request's
 /// first byte has arrived, unless the request has been received and answered within
 /// `header + body` (reads do not extend that deadline, so trickling bytes does not help).
+///
+/// The timer is armed lazily: a later deadline only takes effect when the armed one fires, so
+/// a busy keep-alive connection does not touch the timer wheel on every request.
 pub struct ConnectionTimer<T> {
     inner: T,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
     timeouts: Timeouts,
     in_request: bool,
 }
@@ -155,12 +159,21 @@ pub struct ConnectionTimer<T> {
 impl<T> ConnectionTimer<T> {
     /// Wraps `inner`, waiting for a first request.
     pub fn new(inner: T, timeouts: Timeouts) -> Self {
-        ConnectionTimer { inner, sleep: Box::pin(tokio::time::sleep(timeouts.idle)), timeouts, in_request: false }
+        let deadline = tokio::time::Instant::now() + timeouts.idle;
+        ConnectionTimer {
+            inner,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            timeouts,
+            in_request: false,
+        }
     }
 
     fn set_deadline(&mut self, after: Duration) {
-        let deadline = tokio::time::Instant::now() + after;
-        self.sleep.as_mut().reset(deadline);
+        self.deadline = tokio::time::Instant::now() + after;
+        if self.deadline < self.sleep.deadline() {
+            self.sleep.as_mut().reset(self.deadline);
+        }
     }
 
     /// Bytes arrived: a new request starts its deadline.
@@ -175,6 +188,17 @@ impl<T> ConnectionTimer<T> {
     fn on_write(&mut self) {
         self.in_request = false;
         self.set_deadline(self.timeouts.idle);
+    }
+
+    /// Ready when the deadline has passed; re-arms the timer when it fired early.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= self.deadline {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(self.deadline);
+        }
+        Poll::Pending
     }
 }
 
@@ -194,7 +218,7 @@ impl<T: Read + Unpin> Read for ConnectionTimer<T> {
                 this.on_read();
                 Poll::Ready(r)
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+            Poll::Pending => match this.poll_expired(cx) {
                 Poll::Ready(()) => Poll::Ready(Err(timed_out())),
                 Poll::Pending => Poll::Pending,
             },
