@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use imagemap::server::{config::LogFormat, log_writer::BatchedWriter, Config};
+use imagemap::server::{config::LogFormat, log_format::LineFormat, log_writer::BatchedWriter, Config};
 
 /// Reviews allocate many small, short-lived values; under load glibc's allocator cost a
 /// tenth of the server's CPU (docs/benchmarks.md).
@@ -16,14 +16,12 @@ fn main() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
     // Declared before the runtime so it is dropped after it: every line is written before exit.
     let (writer, _flush) = BatchedWriter::new(std::io::stderr());
-    let logs = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal());
-    match config.log_format {
-        LogFormat::Json => logs.json().flatten_event(true).init(),
-        LogFormat::Plain => logs.init(),
-    }
+        .with_ansi(std::io::stderr().is_terminal())
+        .event_format(LineFormat { json: matches!(config.log_format, LogFormat::Json) })
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime
         .block_on(imagemap::server::run(config))

@@ -5,6 +5,7 @@ pub mod config;
 pub mod controller;
 pub mod http;
 pub mod listener;
+pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
 pub mod store;
