@@ -5,11 +5,6 @@ use std::io::IsTerminal;
 use clap::Parser;
 use imagemap::server::{config::LogFormat, log_format::LineFormat, log_writer::BatchedWriter, Config};
 
-/// Reviews allocate many small, short-lived values; under load glibc's allocator cost a
-/// tenth of the server's CPU (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
