@@ -531,11 +531,11 @@ fn a_map_stored_before_validation_existed_is_skipped_with_a_warning_and_a_metric
     assert!(ready.is_some(), "ready; log:\n{}", webhook.log_tail());
     wait_for_swap(&mut webhook, &ns, "app", Some("reg.example/app:v1"), RECONNECT_TIMEOUT);
     assert_eq!(webhook.metric("imagemap_cache_invalid_maps"), Some(1.0), "counted in the metrics");
-    let warned = webhook.log_events("skipping ImageMap with an invalid selector");
-    assert!(
-        warned.iter().any(|w| w["error"].as_str().is_some_and(|e| e.contains(&format!("{ns}/bad")))),
-        "a warning names the map: {warned:?}"
-    );
+    let names_the_map = |w: &Value| w["error"].as_str().is_some_and(|e| e.contains(&format!("{ns}/bad")));
+    let warned = poll(Duration::from_secs(10), Duration::from_millis(100), || {
+        webhook.log_events("skipping ImageMap with an invalid selector").into_iter().find(names_the_map)
+    });
+    assert!(warned.is_some(), "a warning names the map; log:\n{}", webhook.log_tail());
 
     // Through the API server, with failurePolicy Fail: Pods are admitted, the good map applies.
     let mut config =

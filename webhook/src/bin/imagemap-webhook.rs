@@ -10,7 +10,7 @@ fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
     // Declared before the runtime so it is dropped after it: every line is written before exit.
-    let (writer, _flush) = BatchedWriter::new(std::io::stderr());
+    let (writer, _flush) = BatchedWriter::new(std::io::stderr(), imagemap::server::http::LOG_TARGET);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

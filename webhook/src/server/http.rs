@@ -15,6 +15,9 @@ use http_body_util::{BodyExt, Limited};
 use super::AppState;
 use crate::admission::{review_with, Outcome, ReviewOptions};
 
+/// The target of this module's events: its per-review lines are the ones worth batching.
+pub const LOG_TARGET: &str = module_path!();
+
 /// Limits applied to each request.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

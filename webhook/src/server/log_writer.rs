@@ -1,7 +1,10 @@
-//! Where log lines go: a shared buffer written out when it holds [`FLUSH_AT`] bytes or every
-//! [`INTERVAL`], so a busy webhook makes one write syscall per batch of lines instead of one
-//! per decision, and no thread is woken per line. Nothing is dropped; the [`FlushGuard`] writes
-//! what is left when the process ends.
+//! Where log lines go. The per-review lines (info and more verbose, from the request path) go
+//! to a shared buffer written out when it holds [`FLUSH_AT`] bytes or every [`INTERVAL`], so a
+//! busy webhook makes one write syscall per batch of decisions instead of one per review, and no
+//! thread is woken per line. Every other line (warnings, errors, the watch, reloads, the
+//! controller) is written at once, after whatever was buffered before it, so order is kept and
+//! nothing worth seeing waits. Nothing is dropped; the [`FlushGuard`] writes what is left when the
+//! process ends.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -49,6 +52,10 @@ impl Shared {
 #[derive(Clone)]
 pub struct BatchedWriter {
     shared: Arc<Shared>,
+    /// The target whose info (and more verbose) lines are batched.
+    hot_target: &'static str,
+    /// This writer's line may wait in the buffer.
+    batch: bool,
 }
 
 /// Stops the timer thread and writes every buffered line; keep it alive until exit.
@@ -58,12 +65,13 @@ pub struct FlushGuard {
 }
 
 impl BatchedWriter {
-    /// Buffers lines for `out` (stderr in the webhook) and starts the timer thread.
-    pub fn new(out: impl Write + Send + 'static) -> (BatchedWriter, FlushGuard) {
-        Self::with(Box::new(out), FLUSH_AT, INTERVAL)
+    /// Writes lines to `out` (stderr in the webhook), batching the info and more verbose lines
+    /// of `hot_target`, and starts the timer thread.
+    pub fn new(out: impl Write + Send + 'static, hot_target: &'static str) -> (BatchedWriter, FlushGuard) {
+        Self::with(Box::new(out), hot_target, FLUSH_AT, INTERVAL)
     }
 
-    fn with(out: Output, flush_at: usize, interval: Duration) -> (BatchedWriter, FlushGuard) {
+    fn with(out: Output, hot_target: &'static str, flush_at: usize, interval: Duration) -> (BatchedWriter, FlushGuard) {
         let state = State { buf: Vec::with_capacity(flush_at * 2), out, closed: false };
         let shared = Arc::new(Shared { state: Mutex::new(state), closing: Condvar::new(), flush_at });
         let timer = shared.clone();
@@ -77,7 +85,7 @@ impl BatchedWriter {
                 }
             })
             .ok();
-        (BatchedWriter { shared: shared.clone() }, FlushGuard { shared, thread })
+        (BatchedWriter { shared: shared.clone(), hot_target, batch: false }, FlushGuard { shared, thread })
     }
 }
 
@@ -85,7 +93,7 @@ impl Write for BatchedWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let mut state = self.shared.lock();
         state.buf.extend_from_slice(bytes);
-        if state.buf.len() >= self.shared.flush_at || state.closed {
+        if !self.batch || state.buf.len() >= self.shared.flush_at || state.closed {
             state.flush();
         }
         Ok(bytes.len())
@@ -100,7 +108,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchedWriter {
     type Writer = BatchedWriter;
 
     fn make_writer(&'a self) -> BatchedWriter {
-        self.clone()
+        BatchedWriter { batch: false, ..self.clone() }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> BatchedWriter {
+        let batch = meta.target() == self.hot_target && *meta.level() >= tracing::Level::INFO;
+        BatchedWriter { batch, ..self.clone() }
     }
 }
 
@@ -168,7 +181,8 @@ mod tests {
     #[test]
     fn every_line_is_written_whole_and_in_order_by_the_time_the_guard_drops() {
         let sink = Sink::default();
-        let (writer, guard) = BatchedWriter::with(Box::new(sink.clone()), 4096, Duration::from_secs(3600));
+        let (writer, guard) = BatchedWriter::with(Box::new(sink.clone()), "hot", 4096, Duration::from_secs(3600));
+        let writer = BatchedWriter { batch: true, ..writer };
         write_lines(&writer, 4, 2000);
         drop(guard);
         assert_all_lines(&String::from_utf8(sink.bytes.lock().expect("sink lock").clone()).expect("utf-8"), 4, 2000);
@@ -179,7 +193,8 @@ mod tests {
     #[test]
     fn a_quiet_line_is_written_by_the_timer_without_waiting_for_more() {
         let sink = Sink::default();
-        let (mut writer, _guard) = BatchedWriter::with(Box::new(sink.clone()), 1 << 20, Duration::from_millis(10));
+        let (writer, _guard) = BatchedWriter::with(Box::new(sink.clone()), "hot", 1 << 20, Duration::from_millis(10));
+        let mut writer = BatchedWriter { batch: true, ..writer };
         writer.write_all(b"thread 0 line 0\n").expect("write");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while sink.bytes.lock().expect("sink lock").is_empty() && std::time::Instant::now() < deadline {
@@ -187,4 +202,58 @@ mod tests {
         }
         assert_eq!(sink.bytes.lock().expect("sink lock").as_slice(), b"thread 0 line 0\n");
     }
+
+    #[test]
+    fn only_the_hot_targets_verbose_lines_wait_and_the_others_flush_them_in_order() {
+        use tracing_subscriber::fmt::MakeWriter;
+        let sink = Sink::default();
+        let (writer, _guard) = BatchedWriter::with(Box::new(sink.clone()), "hot", 1 << 20, Duration::from_secs(3600));
+        let text = || String::from_utf8(sink.bytes.lock().expect("sink lock").clone()).expect("utf-8");
+        let decision = tracing::Metadata::new(
+            "review",
+            "hot",
+            tracing::Level::INFO,
+            None,
+            None,
+            None,
+            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
+            tracing::metadata::Kind::EVENT,
+        );
+        let warning = tracing::Metadata::new(
+            "warn",
+            "hot",
+            tracing::Level::WARN,
+            None,
+            None,
+            None,
+            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
+            tracing::metadata::Kind::EVENT,
+        );
+        let elsewhere = tracing::Metadata::new(
+            "watch",
+            "cold",
+            tracing::Level::INFO,
+            None,
+            None,
+            None,
+            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
+            tracing::metadata::Kind::EVENT,
+        );
+        writer.make_writer_for(&decision).write_all(b"decision 1\n").expect("write");
+        assert_eq!(text(), "", "a decision line waits");
+        writer.make_writer_for(&elsewhere).write_all(b"relisted\n").expect("write");
+        assert_eq!(text(), "decision 1\nrelisted\n", "another target's line goes out at once, after it");
+        writer.make_writer_for(&decision).write_all(b"decision 2\n").expect("write");
+        writer.make_writer_for(&warning).write_all(b"refused\n").expect("write");
+        assert_eq!(text(), "decision 1\nrelisted\ndecision 2\nrefused\n", "a warning goes out at once");
+    }
+
+    struct Callsite;
+    impl tracing::callsite::Callsite for Callsite {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unreachable!("not registered")
+        }
+    }
+    static CALLSITE: Callsite = Callsite;
 }
