@@ -141,17 +141,24 @@ pub struct Webhook {
     log_path: PathBuf,
 }
 
-impl Webhook {
-    /// Mints a CA and a serving certificate for `127.0.0.1` into a temporary folder, picks a
-    /// free port, starts the binary (its own process group, logs in `webhook.log`) and waits
-    /// until `GET /readyz` answers 200 over HTTPS, i.e. its ImageMap cache has synced.
-    pub fn start(plane: &ControlPlane, opts: WebhookOptions) -> Result<Webhook> {
-        let program = workspace_binary(WEBHOOK_BIN)?;
-        warn_if_stale(&program);
-        let dir = tempfile::Builder::new()
-            .prefix("imagemap-e2e-webhook-")
-            .tempdir()
-            .context("creating the webhook's folder")?;
+/// What a webhook process needs to serve HTTPS on loopback: a temporary folder holding a CA and
+/// a serving certificate for `127.0.0.1` and `localhost`, a free port, and the flags that serve
+/// them and watch the API server `kubeconfig` names.
+pub struct ServingSetup {
+    /// Holds `ca.crt`, `tls.crt` and `tls.key`; removed when dropped.
+    pub dir: tempfile::TempDir,
+    /// The port `--listen` names.
+    pub port: u16,
+    /// The CA to trust (PEM).
+    pub ca_pem: String,
+    /// `--listen`, the certificate flags and `--kubeconfig`.
+    pub args: Vec<String>,
+}
+
+impl ServingSetup {
+    /// Mints the certificates into a new folder named with `prefix` and picks the port.
+    pub fn new(prefix: &str, kubeconfig: &Path) -> Result<ServingSetup> {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().context("creating the webhook's folder")?;
         let ca = CertificateAuthority::new("imagemap-e2e webhook CA", CERT_DAYS)?;
         let mut sans = Sans::default();
         sans.add_host("127.0.0.1");
@@ -159,7 +166,7 @@ impl Webhook {
         let leaf = ca.serving("imagemap-e2e-webhook", &sans, CERT_DAYS)?;
         imagemap_certs::write_serving_set(dir.path(), &ca, &leaf)?;
         let port = crate::net::free_ports(1)?[0];
-        let mut args = vec![
+        let args = vec![
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
             "--tls-cert-file".into(),
@@ -167,16 +174,28 @@ impl Webhook {
             "--tls-private-key-file".into(),
             dir.path().join("tls.key").display().to_string(),
             "--kubeconfig".into(),
-            plane.kubeconfig_path().display().to_string(),
+            kubeconfig.display().to_string(),
         ];
+        Ok(ServingSetup { dir, port, ca_pem: ca.cert_pem.clone(), args })
+    }
+}
+
+impl Webhook {
+    /// Mints a CA and a serving certificate for `127.0.0.1` into a temporary folder, picks a
+    /// free port, starts the binary (its own process group, logs in `webhook.log`) and waits
+    /// until `GET /readyz` answers 200 over HTTPS, i.e. its ImageMap cache has synced.
+    pub fn start(plane: &ControlPlane, opts: WebhookOptions) -> Result<Webhook> {
+        let program = workspace_binary(WEBHOOK_BIN)?;
+        warn_if_stale(&program);
+        let ServingSetup { dir, port, ca_pem, mut args } =
+            ServingSetup::new("imagemap-e2e-webhook-", plane.kubeconfig_path())?;
         if let Some(ns) = &opts.global_namespace {
             args.push("--global-namespace".into());
             args.push(ns.clone());
         }
         args.extend(opts.extra_args.iter().cloned());
         let log_path = dir.path().join("webhook.log");
-        let mut webhook =
-            Webhook { run: None, dir, program, args, port, ca_pem: ca.cert_pem.clone(), runs: 0, log_path };
+        let mut webhook = Webhook { run: None, dir, program, args, port, ca_pem, runs: 0, log_path };
         webhook.spawn()?;
         Ok(webhook)
     }

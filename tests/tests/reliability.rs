@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use imagemap_certs::{CertificateAuthority, Sans};
 use imagemap_e2e::process::{ManagedProcess, Watchdog};
-use imagemap_e2e::webhook::{image_map, set_status, WEBHOOK_BIN};
+use imagemap_e2e::webhook::{image_map, set_status, ServingSetup, WEBHOOK_BIN};
 use imagemap_e2e::{poll, workspace_binary, ControlPlane, ControlPlaneOptions};
 use serde_json::{json, Value};
 
@@ -54,27 +54,14 @@ impl OwnWebhook {
     /// The webhook watching the API server `kubeconfig` names.
     fn start_with(kubeconfig: &std::path::Path) -> OwnWebhook {
         let program = workspace_binary(WEBHOOK_BIN).expect("the webhook binary is built");
-        let dir = tempfile::Builder::new().prefix("imagemap-e2e-reliability-").tempdir().expect("a folder");
-        let ca = CertificateAuthority::new("imagemap-e2e reliability CA", 2).expect("a CA");
-        let mut sans = Sans::default();
-        sans.add_host("127.0.0.1");
-        let leaf = ca.serving("imagemap-e2e-webhook", &sans, 2).expect("a serving certificate");
-        imagemap_certs::write_serving_set(dir.path(), &ca, &leaf).expect("write the certificates");
-        let port = imagemap_e2e::net::free_ports(1).expect("a free port")[0];
-        let args: Vec<String> = vec![
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--tls-cert-file".into(),
-            dir.path().join("tls.crt").display().to_string(),
-            "--tls-private-key-file".into(),
-            dir.path().join("tls.key").display().to_string(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
+        let ServingSetup { dir, port, mut args, .. } =
+            ServingSetup::new("imagemap-e2e-reliability-", kubeconfig).expect("certificates and a port");
+        args.extend([
             "--log-format".into(),
             "json".into(),
             "--log-level".into(),
             std::env::var("RELIABILITY_LOG").unwrap_or_else(|_| "info".into()),
-        ];
+        ]);
         let log_path = dir.path().join("webhook.log");
         let mut watchdog = Watchdog::spawn(Some(dir.path())).expect("a watchdog");
         let process =

@@ -84,17 +84,6 @@ pub fn read(body: &[u8], keep_env: bool) -> Result<Envelope, ReadError> {
     Ok(envelope)
 }
 
-/// Reads a Pod spec alone, pruned as in a review (for tests and tools).
-pub fn pruned_spec(json: &str, keep_env: bool) -> Result<Option<Value>, ReadError> {
-    let mut s = Scanner { text: json, bytes: json.as_bytes(), pos: 0, depth: 0, keep_env };
-    let spec = s.spec()?;
-    s.ws();
-    if s.pos != s.bytes.len() {
-        return Err(s.error("trailing characters after the spec"));
-    }
-    Ok(spec)
-}
-
 /// What to keep of a JSON value at one place in a Pod spec.
 #[derive(Clone, Copy, Debug)]
 enum Shape {
@@ -581,17 +570,8 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Bytes of a word equal to `b` (the high bit of each such byte set; exact up to the first one).
-fn bytes_equal(word: u64, b: u8) -> u64 {
-    let x = word ^ (u64::from(b) * LOW_BITS);
-    x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS
-}
-
-const LOW_BITS: u64 = 0x0101_0101_0101_0101;
-const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
-
 /// The first `"` or `\\` at or after `from` (or control character, when `controls`): sixteen
-/// bytes at a time (SSE2 on x86-64, through `wide`'s safe API), then eight, then one.
+/// bytes at a time (SSE2 on x86-64, through `wide`'s safe API), then the last few one by one.
 pub(crate) fn find_string_end(bytes: &[u8], mut from: usize, controls: bool) -> Option<usize> {
     let (quote, backslash, space) = (u8x16::splat(b'"'), u8x16::splat(b'\\'), u8x16::splat(0x20));
     while let Some(chunk) = bytes.get(from..from + 16) {
@@ -608,18 +588,6 @@ pub(crate) fn find_string_end(bytes: &[u8], mut from: usize, controls: bool) -> 
         }
         from += 16;
     }
-    while let Some(&[b0, b1, b2, b3, b4, b5, b6, b7]) = bytes.get(from..from + 8) {
-        let word = u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
-        let mut hits = bytes_equal(word, b'"') | bytes_equal(word, b'\\');
-        if controls {
-            // Bytes below 0x20.
-            hits |= word.wrapping_sub(0x20 * LOW_BITS) & !word & HIGH_BITS;
-        }
-        if hits != 0 {
-            return Some(from + (hits.trailing_zeros() / 8) as usize);
-        }
-        from += 8;
-    }
     let end = |b: u8| b == b'"' || b == b'\\' || (controls && b < 0x20);
     bytes.get(from..)?.iter().position(|&b| end(b)).map(|i| from + i)
 }
@@ -628,6 +596,17 @@ pub(crate) fn find_string_end(bytes: &[u8], mut from: usize, controls: bool) -> 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Reads a Pod spec alone, pruned as in a review.
+    fn pruned_spec(json: &str, keep_env: bool) -> Result<Option<Value>, ReadError> {
+        let mut s = Scanner { text: json, bytes: json.as_bytes(), pos: 0, depth: 0, keep_env };
+        let spec = s.spec()?;
+        s.ws();
+        if s.pos != s.bytes.len() {
+            return Err(s.error("trailing characters after the spec"));
+        }
+        Ok(spec)
+    }
 
     fn spec(text: &str, env: bool) -> Value {
         pruned_spec(text, env).expect("parses").unwrap_or(Value::Null)

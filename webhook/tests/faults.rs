@@ -149,6 +149,14 @@ struct Seen {
     ok: usize,
 }
 
+impl Seen {
+    /// Fails the test with the first few failures, if any.
+    fn assert_no_failures(&self) {
+        let shown = &self.failures[..self.failures.len().min(5)];
+        assert!(self.failures.is_empty(), "{} failed requests: {shown:?}", self.failures.len());
+    }
+}
+
 /// Counts a reply; false when the connection failed.
 fn record(seen: &Mutex<Seen>, what: &str, result: std::io::Result<common::Reply>) -> bool {
     let mut s = seen.lock().expect("lock");
@@ -320,12 +328,7 @@ async fn rotating_the_certificate_under_load_fails_no_request_and_a_broken_pair_
         t.await.expect("handshake task");
     }
     let s = seen.lock().expect("lock");
-    assert!(
-        s.failures.is_empty(),
-        "{} failed requests: {:?}",
-        s.failures.len(),
-        &s.failures[..s.failures.len().min(5)]
-    );
+    s.assert_no_failures();
     // Each task's handshakes show the pairs in order, never an older one after a newer one.
     for (slot, hs) in s.handshakes.iter().enumerate() {
         let order: Vec<usize> =
@@ -789,12 +792,7 @@ async fn stress_thirty_rotations_under_load_fail_no_request() {
         t.await.expect("handshake task");
     }
     let s = seen.lock().expect("lock");
-    assert!(
-        s.failures.is_empty(),
-        "{} failed requests: {:?}",
-        s.failures.len(),
-        &s.failures[..s.failures.len().min(5)]
-    );
+    s.assert_no_failures();
     let worst = delays.iter().max().copied().unwrap_or_default();
     assert!(worst <= bound, "new pairs served within {bound:?}: worst {worst:?}");
     eprintln!("30 rotations under load: {} reviews OK, 0 failed; new pair served after at most {worst:.0?}", s.ok);

@@ -209,36 +209,9 @@ mod tests {
         let sink = Sink::default();
         let (writer, _guard) = BatchedWriter::with(Box::new(sink.clone()), "hot", 1 << 20, Duration::from_secs(3600));
         let text = || String::from_utf8(sink.bytes.lock().expect("sink lock").clone()).expect("utf-8");
-        let decision = tracing::Metadata::new(
-            "review",
-            "hot",
-            tracing::Level::INFO,
-            None,
-            None,
-            None,
-            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
-            tracing::metadata::Kind::EVENT,
-        );
-        let warning = tracing::Metadata::new(
-            "warn",
-            "hot",
-            tracing::Level::WARN,
-            None,
-            None,
-            None,
-            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
-            tracing::metadata::Kind::EVENT,
-        );
-        let elsewhere = tracing::Metadata::new(
-            "watch",
-            "cold",
-            tracing::Level::INFO,
-            None,
-            None,
-            None,
-            tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
-            tracing::metadata::Kind::EVENT,
-        );
+        let decision = event("hot", tracing::Level::INFO);
+        let warning = event("hot", tracing::Level::WARN);
+        let elsewhere = event("cold", tracing::Level::INFO);
         writer.make_writer_for(&decision).write_all(b"decision 1\n").expect("write");
         assert_eq!(text(), "", "a decision line waits");
         writer.make_writer_for(&elsewhere).write_all(b"relisted\n").expect("write");
@@ -246,6 +219,12 @@ mod tests {
         writer.make_writer_for(&decision).write_all(b"decision 2\n").expect("write");
         writer.make_writer_for(&warning).write_all(b"refused\n").expect("write");
         assert_eq!(text(), "decision 1\nrelisted\ndecision 2\nrefused\n", "a warning goes out at once");
+    }
+
+    /// An event's metadata with `target` and `level`.
+    fn event(target: &'static str, level: tracing::Level) -> tracing::Metadata<'static> {
+        let fields = tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE));
+        tracing::Metadata::new("event", target, level, None, None, None, fields, tracing::metadata::Kind::EVENT)
     }
 
     struct Callsite;
