@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod gate;
 pub mod inject;
+mod json_scan;
 pub mod json_writer;
 pub mod manifests;
 pub mod maps;

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Map, Value};
-use wide::u8x16;
+
+use crate::json_scan::{find_string_end, SkipError};
 
 /// Deepest nesting accepted, as serde_json.
 const MAX_DEPTH: usize = 128;
@@ -393,50 +394,22 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Skips an object or array, matching brackets with a bit per level (1 for `{`). One tight
-    /// loop over local state: most of a review is skipped here.
+    /// Skips an object or array, matching brackets (most of a review is skipped here).
     fn skip_container(&mut self) -> Result<()> {
-        let bytes = self.bytes;
-        let room = MAX_DEPTH - self.depth;
-        let (mut i, mut level, mut open) = (self.pos, 0usize, 0u128);
-        loop {
-            let Some(&b) = bytes.get(i) else {
-                self.pos = i;
-                return Err(self.error("unterminated object or array"));
-            };
-            i += 1;
-            match b {
-                b'"' => loop {
-                    let Some(at) = find_string_end(bytes, i, false) else {
-                        self.pos = bytes.len();
-                        return Err(self.error("unterminated string"));
-                    };
-                    i = at + if bytes[at] == b'"' { 1 } else { 2 };
-                    if bytes[at] == b'"' {
-                        break;
-                    }
-                },
-                b'{' | b'[' => {
-                    level += 1;
-                    if level > room {
-                        self.pos = i - 1;
-                        return Err(self.error("nested too deeply"));
-                    }
-                    open = (open << 1) | u128::from(b == b'{');
-                }
-                b'}' | b']' => {
-                    if (open & 1 == 1) != (b == b'}') {
-                        self.pos = i - 1;
-                        return Err(self.error("mismatched bracket"));
-                    }
-                    open >>= 1;
-                    level -= 1;
-                    if level == 0 {
-                        self.pos = i;
-                        return Ok(());
-                    }
-                }
-                _ => {}
+        match crate::json_scan::skip_container(self.bytes, self.pos, MAX_DEPTH - self.depth) {
+            Ok(end) => {
+                self.pos = end;
+                Ok(())
+            }
+            Err(e) => {
+                let (at, what) = match e {
+                    SkipError::UnterminatedString => (self.bytes.len(), "unterminated string"),
+                    SkipError::Unterminated => (self.bytes.len(), "unterminated object or array"),
+                    SkipError::TooDeep(at) => (at, "nested too deeply"),
+                    SkipError::Mismatched(at) => (at, "mismatched bracket"),
+                };
+                self.pos = at;
+                Err(self.error(what))
             }
         }
     }
@@ -568,28 +541,6 @@ impl<'a> Scanner<'a> {
         })?;
         Ok(Some(meta))
     }
-}
-
-/// The first `"` or `\\` at or after `from` (or control character, when `controls`): sixteen
-/// bytes at a time (SSE2 on x86-64, through `wide`'s safe API), then the last few one by one.
-pub(crate) fn find_string_end(bytes: &[u8], mut from: usize, controls: bool) -> Option<usize> {
-    let (quote, backslash, space) = (u8x16::splat(b'"'), u8x16::splat(b'\\'), u8x16::splat(0x20));
-    while let Some(chunk) = bytes.get(from..from + 16) {
-        let mut lanes = [0u8; 16];
-        lanes.copy_from_slice(chunk);
-        let v = u8x16::new(lanes);
-        let mut hits = v.simd_eq(quote) | v.simd_eq(backslash);
-        if controls {
-            hits |= v.simd_lt(space);
-        }
-        let mask = hits.to_bitmask();
-        if mask != 0 {
-            return Some(from + mask.trailing_zeros() as usize);
-        }
-        from += 16;
-    }
-    let end = |b: u8| b == b'"' || b == b'\\' || (controls && b < 0x20);
-    bytes.get(from..)?.iter().position(|&b| end(b)).map(|i| from + i)
 }
 
 #[cfg(test)]
@@ -760,13 +711,6 @@ mod tests {
             let want = prune(&parsed, Shape::Spec, keep_env);
             let got = pruned_spec(&text, keep_env).expect("valid JSON reads");
             proptest::prop_assert_eq!(got.unwrap_or(Value::Null), want);
-        }
-
-        #[test]
-        fn finds_the_same_string_end_as_a_byte_by_byte_search(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80), from in 0usize..80, controls: bool) {
-            let naive = bytes.iter().enumerate().skip(from)
-                .find(|(_, &b)| b == b'"' || b == b'\\' || (controls && b < 0x20)).map(|(i, _)| i);
-            proptest::prop_assert_eq!(find_string_end(&bytes, from, controls), naive);
         }
 
         #[test]
