@@ -3,9 +3,10 @@
 
 use base64::Engine as _;
 
-use crate::inject::{inject, Applicable, Injection, MetadataView, PodView, SWAPS_ANNOTATION};
+use crate::inject::{inject, Applicable, Injection};
 use crate::maps::MapIndex;
-use crate::review_reader::{self, PodObject, ReadError, Request};
+use crate::pod_view::PodObject;
+use crate::review_reader::{self, ReadError, Request};
 
 /// Why a request body is not an AdmissionReview we can answer (answered with 400).
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +75,7 @@ pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Re
     let envelope = review_reader::read(body, index.has_env_maps())?;
     let request = envelope.request.ok_or(ReviewError::NoRequest)?;
     let (outcome, object, injection) = match pod_create(&request) {
-        None => (Outcome::Skipped, request.name.clone(), None),
+        None => (Outcome::Skipped, request.name.to_string(), None),
         Some(pod) => {
             let meta = pod.metadata.as_ref();
             let namespace =
@@ -83,20 +84,20 @@ pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Re
                 .and_then(|m| m.name.as_deref().filter(|n| !n.is_empty()).or(m.generate_name.as_deref()))
                 .unwrap_or("");
             let object = format!("{namespace}/{name}");
-            let mut injection = inject(view(pod), &Applicable { index, namespace });
+            let mut injection = inject(pod.view(), &Applicable { index, namespace });
             if options.gate_unbuilt {
-                crate::gate::gate(view(pod), &mut injection, &options.now);
+                crate::gate::gate(pod.view(), &mut injection, &options.now);
             }
             (if injection.patch.is_empty() { Outcome::Unchanged } else { Outcome::Patched }, object, Some(injection))
         }
     };
     let api_version = if envelope.api_version.is_empty() { "admission.k8s.io/v1" } else { &envelope.api_version };
     let body = encode(api_version, &request.uid, injection.as_ref(), None);
-    Ok(Reviewed { body, outcome, uid: request.uid, object, injection })
+    Ok(Reviewed { body, outcome, uid: request.uid.into_owned(), object, injection })
 }
 
 /// The Pod of a Pod CREATE review (not a subresource), if that is what this is.
-fn pod_create(request: &Request) -> Option<&PodObject> {
+fn pod_create<'r, 'a>(request: &'r Request<'a>) -> Option<&'r PodObject<'a>> {
     let is_pod = request.group.is_empty() && request.kind == "Pod";
     let create = request.operation == "CREATE";
     let subresource = request.sub_resource.as_deref().is_some_and(|s| !s.is_empty());
@@ -104,16 +105,6 @@ fn pod_create(request: &Request) -> Option<&PodObject> {
         return None;
     }
     request.object.as_ref()
-}
-
-fn view(pod: &PodObject) -> PodView<'_> {
-    let metadata = match pod.metadata.as_ref().map(|m| &m.annotations) {
-        None => MetadataView::Absent,
-        Some(Some(a)) => MetadataView::Annotations(a.get(SWAPS_ANNOTATION).map(String::as_str)),
-        Some(None) => MetadataView::NoAnnotations,
-    };
-    let labels_present = pod.metadata.as_ref().is_some_and(|m| m.labels.is_some());
-    PodView { spec: pod.spec.as_ref(), metadata, labels_present }
 }
 
 /// Encodes the response review: allowed, the uid echoed, the engine's warnings, audit

@@ -9,9 +9,10 @@
 
 use serde_json::{json, Value};
 
-use crate::inject::{inject_json, Applicable, Injection, MetadataView, PodView};
+use crate::inject::{inject_json, Applicable, Injection};
 use crate::maps::MapIndex;
 use crate::patch::{escape, Patch};
+use crate::pod_view::{MetadataView, PodView};
 
 /// The scheduling gate name.
 pub const GATE: &str = "tilt.dev/imagemap";
@@ -45,9 +46,8 @@ pub fn gate(pod: PodView<'_>, injection: &mut Injection, now: &str) {
     if maps.is_empty() {
         return;
     }
-    let spec = pod.spec;
-    let gates = spec.and_then(|s| s.get("schedulingGates")).and_then(Value::as_array);
-    if gates.is_some_and(|g| g.iter().any(|x| x.get("name").and_then(Value::as_str) == Some(GATE))) {
+    let gates = pod.spec.and_then(|s| s.scheduling_gates.as_ref());
+    if gates.is_some_and(|g| g.iter().any(|name| name.as_deref() == Some(GATE))) {
         return;
     }
     let patch = &mut injection.patch;
@@ -176,7 +176,7 @@ mod tests {
 
     fn admit(pod: &Value, idx: &MapIndex) -> Value {
         let mut injection = inject_json(pod, &Applicable { index: idx, namespace: "dev" });
-        gate(PodView::from_json(pod), &mut injection, "2026-11-26T10:00:00Z");
+        gate(crate::pod_view::PodObject::from_json(pod).view(), &mut injection, "2026-11-26T10:00:00Z");
         injection.patch.apply_to(pod).expect("applies")
     }
 

@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::maps::{precedence, CompiledMap, MapIndex, Scope, Target, Unusable};
 use crate::patch::{escape, Patch};
+use crate::pod_view::{ContainerView, ListField, MetadataView, PodObject, PodView, VolumeView};
 use crate::reference::Reference;
 
 /// The Pod annotation recording every swap (DESIGN §7).
@@ -121,46 +122,9 @@ impl Site<'_> {
     }
 }
 
-/// The parts of a Pod the engine reads: its spec and what its metadata holds.
-#[derive(Debug, Clone, Copy)]
-pub struct PodView<'a> {
-    /// `spec`, as JSON.
-    pub spec: Option<&'a Value>,
-    /// What `metadata` looks like, to place the swap annotation.
-    pub metadata: MetadataView<'a>,
-    /// `metadata.labels` exists.
-    pub labels_present: bool,
-}
-
-/// The shape of a Pod's metadata, as far as the swap annotation is concerned.
-#[derive(Debug, Clone, Copy)]
-pub enum MetadataView<'a> {
-    /// No `metadata` object at all.
-    Absent,
-    /// `metadata` without `annotations`.
-    NoAnnotations,
-    /// `metadata.annotations` exists; holds our annotation's text if present.
-    Annotations(Option<&'a str>),
-}
-
-impl<'a> PodView<'a> {
-    /// Views a Pod given as JSON.
-    pub fn from_json(pod: &'a Value) -> Self {
-        let metadata = match pod.get("metadata") {
-            Some(Value::Object(m)) => match m.get("annotations") {
-                Some(Value::Object(a)) => MetadataView::Annotations(a.get(SWAPS_ANNOTATION).and_then(Value::as_str)),
-                _ => MetadataView::NoAnnotations,
-            },
-            _ => MetadataView::Absent,
-        };
-        let labels_present = pod.pointer("/metadata/labels").is_some_and(Value::is_object);
-        PodView { spec: pod.get("spec"), metadata, labels_present }
-    }
-}
-
 /// Computes the swaps for a Pod (as JSON) with the maps that apply in its namespace.
 pub fn inject_json(pod: &Value, maps: &Applicable<'_>) -> Injection {
-    inject(PodView::from_json(pod), maps)
+    inject(PodObject::from_json(pod).view(), maps)
 }
 
 /// Computes the swaps for a Pod with the maps that apply in its namespace.
@@ -170,15 +134,13 @@ pub fn inject(pod: PodView<'_>, maps: &Applicable<'_>) -> Injection {
         _ => Vec::new(),
     };
     let mut run = Run { maps, out: Injection::default(), previous, records: Vec::new() };
-    let spec = pod.spec;
-    for list in ["containers", "initContainers"] {
-        let Some(containers) = spec.and_then(|s| s.get(list)).and_then(Value::as_array) else { continue };
-        for (i, c) in containers.iter().enumerate() {
-            run.container(c, list, i);
+    if let Some(spec) = pod.spec {
+        for (list, containers) in [("containers", &spec.containers), ("initContainers", &spec.init_containers)] {
+            for (i, c) in containers.iter().flatten().enumerate() {
+                run.container(c, list, i);
+            }
         }
-    }
-    if let Some(volumes) = spec.and_then(|s| s.get("volumes")).and_then(Value::as_array) {
-        for (i, v) in volumes.iter().enumerate() {
+        for (i, v) in spec.volumes.iter().flatten().enumerate() {
             run.volume(v, i);
         }
     }
@@ -199,35 +161,29 @@ struct Decision<'m> {
 }
 
 impl<'a> Run<'a> {
-    fn container(&mut self, c: &Value, list: &'static str, index: usize) {
-        let name = c.get("name").and_then(Value::as_str).unwrap_or("");
-        if let Some(image) = c.get("image").and_then(Value::as_str) {
+    fn container(&mut self, c: &ContainerView<'_>, list: &'static str, index: usize) {
+        let name = c.name.as_deref().unwrap_or("");
+        if let Some(image) = c.image.as_deref() {
             if let Some(map) = self.swap(image, Site::Image { list, index, name }) {
                 let path = format!("/spec/{list}/{index}");
                 self.out.patch.add(&format!("{path}/imagePullPolicy"), json!(PULL_POLICY));
-                override_list(&mut self.out.patch, c, &path, "command", map.command.as_deref());
-                override_list(&mut self.out.patch, c, &path, "args", map.args.as_deref());
+                override_list(&mut self.out.patch, c.command.as_ref(), &path, "command", map.command.as_deref());
+                override_list(&mut self.out.patch, c.args.as_ref(), &path, "args", map.args.as_deref());
             }
         }
         if !self.maps.index.has_env_maps() {
             return;
         }
-        if let Some(env) = c.get("env").and_then(Value::as_array) {
-            for (env_index, e) in env.iter().enumerate() {
-                // Only literal values; `valueFrom` is never touched.
-                let (Some(var), Some(value)) =
-                    (e.get("name").and_then(Value::as_str), e.get("value").and_then(Value::as_str))
-                else {
-                    continue;
-                };
-                self.swap(value, Site::Env { list, index, name, env_index, var });
-            }
+        for (env_index, e) in c.env.iter().flatten().enumerate() {
+            // Only literal values; `valueFrom` is never touched.
+            let (Some(var), Some(value)) = (e.name.as_deref(), e.value.as_deref()) else { continue };
+            self.swap(value, Site::Env { list, index, name, env_index, var });
         }
     }
 
-    fn volume(&mut self, v: &Value, index: usize) {
-        let Some(reference) = v.get("image").and_then(|im| im.get("reference")).and_then(Value::as_str) else { return };
-        let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+    fn volume(&mut self, v: &VolumeView<'_>, index: usize) {
+        let Some(reference) = v.image_reference.as_deref() else { return };
+        let name = v.name.as_deref().unwrap_or("");
         if self.swap(reference, Site::Volume { index, name }).is_some() {
             self.out.patch.add(&format!("/spec/volumes/{index}/image/pullPolicy"), json!(PULL_POLICY));
         }
@@ -322,20 +278,15 @@ impl<'a> Run<'a> {
     }
 }
 
-fn override_list(patch: &mut Patch, c: &Value, path: &str, key: &str, with: Option<&[String]>) {
+/// Sets `command` or `args` as the map says: `[]` removes the field, a list replaces it.
+fn override_list(patch: &mut Patch, current: Option<&ListField<'_>>, path: &str, key: &str, with: Option<&[String]>) {
     match with {
-        Some([]) if c.get(key).is_some() => patch.remove(&format!("{path}/{key}")),
-        Some(list)
-            if !list.is_empty() && c.get(key).and_then(Value::as_array).is_none_or(|cur| !same_strings(cur, list)) =>
-        {
+        Some([]) if current.is_some() => patch.remove(&format!("{path}/{key}")),
+        Some(list) if !list.is_empty() && !current.is_some_and(|cur| cur.is(list)) => {
             patch.add(&format!("{path}/{key}"), json!(list))
         }
         _ => {}
     }
-}
-
-fn same_strings(cur: &[Value], want: &[String]) -> bool {
-    cur.len() == want.len() && cur.iter().zip(want).all(|(a, b)| a.as_str() == Some(b.as_str()))
 }
 
 fn push_unique(list: &mut Vec<String>, s: String) {

@@ -14,6 +14,7 @@ pub mod manifests;
 pub mod maps;
 pub mod mapsfile;
 pub mod patch;
+pub mod pod_view;
 pub mod reference;
 pub mod review_reader;
 pub mod types;

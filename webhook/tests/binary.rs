@@ -91,10 +91,16 @@ async fn no_cluster_mode_swaps_from_the_maps_file_and_reloads_it() {
         assert!(Instant::now() < deadline, "maps file was not reloaded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A broken file keeps the previous maps.
-    std::fs::write(&w.maps, "{ broken").expect("break maps");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(swapped_pod(&w).await["spec"]["containers"][0]["image"], "registry:5000/my-apiserver:tilt-2");
+    // A broken file keeps the previous maps, and so does an empty one (a file being rewritten).
+    for content in ["{ broken", "", "\n"] {
+        std::fs::write(&w.maps, content).expect("break maps");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            swapped_pod(&w).await["spec"]["containers"][0]["image"],
+            "registry:5000/my-apiserver:tilt-2",
+            "after writing {content:?}"
+        );
+    }
 }
 
 #[tokio::test]

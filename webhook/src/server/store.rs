@@ -126,7 +126,11 @@ fn apply(event: Event<ImageMap>, buffer: &mut Option<MapIndex>, state: &AppState
 /// Loads `--imagemaps-file` into the index; an unreadable or invalid file is an error.
 pub fn load_file_once(path: &Path, state: &AppState) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let maps = parse_maps(&text, &path.display().to_string())?;
+    load_text(path, &text, state)
+}
+
+fn load_text(path: &Path, text: &str, state: &AppState) -> anyhow::Result<()> {
+    let maps = parse_maps(text, &path.display().to_string())?;
     let invalid = state.update_index(|idx| idx.replace_file(maps.iter()));
     for e in &invalid {
         tracing::warn!(error = %e, file = %path.display(), "skipping ImageMap with an invalid selector");
@@ -136,7 +140,8 @@ pub fn load_file_once(path: &Path, state: &AppState) -> anyhow::Result<()> {
 }
 
 /// Polls `--imagemaps-file` and reloads it when its contents change; a broken file keeps the
-/// previous maps.
+/// previous maps, and so does an empty one: an editor or `>` truncates a file before writing
+/// it, and a poll in between must not drop every map (an empty List removes them all).
 pub async fn watch_file(path: PathBuf, interval: Duration, state: Arc<AppState>) {
     let mut last = std::fs::read(&path).ok();
     let mut tick = tokio::time::interval(interval);
@@ -147,8 +152,18 @@ pub async fn watch_file(path: PathBuf, interval: Duration, state: Arc<AppState>)
         if now == last {
             continue;
         }
+        let result = match &now {
+            Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Err(anyhow::anyhow!(
+                "{} is empty (perhaps half-written); write an empty List to remove every map",
+                path.display()
+            )),
+            Some(bytes) => {
+                std::str::from_utf8(bytes).context("not UTF-8").and_then(|text| load_text(&path, text, &state))
+            }
+            None => load_file_once(&path, &state),
+        };
         last = now;
-        match load_file_once(&path, &state) {
+        match result {
             Ok(()) => state.metrics.file_reload(true),
             Err(e) => {
                 state.metrics.file_reload(false);
