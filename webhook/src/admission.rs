@@ -83,7 +83,7 @@ pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Re
             let name = meta
                 .and_then(|m| m.name.as_deref().filter(|n| !n.is_empty()).or(m.generate_name.as_deref()))
                 .unwrap_or("");
-            let object = format!("{namespace}/{name}");
+            let object = crate::inject::concat(&[namespace, "/", name]);
             let mut injection = inject(pod.view(), &Applicable { index, namespace });
             if options.gate_unbuilt {
                 crate::gate::gate(pod.view(), &mut injection, &options.now);

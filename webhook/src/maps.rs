@@ -150,13 +150,16 @@ pub fn precedence(a: (&CompiledMap, Scope), b: (&CompiledMap, Scope)) -> Orderin
 }
 
 type Bucket = Vec<Arc<CompiledMap>>;
+type FastMap<K, V> = foldhash::HashMap<K, V>;
 type ScopedSlice<'a> = (&'a [Arc<CompiledMap>], Scope);
 
 /// All known maps, indexed by namespace (or file) and then by the selector's repository name.
+/// The lookup tables hash with foldhash (seeded per process): a review hashes its namespace and
+/// each image's name, and SipHash was a visible share of that.
 #[derive(Debug, Default, Clone)]
 pub struct MapIndex {
-    by_namespace: HashMap<String, HashMap<String, Bucket>>,
-    file: HashMap<String, Bucket>,
+    by_namespace: FastMap<String, FastMap<String, Bucket>>,
+    file: FastMap<String, Bucket>,
     cluster_keys: HashMap<(String, String), String>,
     invalid: HashMap<(String, String), InvalidMap>,
     global_namespace: Option<String>,

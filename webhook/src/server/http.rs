@@ -159,20 +159,21 @@ fn log_decision(r: &crate::admission::Reviewed, took: Duration) {
         return;
     }
     let (swaps, warnings) = r.injection.as_ref().map_or((0, 0), |i| (i.swaps.len(), i.warnings.len()));
-    let fields = r.injection.as_ref().map(|i| {
-        i.swaps
-            .iter()
-            .map(|s| format!("{}:{}->{}", s.record.field, s.record.original, s.record.image))
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    let mut fields = String::new();
+    for (i, s) in r.injection.iter().flat_map(|i| &i.swaps).enumerate() {
+        let record = &s.record;
+        let separator = if i > 0 { "," } else { "" };
+        for part in [separator, &record.field, ":", &record.original, "->", &record.image] {
+            fields.push_str(part);
+        }
+    }
     tracing::info!(
         uid = %r.uid,
         object = %r.object,
         outcome = r.outcome.as_str(),
         swaps,
         warnings,
-        fields = fields.unwrap_or_default(),
+        fields,
         micros = took.as_micros() as u64,
         "review"
     );
