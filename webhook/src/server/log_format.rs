@@ -95,7 +95,7 @@ thread_local! {
 }
 
 /// `2026-11-26T22:02:18.495417Z`; the part up to the second is formatted once per second.
-fn write_timestamp(w: &mut Writer<'_>) -> fmt::Result {
+fn write_timestamp(w: &mut impl fmt::Write) -> fmt::Result {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     SECOND.with(|cell| {
@@ -237,11 +237,78 @@ impl Visit for JsonFields<'_, '_> {
 }
 
 /// Writes `s` as a JSON string.
-fn json_str(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+fn json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
     let mut out = Vec::with_capacity(s.len() + 2);
     crate::json_writer::string(&mut out, s);
     // The writer only escapes ASCII, so the output is as valid UTF-8 as `s`.
     w.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+}
+
+/// A field of a line written by [`write_line`], as `tracing` would record it.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldValue<'a> {
+    /// A `%value` field: as is in plain lines.
+    Display(&'a str),
+    /// A string field: quoted in plain lines.
+    Str(&'a str),
+    /// A number.
+    U64(u64),
+}
+
+/// Writes the line that [`LineFormat`] writes for an event outside any span with `message` and
+/// `fields`, without `tracing`'s dispatch and field visitors: the decision line of every review
+/// is on the hot path. A test keeps the two layouts equal.
+pub fn write_line(
+    out: &mut String,
+    json: bool,
+    level: Level,
+    target: &str,
+    message: &str,
+    fields: &[(&str, FieldValue<'_>)],
+) -> fmt::Result {
+    if json {
+        out.push_str("{\"timestamp\":\"");
+        write_timestamp(out)?;
+        out.push_str("\",\"level\":\"");
+        out.push_str(level.as_str());
+        out.push_str("\",\"message\":");
+        json_str(out, message)?;
+        for (name, value) in fields {
+            out.push(',');
+            json_str(out, name)?;
+            out.push(':');
+            match value {
+                FieldValue::Display(v) | FieldValue::Str(v) => json_str(out, v)?,
+                FieldValue::U64(n) => out.push_str(itoa::Buffer::new().format(*n)),
+            }
+        }
+        out.push_str(",\"target\":");
+        json_str(out, target)?;
+        out.push_str("}\n");
+        return Ok(());
+    }
+    write_timestamp(out)?;
+    out.push_str(padded_level(level));
+    out.push_str(target);
+    out.push_str(": ");
+    out.push_str(message);
+    for (name, value) in fields {
+        out.push(' ');
+        out.push_str(name);
+        out.push('=');
+        match value {
+            FieldValue::Display(v) => out.push_str(v),
+            FieldValue::Str(v) if needs_escaping(v) => write!(out, "{v:?}")?,
+            FieldValue::Str(v) => {
+                out.push('"');
+                out.push_str(v);
+                out.push('"');
+            }
+            FieldValue::U64(n) => out.push_str(itoa::Buffer::new().format(*n)),
+        }
+    }
+    out.push('\n');
+    Ok(())
 }
 
 #[cfg(test)]
@@ -316,6 +383,32 @@ mod tests {
             tracing::warn!("retrying");
         })
         .contains("WARN watch{kind=\"ImageMap\"}: imagemap::server::log_format::tests: retrying"));
+    }
+
+    /// The same line through `tracing` and through [`write_line`], timestamps cut off.
+    #[test]
+    fn lines_written_directly_match_the_tracing_layout() {
+        let emit = || {
+            let uid = "6f5d";
+            tracing::info!(uid = %uid, outcome = "patched", swaps = 1u64, odd = "a\"b\n", "review");
+        };
+        let fields = [
+            ("uid", FieldValue::Display("6f5d")),
+            ("outcome", FieldValue::Str("patched")),
+            ("swaps", FieldValue::U64(1)),
+            ("odd", FieldValue::Str("a\"b\n")),
+        ];
+        let target = "imagemap::server::log_format::tests";
+        let plain = capture(false, emit);
+        let mut direct = String::new();
+        write_line(&mut direct, false, Level::INFO, target, "review", &fields).expect("write");
+        assert_eq!(direct[27..], plain[27..]);
+        let json = capture(true, emit);
+        let mut direct = String::new();
+        write_line(&mut direct, true, Level::INFO, target, "review", &fields).expect("write");
+        let cut = |line: &str| line.split_once("\"level\"").map(|(_, rest)| rest.to_string());
+        assert_eq!(cut(&direct), cut(&json));
+        assert!(cut(&direct).is_some());
     }
 
     #[test]

@@ -89,13 +89,24 @@ impl BatchedWriter {
     }
 }
 
-impl Write for BatchedWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+impl BatchedWriter {
+    /// Appends whole lines that may wait in the batch (lines formatted outside `tracing`).
+    pub fn write_batched(&self, lines: &[u8]) {
+        self.append(lines, true);
+    }
+
+    fn append(&self, bytes: &[u8], batch: bool) {
         let mut state = self.shared.lock();
         state.buf.extend_from_slice(bytes);
-        if !self.batch || state.buf.len() >= self.shared.flush_at || state.closed {
+        if !batch || state.buf.len() >= self.shared.flush_at || state.closed {
             state.flush();
         }
+    }
+}
+
+impl Write for BatchedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.append(bytes, self.batch);
         Ok(bytes.len())
     }
 
