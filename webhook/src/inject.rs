@@ -1,8 +1,9 @@
 //! The injection engine (DESIGN §5): from a Pod and the applicable maps to the JSON patch that
 //! swaps its images, plus a report of every swap and every matched-but-unusable map.
 //!
-//! The engine reads the Pod as JSON rather than as a typed `Pod`: fields it does not own are never
-//! re-encoded, so they cannot change, and only the few fields it reads are looked at.
+//! The engine reads the few fields it looks at through the views of [`crate::pod_view`] rather
+//! than a typed `Pod`: fields it does not own are never decoded or re-encoded, so they cannot
+//! change, and the patch touches only what it swaps.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
