@@ -33,7 +33,7 @@ pub struct MetaView<'a> {
     pub namespace: Option<Text<'a>>,
     /// `labels` is an object.
     pub labels_present: bool,
-    /// `annotations`, when an object: the swap annotation's text, if it has one.
+    /// `annotations`, when it is an object: the swap annotation's text, if it has one.
     pub annotations: Option<Option<Text<'a>>>,
 }
 
@@ -99,7 +99,7 @@ pub struct PodView<'a> {
     pub spec: Option<&'a SpecView<'a>>,
     /// What `metadata` looks like, to place the swap annotation.
     pub metadata: MetadataView<'a>,
-    /// `metadata.labels` exists.
+    /// `metadata.labels` is an object.
     pub labels_present: bool,
 }
 
@@ -108,9 +108,9 @@ pub struct PodView<'a> {
 pub enum MetadataView<'a> {
     /// No `metadata` object at all.
     Absent,
-    /// `metadata` without `annotations`.
+    /// `metadata` whose `annotations` is missing or not an object.
     NoAnnotations,
-    /// `metadata.annotations` exists; holds our annotation's text if present.
+    /// `metadata.annotations` is an object; holds our annotation's text if present.
     Annotations(Option<&'a str>),
 }
 

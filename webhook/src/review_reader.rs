@@ -6,8 +6,10 @@
 //!
 //! Everything else (managed fields, resources, probes, most env vars, `oldObject`, `userInfo`)
 //! is skipped without being built: a skipped value only has its strings closed and its brackets
-//! matched (its scalars are not validated: the API server sends valid JSON). Kept strings are
-//! read strictly; a kept field of another type than expected is skipped and reads as absent, as
+//! matched (its scalars are not validated: the API server sends valid JSON). The envelope is
+//! strict: `apiVersion`, `uid`, `kind`, `operation`, `subResource`, `name` and `namespace` must
+//! be strings (or null where optional) and `object` an object or null. Kept strings are read
+//! strictly; a Pod field of another type than expected is skipped and reads as absent, as
 //! [`crate::pod_view::PodObject::from_json`] reads it, so an odd Pod is left alone.
 
 use std::borrow::Cow;
@@ -16,8 +18,8 @@ use crate::inject::SWAPS_ANNOTATION;
 use crate::json_scan::{find_string_end, SkipError};
 use crate::pod_view::{ContainerView, EnvVarView, ListField, MetaView, PodObject, SpecView, Text, VolumeView};
 
-/// Deepest nesting accepted, as serde_json.
-const MAX_DEPTH: usize = 128;
+/// Deepest nesting accepted: 128 levels (serde_json stops one level sooner), all a skip tracks.
+const MAX_DEPTH: usize = crate::json_scan::MAX_ROOM;
 
 /// Why a body is not an AdmissionReview.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -39,7 +39,8 @@ pub struct DecisionLog {
 
 /// Writes each review's decision line straight to `log`, in the layout the `tracing` subscriber
 /// uses ([`write_line`]) at a fraction of its cost; `--log-level` still decides whether it is
-/// written. Without it (tests, colored terminals) the lines go through `tracing`.
+/// written. Without it (tests, colored terminals) the lines go through `tracing`. The direct
+/// line carries no span context: the request path opens no span (add one, and this must go).
 pub fn install_decision_log(log: DecisionLog) {
     let _ = DECISION_LOG.set(log);
 }
@@ -196,7 +197,7 @@ fn log_decision(r: &crate::admission::Reviewed, took: Duration) {
     let micros = took.as_micros() as u64;
     if let Some(log) = DECISION_LOG.get() {
         use FieldValue::{Display, Str, U64};
-        let fields = [
+        let values = [
             ("uid", Display(&r.uid)),
             ("object", Display(&r.object)),
             ("outcome", Str(r.outcome.as_str())),
@@ -207,7 +208,7 @@ fn log_decision(r: &crate::admission::Reviewed, took: Duration) {
         ];
         LINE.with_borrow_mut(|line| {
             line.clear();
-            if write_line(line, log.json, tracing::Level::INFO, LOG_TARGET, "review", &fields).is_ok() {
+            if write_line(line, log.json, tracing::Level::INFO, LOG_TARGET, "review", &values).is_ok() {
                 log.writer.write_batched(line.as_bytes());
             }
         });

@@ -140,8 +140,9 @@ fn load_text(path: &Path, text: &str, state: &AppState) -> anyhow::Result<()> {
 }
 
 /// Polls `--imagemaps-file` and reloads it when its contents change; a broken file keeps the
-/// previous maps, and so does an empty one: an editor or `>` truncates a file before writing
-/// it, and a poll in between must not drop every map (an empty List removes them all).
+/// previous maps (an error), and so does an empty or blank one (a warning): an editor or `>`
+/// truncates a file before writing it, and a poll in between must not drop every map. An empty
+/// `List` removes them all. At start-up there is nothing to keep, so an empty file is no maps.
 pub async fn watch_file(path: PathBuf, interval: Duration, state: Arc<AppState>) {
     let mut last = std::fs::read(&path).ok();
     let mut tick = tokio::time::interval(interval);
@@ -153,13 +154,18 @@ pub async fn watch_file(path: PathBuf, interval: Duration, state: Arc<AppState>)
             continue;
         }
         let result = match &now {
-            Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Err(anyhow::anyhow!(
-                "{} is empty (perhaps half-written); write an empty List to remove every map",
-                path.display()
-            )),
-            Some(bytes) => {
-                std::str::from_utf8(bytes).context("not UTF-8").and_then(|text| load_text(&path, text, &state))
+            Some(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    "--imagemaps-file is empty (perhaps being written); keeping the previous maps \
+                     (an empty List removes them all)"
+                );
+                last = now;
+                continue;
             }
+            Some(bytes) => std::str::from_utf8(bytes)
+                .with_context(|| format!("reading {}: not UTF-8", path.display()))
+                .and_then(|text| load_text(&path, text, &state)),
             None => load_file_once(&path, &state),
         };
         last = now;
