@@ -389,7 +389,7 @@ impl<'a> Scanner<'a> {
                 "containers" => spec.containers = s.lenient_array(Self::container)?,
                 "initContainers" => spec.init_containers = s.lenient_array(Self::container)?,
                 "volumes" => spec.volumes = s.lenient_array(Self::volume)?,
-                "schedulingGates" => spec.scheduling_gates = s.lenient_array(Self::gate_name)?,
+                "schedulingGates" => spec.scheduling_gates = s.lenient_array(|s| s.text_member("name"))?,
                 _ => s.skip()?,
             }
             Ok(())
@@ -444,17 +444,7 @@ impl<'a> Scanner<'a> {
         self.lenient_object(|s, key| {
             match &*key {
                 "name" => v.name = s.text()?,
-                "image" => {
-                    let mut reference = None;
-                    s.lenient_object(|s, key| {
-                        match &*key {
-                            "reference" => reference = s.text()?,
-                            _ => s.skip()?,
-                        }
-                        Ok(())
-                    })?;
-                    v.image_reference = reference;
-                }
+                "image" => v.image_reference = s.text_member("reference")?,
                 _ => s.skip()?,
             }
             Ok(())
@@ -462,16 +452,18 @@ impl<'a> Scanner<'a> {
         Ok(v)
     }
 
-    fn gate_name(&mut self) -> Result<Option<Text<'a>>> {
-        let mut name = None;
+    /// The string member `name` of an object (`None` when absent, not a string, or not an object).
+    fn text_member(&mut self, name: &str) -> Result<Option<Text<'a>>> {
+        let mut found = None;
         self.lenient_object(|s, key| {
-            match &*key {
-                "name" => name = s.text()?,
-                _ => s.skip()?,
+            if key == name {
+                found = s.text()?;
+                Ok(())
+            } else {
+                s.skip()
             }
-            Ok(())
         })?;
-        Ok(name)
+        Ok(found)
     }
 
     fn request(&mut self) -> Result<Request<'a>> {
