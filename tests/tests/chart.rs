@@ -697,6 +697,9 @@ fn every_mode_and_option_renders_objects_the_api_server_accepts() {
                     "patch deployments",
                     "patch statefulsets",
                     "patch daemonsets",
+                    "get deployments",
+                    "get statefulsets",
+                    "get daemonsets",
                 ] {
                     assert!(granted.contains(want), "{want} granted when the controller is on: {granted:?}");
                 }

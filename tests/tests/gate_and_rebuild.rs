@@ -148,35 +148,16 @@ fn a_rebuild_rolls_a_deployment_to_new_pods_with_the_new_image() {
     plugin(plane, &["set-image", "api", "reg.io/api:build-1", "--create", "--selector", "api-server", "-n", &ns]);
     wait_for_webhook(plane, &ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-1");
     plane.kubectl_ok(["create", "deployment", "api", "-n", &ns, "--image=api-server", "--replicas=1"]);
-    let images = |plane: &ControlPlane| -> Vec<String> {
-        let list: Value =
-            serde_json::from_str(&plane.kubectl_ok(["get", "pods", "-n", &ns, "-l", "app=api", "-o", "json"]))
-                .expect("pods");
-        list["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["spec"]["containers"][0]["image"].as_str().map(String::from))
-            .collect()
-    };
     poll(Duration::from_secs(60), Duration::from_millis(300), || {
-        images(plane).contains(&"reg.io/api:build-1".to_string()).then_some(())
+        deployment_images(plane, &ns).contains(&"reg.io/api:build-1".to_string()).then_some(())
     })
     .expect("first Pod swapped to build-1");
     plugin(plane, &["set-image", "api", "reg.io/api:build-2", "-n", &ns]);
     poll(Duration::from_secs(60), Duration::from_millis(300), || {
-        images(plane).contains(&"reg.io/api:build-2".to_string()).then_some(())
+        deployment_images(plane, &ns).contains(&"reg.io/api:build-2".to_string()).then_some(())
     })
     .expect("the Deployment rolled to a Pod with build-2");
-    let restarted = plane.kubectl_ok([
-        "get",
-        "deployment",
-        "api",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
-    ]);
+    let restarted = restarted_at(plane, &ns);
     assert!(!restarted.is_empty(), "restarted like kubectl rollout restart");
     let desc = plugin(plane, &["describe", "api", "-n", &ns]);
     assert!(desc.contains("Restarted") && desc.contains("deployment/api"), "describe shows what it restarted:\n{desc}");
@@ -184,6 +165,79 @@ fn a_rebuild_rolls_a_deployment_to_new_pods_with_the_new_image() {
     // On demand, too.
     let out = plugin(plane, &["rollout", "api", "-n", &ns]);
     assert!(out.contains("deployment.apps/api restarted"), "{out}");
+}
+
+/// The Deployment `api`'s Pods' first container images in `ns`.
+fn deployment_images(plane: &ControlPlane, ns: &str) -> Vec<String> {
+    let list: Value = serde_json::from_str(&plane.kubectl_ok(["get", "pods", "-n", ns, "-l", "app=api", "-o", "json"]))
+        .expect("pods");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["spec"]["containers"][0]["image"].as_str().map(String::from))
+        .collect()
+}
+
+fn restarted_at(plane: &ControlPlane, ns: &str) -> String {
+    plane.kubectl_ok([
+        "get",
+        "deployment",
+        "api",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
+    ])
+}
+
+#[test]
+fn a_rebuild_made_while_no_replica_leads_is_acted_on_once_one_does() {
+    let plane = shared();
+    let lease_ns = plane.create_namespace("idle-lease");
+    // Another replica holds the Lease for an hour: this one serves reviews but does not lead.
+    plane.apply_yaml(&format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: imagemap-controller\n  namespace: {lease_ns}\n\
+         spec:\n  holderIdentity: another-replica\n  leaseDurationSeconds: 3600\n  renewTime: \"2099-01-01T00:00:00.000000Z\"\n"
+    ));
+    let served = ServedWebhook::start(plane, "idle", controller_args(&lease_ns, &[])).expect("webhook");
+    let ns = served.create_namespace("idle");
+    plugin(plane, &["set-image", "api", "reg.io/api:build-1", "--create", "--selector", "api-server", "-n", &ns]);
+    wait_for_webhook(plane, &ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-1");
+    plane.kubectl_ok(["create", "deployment", "api", "-n", &ns, "--image=api-server", "--replicas=1"]);
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        deployment_images(plane, &ns).contains(&"reg.io/api:build-1".to_string()).then_some(())
+    })
+    .expect("first Pod swapped to build-1");
+
+    plugin(plane, &["set-image", "api", "reg.io/api:build-2", "-n", &ns]);
+    // The replica has seen build 2 (its reviews use it) and has had several rounds to act on it.
+    wait_for_webhook(plane, &ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-2");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(restarted_at(plane, &ns).is_empty(), "nothing restarts while no replica leads");
+    assert!(!served.webhook().log().contains("leading=true"), "{}", served.webhook().log());
+
+    // The other replica goes away: this one takes the Lease and restarts the Deployment.
+    plane.kubectl_ok(["delete", "lease", "imagemap-controller", "-n", &lease_ns]);
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        deployment_images(plane, &ns).contains(&"reg.io/api:build-2".to_string()).then_some(())
+    })
+    .expect("the Deployment rolled to a Pod with build-2 once a replica led");
+    let record = plane.kubectl_ok([
+        "get",
+        "deployment",
+        "api",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.template.metadata.annotations.imagemap\\.tilt\\.dev/restarted-for}",
+    ]);
+    let record: Value = serde_json::from_str(&record).expect("the restart is recorded on the template");
+    assert_eq!(record[format!("{ns}/api")], "reg.io/api:build-2");
+    // Restarted once: the old Pods still running build-1 do not restart it again.
+    let first = restarted_at(plane, &ns);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(restarted_at(plane, &ns), first, "one restart per build");
 }
 
 #[test]
@@ -232,4 +286,63 @@ fn two_replicas_never_both_act_one_holds_the_lease() {
     let leading_a = a.webhook().log().contains("leading=true");
     let leading_b = b.log().contains("leading=true");
     assert!(leading_a ^ leading_b, "exactly one replica led (a: {leading_a}, b: {leading_b})");
+}
+
+fn lease_holder(plane: &ControlPlane, lease_ns: &str) -> String {
+    let out =
+        plane.kubectl(["get", "lease", "imagemap-controller", "-n", lease_ns, "-o", "jsonpath={.spec.holderIdentity}"]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn a_stopped_leader_releases_its_lease_and_the_other_replica_takes_over() {
+    let plane = shared();
+    let lease_ns = plane.create_namespace("handover");
+    let mut a =
+        imagemap_e2e::Webhook::start(plane, controller_args(&lease_ns, &["--identity", "replica-a"])).expect("a");
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        (lease_holder(plane, &lease_ns) == "replica-a").then_some(())
+    })
+    .expect("replica-a, alone, leads");
+    let b = imagemap_e2e::Webhook::start(plane, controller_args(&lease_ns, &["--identity", "replica-b"])).expect("b");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lease_holder(plane, &lease_ns), "replica-a", "b follows while a renews");
+
+    let stopped = std::time::Instant::now();
+    a.stop(); // SIGTERM, and waits for the exit
+    assert_ne!(lease_holder(plane, &lease_ns), "replica-a", "released before exiting:\n{}", a.log_tail(20));
+    assert!(a.log().contains("Lease released"), "{}", a.log_tail(20));
+    poll(Duration::from_secs(30), Duration::from_millis(50), || {
+        (lease_holder(plane, &lease_ns) == "replica-b").then_some(())
+    })
+    .expect("replica-b takes over");
+    eprintln!("handover after SIGTERM: {:.2?}", stopped.elapsed());
+    assert!(b.log().contains("leading=true"), "{}", b.log_tail(20));
+}
+
+#[test]
+fn a_live_holder_whose_clock_is_an_hour_behind_keeps_the_lease_until_it_stops_renewing() {
+    let plane = shared();
+    let lease_ns = plane.create_namespace("skew");
+    let lease = |renew: &str| {
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: imagemap-controller\n  namespace: {lease_ns}\n\
+             spec:\n  holderIdentity: skewed\n  leaseDurationSeconds: 15\n  renewTime: \"{renew}\"\n"
+        )
+    };
+    // By the wall clock this Lease expired long ago; by its changes it is alive.
+    plane.apply_yaml(&lease("2020-01-01T00:00:00.000000Z"));
+    let webhook =
+        imagemap_e2e::Webhook::start(plane, controller_args(&lease_ns, &["--identity", "local"])).expect("webhook");
+    for i in 1..=6 {
+        std::thread::sleep(Duration::from_secs(1));
+        plane.apply_yaml(&lease(&format!("2020-01-01T00:00:{:02}.000000Z", i * 2)));
+        assert_eq!(lease_holder(plane, &lease_ns), "skewed", "round {i}: the live holder keeps the Lease");
+    }
+    assert!(!webhook.log().contains("leading=true"), "{}", webhook.log_tail(20));
+    // The holder stops renewing: its record expires by this replica's clock, which takes over.
+    poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        (lease_holder(plane, &lease_ns) == "local").then_some(())
+    })
+    .expect("the replica takes over a Lease that stopped changing");
 }

@@ -15,6 +15,7 @@ pub mod maps;
 pub mod mapsfile;
 pub mod patch;
 pub mod pod_view;
+pub mod rebuild;
 pub mod reference;
 pub mod review_reader;
 pub mod types;

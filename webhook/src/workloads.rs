@@ -1,81 +1,106 @@
-//! Restarting the workloads whose Pods a map swapped, the way `kubectl rollout restart` does
-//! (a Pod-template annotation). Shared by the webhook's `--restart-on-rebuild` controller and
-//! `kubectl imagemap rollout`.
+//! Cluster calls around restarting the workloads whose Pods a map swapped, the way
+//! `kubectl rollout restart` does (a Pod-template annotation). Shared by the webhook's
+//! `--restart-on-rebuild` controller and `kubectl imagemap rollout`; what to restart is decided
+//! by the pure [`crate::rebuild`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::inject::{parse_records, SWAPS_ANNOTATION};
+use crate::inject::{parse_records, SwapRecord, SWAPS_ANNOTATION};
+use crate::rebuild::{render_record, Targets, Workload, WorkloadKind, RESTARTED_FOR_ANNOTATION};
 
 /// The annotation `kubectl rollout restart` sets on the Pod template.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
-/// A workload to restart: kind (`deployment`, `statefulset`, `daemonset`) and name.
-pub type Workload = (String, String);
-
-/// True when `pod`'s swap annotation names `map_id` (`namespace/name`).
-pub fn swapped_by(pod: &Pod, map_id: &str) -> bool {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SWAPS_ANNOTATION))
-        .is_some_and(|text| parse_records(text).iter().any(|r| r.image_map == map_id))
-}
-
-/// The workloads owning Pods in `namespace` that `map_id` swapped (ReplicaSets resolved to their
-/// Deployments).
-pub async fn owners(client: &Client, namespace: &str, map_id: &str) -> kube::Result<BTreeSet<Workload>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
-    let mut out = BTreeSet::new();
-    for pod in pods.list(&ListParams::default()).await?.items.iter().filter(|p| swapped_by(p, map_id)) {
-        for owner in pod.metadata.owner_references.iter().flatten().filter(|o| o.controller == Some(true)) {
-            match owner.kind.as_str() {
-                "ReplicaSet" => {
-                    if let Some(rs) = replica_sets.get_opt(&owner.name).await? {
-                        for d in rs.metadata.owner_references.iter().flatten().filter(|o| o.kind == "Deployment") {
-                            out.insert(("deployment".to_string(), d.name.clone()));
-                        }
+/// Every Pod in `namespace` (every namespace when `None`) that carries a swap annotation and is
+/// owned by a Deployment (through its ReplicaSet), StatefulSet or DaemonSet, with its records.
+/// Reads metadata only.
+pub async fn swapped_pods(client: &Client, namespace: Option<&str>) -> kube::Result<Vec<(Workload, Vec<SwapRecord>)>> {
+    let pods: Api<Pod> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // A ReplicaSet's Deployment, looked up once per call.
+    let mut deployments: HashMap<(String, String), Option<String>> = HashMap::new();
+    let mut out = Vec::new();
+    for pod in pods.list_metadata(&ListParams::default()).await?.items {
+        let meta = pod.metadata;
+        let Some(text) = meta.annotations.as_ref().and_then(|a| a.get(SWAPS_ANNOTATION)) else { continue };
+        let records = parse_records(text);
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let Some(owner) = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)) else {
+            continue;
+        };
+        let (kind, name) = match owner.kind.as_str() {
+            "ReplicaSet" => {
+                let key = (namespace.clone(), owner.name.clone());
+                let deployment = match deployments.get(&key) {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = replica_set_deployment(client, &namespace, &owner.name).await?;
+                        deployments.insert(key, d.clone());
+                        d
                     }
-                }
-                "StatefulSet" => {
-                    out.insert(("statefulset".to_string(), owner.name.clone()));
-                }
-                "DaemonSet" => {
-                    out.insert(("daemonset".to_string(), owner.name.clone()));
-                }
-                _ => {}
+                };
+                let Some(deployment) = deployment else { continue };
+                (WorkloadKind::Deployment, deployment)
             }
-        }
+            "StatefulSet" => (WorkloadKind::StatefulSet, owner.name.clone()),
+            "DaemonSet" => (WorkloadKind::DaemonSet, owner.name.clone()),
+            _ => continue,
+        };
+        out.push((Workload { namespace, kind, name }, records));
     }
     Ok(out)
 }
 
-/// Restarts one workload by stamping its Pod template with `now` (RFC 3339).
-pub async fn restart(client: &Client, namespace: &str, workload: &Workload, now: &str) -> kube::Result<()> {
-    let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}});
-    let params = PatchParams::default();
-    let (kind, name) = workload;
-    match kind.as_str() {
-        "deployment" => Api::<Deployment>::namespaced(client.clone(), namespace)
-            .patch(name, &params, &Patch::Merge(&patch))
-            .await
-            .map(drop),
-        "statefulset" => Api::<StatefulSet>::namespaced(client.clone(), namespace)
-            .patch(name, &params, &Patch::Merge(&patch))
-            .await
-            .map(drop),
-        _ => Api::<DaemonSet>::namespaced(client.clone(), namespace)
-            .patch(name, &params, &Patch::Merge(&patch))
-            .await
-            .map(drop),
+async fn replica_set_deployment(client: &Client, namespace: &str, name: &str) -> kube::Result<Option<String>> {
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), namespace);
+    let Some(rs) = replica_sets.get_metadata_opt(name).await? else { return Ok(None) };
+    Ok(rs.metadata.owner_references.into_iter().flatten().find(|o| o.kind == "Deployment").map(|o| o.name))
+}
+
+/// The workloads owning Pods in `namespace` that `map_id` (`namespace/name`) swapped.
+pub async fn owners(client: &Client, namespace: &str, map_id: &str) -> kube::Result<BTreeSet<Workload>> {
+    Ok(swapped_pods(client, Some(namespace))
+        .await?
+        .into_iter()
+        .filter(|(_, records)| records.iter().any(|r| r.image_map == map_id))
+        .map(|(workload, _)| workload)
+        .collect())
+}
+
+fn api(client: &Client, workload: &Workload) -> Api<DynamicObject> {
+    let resource = match workload.kind {
+        WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+        WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+        WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+    };
+    Api::namespaced_with(client.clone(), &workload.namespace, &resource)
+}
+
+/// The workload's [`RESTARTED_FOR_ANNOTATION`] text, `Ok(None)` when absent; `Err` with 404
+/// when the workload is gone.
+pub async fn restarted_for(client: &Client, workload: &Workload) -> kube::Result<Option<String>> {
+    let object = api(client, workload).get(&workload.name).await?;
+    Ok(object.data["spec"]["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION].as_str().map(String::from))
+}
+
+/// Restarts one workload by stamping its Pod template with `now` (RFC 3339), and with `record`
+/// as its [`RESTARTED_FOR_ANNOTATION`] when given.
+pub async fn restart(client: &Client, workload: &Workload, now: &str, record: Option<&Targets>) -> kube::Result<()> {
+    let mut annotations = json!({ RESTARTED_AT: now });
+    if let Some(record) = record {
+        annotations[RESTARTED_FOR_ANNOTATION] = json!(render_record(record));
     }
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": annotations}}}});
+    api(client, workload).patch(&workload.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(drop)
 }
 
 /// Records an Event about `object` (best effort: failures are only logged by the caller).

@@ -30,11 +30,11 @@ pub async fn run(global: &Global, args: &RolloutArgs) -> Result<String> {
     let image = crate::render::usability(&map).unwrap_or_else(|_| "<unbuilt>".into());
     let mut out = String::new();
     for w in &owners {
-        workloads::restart(&cluster.client, &ns, w, &now)
+        workloads::restart(&cluster.client, w, &now, None)
             .await
-            .map_err(|e| cluster.explain_error(e, &format!("{}/{}", w.0, w.1)))?;
-        out.push_str(&format!("{}.apps/{} restarted\n", w.0, w.1));
-        let msg = format!("restarted {}/{} (kubectl imagemap rollout): image is {image}", w.0, w.1);
+            .map_err(|e| cluster.explain_error(e, &w.to_string()))?;
+        out.push_str(&format!("{}.apps/{} restarted\n", w.kind.as_str(), w.name));
+        let msg = format!("restarted {w} (kubectl imagemap rollout): image is {image}");
         let _ = workloads::record_event(
             &cluster.client,
             workloads::image_map_ref(&ns, &args.name),

@@ -1,30 +1,31 @@
 //! The controller for `--gate-unbuilt` and `--restart-on-rebuild`, run by one replica at a time:
-//! replicas elect a leader through a Lease, and only the holder acts.
+//! replicas elect a leader through a Lease ([`super::leader`]), only the holder acts, and it
+//! releases the Lease on SIGTERM.
 //!
 //! - Gated Pods (label `imagemap.tilt.dev/gated`) are looked at every interval: once their maps
 //!   are built the images are swapped in and the gate removed; after `--gate-timeout` the gate is
 //!   removed with the images unchanged and a Warning Event; a Pod whose map is gone is released.
-//! - When a map's injected image changes, the Deployments, StatefulSets and DaemonSets whose Pods
-//!   it swapped are restarted, and an Event on the map says which.
+//! - A Deployment, StatefulSet or DaemonSet whose swapped Pods carry an image other than their
+//!   map's current target is restarted once for that target ([`crate::rebuild`]), and an Event on
+//!   the map says which. Nothing is remembered between rounds: what to do is read from the
+//!   cluster each time.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 
+use super::leader::Elector;
 use super::AppState;
 use crate::gate::{release, Release, GATED_AT_ANNOTATION, GATED_LABEL};
+use crate::rebuild::{self, Targets};
 use crate::workloads;
-
-/// How long a Lease is valid without renewal.
-const LEASE_SECONDS: i32 = 15;
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -45,82 +46,56 @@ pub struct Options {
     pub interval: Duration,
 }
 
-/// Runs forever: elect, then act while leading.
+/// Runs until shutdown: elect, act while leading, and release the Lease when the process is
+/// asked to stop.
 pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.lease_namespace);
+    let mut elector = Elector::new(leases, opts.lease_name.clone(), opts.identity.clone());
     let mut leading = false;
-    let mut seen_targets: Option<HashMap<String, String>> = None;
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let now_leading = match elect(&leases, &opts).await {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.shutdown.notified() => {}
+        }
+        if state.shutting_down.load(Ordering::Acquire) {
+            match elector.release().await {
+                Ok(()) => {
+                    tracing::info!(identity = %opts.identity, lease = %opts.lease_name, "controller stopped; Lease released")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not release the Lease; another replica takes over when it expires")
+                }
+            }
+            return;
+        }
+        let now_leading = match elector.try_lead().await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "leader election failed; not acting this round");
-                false
+                tracing::warn!(error = %e, "leader election failed");
+                elector.leading()
             }
         };
         if now_leading != leading {
             tracing::info!(identity = %opts.identity, lease = %opts.lease_name, leading = now_leading, "controller leadership changed");
             leading = now_leading;
         }
-        if !state.synced.load(Ordering::Acquire) {
+        if !leading || !state.synced.load(Ordering::Acquire) {
             continue;
         }
-        // Every replica follows the maps' images, so one that becomes leader (or regains the
-        // lead after a failed renewal) acts only on changes since its last look.
+        // Level-triggered: each round compares the Pods with the maps as they are now, so a
+        // change made while this replica did not lead is acted on once it does.
         if opts.restart_on_rebuild {
-            restart_rebuilt(&client, &state, &opts, &mut seen_targets, leading).await;
+            if let Err(e) = restart_outdated(&client, &state, &opts).await {
+                tracing::warn!(error = %e, "could not look for workloads to restart");
+            }
         }
-        if leading && opts.gate_unbuilt {
+        if opts.gate_unbuilt {
             if let Err(e) = release_gated(&client, &state, &opts).await {
                 tracing::warn!(error = %e, "could not look at gated Pods");
             }
         }
-    }
-}
-
-/// Acquires or renews the Lease; true while this replica holds it.
-async fn elect(leases: &Api<Lease>, opts: &Options) -> kube::Result<bool> {
-    let now = Timestamp::now();
-    let fresh = |transitions: i32| LeaseSpec {
-        holder_identity: Some(opts.identity.clone()),
-        lease_duration_seconds: Some(LEASE_SECONDS),
-        acquire_time: Some(MicroTime(now)),
-        renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(transitions),
-        ..Default::default()
-    };
-    let Some(mut lease) = leases.get_opt(&opts.lease_name).await? else {
-        let lease = Lease {
-            metadata: ObjectMeta { name: Some(opts.lease_name.clone()), ..Default::default() },
-            spec: Some(fresh(0)),
-        };
-        return match leases.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e),
-        };
-    };
-    let spec = lease.spec.clone().unwrap_or_default();
-    let holder = spec.holder_identity.as_deref().unwrap_or("");
-    let renewed = spec.renew_time.as_ref().map_or(0, |t| t.0.as_second());
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(LEASE_SECONDS));
-    let expired = renewed + duration < now.as_second();
-    let new_spec = if holder == opts.identity {
-        LeaseSpec { renew_time: Some(MicroTime(now)), ..spec }
-    } else if expired || holder.is_empty() {
-        fresh(spec.lease_transitions.unwrap_or(0) + 1)
-    } else {
-        return Ok(false);
-    };
-    lease.spec = Some(new_spec);
-    // The resourceVersion makes this a compare-and-swap: two replicas never both win.
-    match leases.replace(&opts.lease_name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(e),
     }
 }
 
@@ -198,61 +173,73 @@ async fn release_gated(client: &Client, state: &AppState, opts: &Options) -> kub
     Ok(())
 }
 
-async fn restart_rebuilt(
-    client: &Client,
-    state: &AppState,
-    opts: &Options,
-    seen: &mut Option<HashMap<String, String>>,
-    act: bool,
-) {
-    let targets: HashMap<String, (String, String, String)> = state.with_index(|idx| {
-        idx.cluster_maps()
-            .filter_map(|m| {
-                m.target
-                    .as_ref()
-                    .ok()
-                    .map(|t| (m.id.clone(), (m.namespace.clone(), m.name.clone(), t.familiar.clone())))
-            })
-            .collect()
-    });
-    let Some(previous) = seen.as_mut() else {
-        // First look: remember, restart nothing.
-        *seen = Some(targets.into_iter().map(|(id, (_, _, t))| (id, t)).collect());
-        return;
-    };
-    for (id, (namespace, name, target)) in &targets {
-        let changed = previous.get(id).is_some_and(|old| old != target);
-        previous.insert(id.clone(), target.clone());
-        if !changed || !act {
-            continue;
+/// Restarts, once per new target, every workload whose Pods carry an image other than their map's
+/// current target (see [`crate::rebuild`]): nothing is remembered between rounds.
+async fn restart_outdated(client: &Client, state: &AppState, opts: &Options) -> kube::Result<()> {
+    // Cluster maps with a target now, and where their Pods can be: the maps' own namespaces, or
+    // every namespace when the global namespace has maps.
+    let (targets, namespaces, everywhere) = state.with_index(|idx| {
+        let mut targets = Targets::new();
+        let mut namespaces = BTreeSet::new();
+        let mut everywhere = false;
+        for map in idx.cluster_maps() {
+            if let Ok(target) = &map.target {
+                targets.insert(map.id.clone(), target.familiar.clone());
+                namespaces.insert(map.namespace.clone());
+                everywhere |= idx.global_namespace() == Some(map.namespace.as_str());
+            }
         }
-        let owners = match workloads::owners(client, namespace, id).await {
-            Ok(o) => o,
+        (targets, namespaces, everywhere)
+    });
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let mut pods = Vec::new();
+    if everywhere {
+        pods = workloads::swapped_pods(client, None).await?;
+    } else {
+        for namespace in &namespaces {
+            pods.extend(workloads::swapped_pods(client, Some(namespace)).await?);
+        }
+    }
+    let outdated = rebuild::outdated(pods.iter().map(|(w, r)| (w, r.as_slice())), &targets);
+    for (workload, wanted) in outdated {
+        let what = format!("{}/{workload}", workload.namespace);
+        let recorded = match workloads::restarted_for(client, &workload).await {
+            Ok(text) => rebuild::parse_record(text.as_deref()).unwrap_or_else(|e| {
+                tracing::warn!(workload = %what, error = %e, "rewriting the record of restarts");
+                Targets::new()
+            }),
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
             Err(e) => {
-                tracing::warn!(map = %id, error = %e, "could not find workloads to restart");
+                tracing::warn!(workload = %what, error = %e, "could not read a workload to restart");
                 continue;
             }
         };
+        let Some(record) = rebuild::restart_record(&recorded, &wanted) else { continue };
         let now = Timestamp::now().to_string();
-        for workload in &owners {
-            let what = format!("{}/{}", workload.0, workload.1);
-            match workloads::restart(client, namespace, workload, &now).await {
-                Ok(()) => {
+        match workloads::restart(client, &workload, &now, Some(&record)).await {
+            Ok(()) => {
+                for (id, target) in &wanted {
                     tracing::info!(map = %id, workload = %what, image = %target, "restarted after rebuild");
+                    let Some((map_ns, map_name)) = id.split_once('/') else { continue };
                     let msg = format!("restarted {what}: image is now {target}");
-                    let _ = workloads::record_event(
+                    if let Err(e) = workloads::record_event(
                         client,
-                        workloads::image_map_ref(namespace, name),
+                        workloads::image_map_ref(map_ns, map_name),
                         "Normal",
                         "Restarted",
                         &msg,
                         &opts.identity,
                     )
-                    .await;
+                    .await
+                    {
+                        tracing::warn!(error = %e, "could not record an Event");
+                    }
                 }
-                Err(e) => tracing::warn!(map = %id, workload = %what, error = %e, "could not restart"),
             }
+            Err(e) => tracing::warn!(workload = %what, error = %e, "could not restart; retrying"),
         }
     }
-    previous.retain(|id, _| targets.contains_key(id));
+    Ok(())
 }

@@ -138,6 +138,7 @@ pub async fn shutdown_signal(state: Arc<AppState>, delay: Duration) {
         () = term => {},
     }
     state.shutting_down.store(true, Ordering::Release);
+    state.shutdown.notify_waiters();
     tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown requested; readiness now fails");
     tokio::time::sleep(delay).await;
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod controller;
 pub mod http;
+pub mod leader;
 pub mod listener;
 pub mod log_format;
 pub mod log_writer;
@@ -29,6 +30,9 @@ pub struct AppState {
     pub cert_loaded: AtomicBool,
     /// SIGTERM received: readiness fails while in-flight requests finish.
     pub shutting_down: AtomicBool,
+    /// Woken when SIGTERM is received (background tasks then stop; the controller releases its
+    /// Lease).
+    pub shutdown: tokio::sync::Notify,
     /// Prometheus metrics.
     pub metrics: metrics::Metrics,
     /// Request limits.
@@ -47,6 +51,7 @@ impl AppState {
             synced: AtomicBool::new(false),
             cert_loaded: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            shutdown: tokio::sync::Notify::new(),
             metrics: metrics::Metrics::default(),
             concurrency: tokio::sync::Semaphore::new(limits.max_concurrent_reviews),
             gate_unbuilt: AtomicBool::new(false),
@@ -91,13 +96,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(store::watch_file(path.clone(), config.maps_reload_interval, state.clone()));
     }
     state.gate_unbuilt.store(config.gate_unbuilt, Ordering::Release);
+    let mut controller_task = None;
     if config.no_cluster {
         state.synced.store(true, Ordering::Release);
     } else {
         let client = store::client(config.kubeconfig.as_deref()).await?;
         tokio::spawn(store::watch_cluster(client.clone(), state.clone()));
         if config.gate_unbuilt || config.restart_on_rebuild {
-            tokio::spawn(controller::run(client, state.clone(), config.controller_options()));
+            controller_task = Some(tokio::spawn(controller::run(client, state.clone(), config.controller_options())));
         }
     }
 
@@ -105,6 +111,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(listen = %config.listen, "serving HTTPS");
     let shutdown = listener::shutdown_signal(state.clone(), config.shutdown_delay);
     listener::serve(listener, tls_config, router(state.clone()), config.timeouts(), shutdown).await;
+    if let Some(task) = controller_task {
+        // The controller releases its Lease as soon as the signal arrives; wait for that.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task).await.is_err() {
+            tracing::warn!("the controller did not stop within 5s");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
