@@ -202,10 +202,15 @@ impl std::str::FromStr for Reference {
 }
 
 /// Splits `name` into (registry, path). The text before the first `/` is a registry only if it is
-/// `localhost` or contains `.` or `:`; otherwise the registry is empty (Docker Hub).
+/// `localhost`, contains `.` or `:`, or has an uppercase letter (Docker's `ParseNormalizedNamed`:
+/// a lowercase path could never have it); otherwise the registry is empty (Docker Hub).
 fn split_registry(name: &str) -> (&str, &str) {
     match name.split_once('/') {
-        Some((first, rest)) if first == "localhost" || first.contains(['.', ':']) => (first, rest),
+        Some((first, rest))
+            if first == "localhost" || first.contains(['.', ':']) || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (first, rest)
+        }
         _ => ("", name),
     }
 }
@@ -379,6 +384,19 @@ mod tests {
         assert!(matches!(Reference::parse("gcr.io/Team/app"), Err(ReferenceError::Uppercase(_))));
         assert_eq!(p("GCR.io/team/app").registry(), "GCR.io");
         assert_ne!(p("GCR.io/team/app").name(), p("gcr.io/team/app").name());
+    }
+
+    #[test]
+    fn a_first_component_with_an_uppercase_letter_is_a_registry() {
+        let r = p("MyReg/app");
+        assert_eq!(r.registry(), "MyReg");
+        assert_eq!(r.name(), "MyReg/app");
+        assert_eq!(r.familiar(), "MyReg/app");
+        assert_eq!(p("myReg/team/app:t").registry(), "myReg");
+        assert_ne!(p("MyReg/app").name(), p("myreg/app").name(), "myreg/app is on Docker Hub");
+        assert_eq!(p("myreg/app").name(), "docker.io/myreg/app");
+        assert!(matches!(Reference::parse("MyReg/App"), Err(ReferenceError::Uppercase(_))));
+        assert!(Reference::parse("My_Reg/app").is_err(), "still a host name");
     }
 
     #[test]

@@ -93,7 +93,9 @@ fn micro_time_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 /// validation (the webhook itself uses [`crate::reference`]; a test keeps the two in step).
 pub const REFERENCE_PATTERN: &str = concat!(
     r"^(?:(?:localhost(?::[0-9]+)?|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)+(?::[0-9]+)?",
-    r"|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?:[0-9]+|\[[0-9a-fA-F:.]+\](?::[0-9]+)?)/)?",
+    r"|[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?:[0-9]+|\[[0-9a-fA-F:.]+\](?::[0-9]+)?",
+    // A single label with an uppercase letter (no dot, no port) is a registry too.
+    r"|[A-Z](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?|[a-zA-Z0-9][a-zA-Z0-9-]*[A-Z](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)/)?",
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*",
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?",
     r"(?:@(?:sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}))?$"
@@ -218,6 +220,13 @@ status:
             "a.b_c__d-e---f".into(),
             "App".into(),
             "gcr.io/Team/app".into(),
+            "MyReg/app".into(),
+            "myReG/team/app:t".into(),
+            "M/app".into(),
+            "MyReg-/app".into(),
+            "-MyReg/app".into(),
+            "My_Reg/app".into(),
+            "MyReg/App".into(),
             " app".into(),
             "app ".into(),
             "app:".into(),

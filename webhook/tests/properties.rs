@@ -54,13 +54,20 @@ impl Parts {
     }
 
     /// The normalized name, per DESIGN §3 written out independently of the parser: the text
-    /// before the first `/` is a registry only if it is `localhost` or has `.` or `:`;
+    /// before the first `/` is a registry only if it is `localhost`, has `.` or `:`, or has an
+    /// uppercase letter;
     /// `index.docker.io` is `docker.io`; a single-segment Docker Hub path gets `library/`.
     fn expected_name(&self) -> String {
         let whole =
             if self.registry.is_empty() { self.path.clone() } else { format!("{}/{}", self.registry, self.path) };
         let (registry, path) = match whole.split_once('/') {
-            Some((first, rest)) if first == "localhost" || first.contains(['.', ':']) => (first.to_string(), rest),
+            Some((first, rest))
+                if first == "localhost"
+                    || first.contains(['.', ':'])
+                    || first.chars().any(|c| c.is_ascii_uppercase()) =>
+            {
+                (first.to_string(), rest)
+            }
             _ => ("docker.io".to_string(), whole.as_str()),
         };
         let registry = if registry == "index.docker.io" { "docker.io".to_string() } else { registry };
@@ -83,6 +90,8 @@ fn registry() -> impl Strategy<Value = String> {
         1 => Just("10.0.0.5:32000".to_string()),
         1 => Just("[::1]:5000".to_string()),
         1 => Just("GCR.io".to_string()),
+        1 => Just("MyReg".to_string()),
+        1 => "[a-z0-9]{0,3}[A-Z][a-zA-Z0-9]{0,3}",
         2 => "[a-z0-9]{1,6}(\\.[a-z0-9]{1,4}){1,2}(:[0-9]{1,5})?",
     ]
 }
