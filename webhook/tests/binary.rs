@@ -137,3 +137,23 @@ fn refuses_to_start_with_a_broken_certificate_naming_the_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls.crt contains no PEM certificate"), "{stderr}");
 }
+
+#[test]
+fn bad_duration_flags_stop_the_binary_at_start_naming_the_flag() {
+    for (flag, value, says) in [
+        ("--tls-reload-interval", "0s", "greater than zero"),
+        ("--maps-reload-interval", "0", "greater than zero"),
+        ("--controller-interval", "0ms", "greater than zero"),
+        ("--body-timeout", "-5s", "invalid duration"),
+        ("--idle-timeout", "99999999999999999999999m", "out of range"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"))
+            .args(["--no-cluster", "--tls-cert-file", "c", "--tls-private-key-file", "k"])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag) && err.contains(says), "{flag} {value}: {err}");
+    }
+}

@@ -50,22 +50,22 @@ pub struct Config {
     #[arg(long, env = "IMAGEMAP_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// How often to check the certificate files for changes.
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "2s")]
     pub tls_reload_interval: Duration,
     /// How often to check --imagemaps-file for changes.
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "2s")]
     pub maps_reload_interval: Duration,
     /// Time allowed for a TLS handshake.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "5s")]
     pub tls_handshake_timeout: Duration,
     /// Time allowed from a request's first byte until its headers have arrived.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "5s")]
     pub header_timeout: Duration,
     /// Time allowed to receive a request's body.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "10s")]
     pub body_timeout: Duration,
     /// Idle keep-alive connections are closed after this long.
-    #[arg(long, value_parser = parse_duration, default_value = "90s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "90s")]
     pub idle_timeout: Duration,
     /// Largest request body accepted, in bytes (larger ones get 413 before buffering).
     #[arg(long, default_value_t = 7 * 1024 * 1024)]
@@ -84,7 +84,7 @@ pub struct Config {
     #[arg(long, env = "IMAGEMAP_GATE_UNBUILT")]
     pub gate_unbuilt: bool,
     /// Release gated Pods unchanged (with an Event) after this long.
-    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "10m")]
     pub gate_timeout: Duration,
     /// When a map's image changes, restart the Deployments, StatefulSets and DaemonSets whose
     /// Pods it swapped (like `kubectl rollout restart`).
@@ -100,7 +100,7 @@ pub struct Config {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// How often the controller looks at gated Pods.
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = parse_positive_duration, default_value = "1s")]
     pub controller_interval: Duration,
 }
 
@@ -143,7 +143,8 @@ impl Config {
     }
 }
 
-/// Parses `500ms`, `5s`, `2m` or a plain number of seconds.
+/// Parses `500ms`, `5s`, `2m` or a plain number of seconds (zero allowed). Negative, malformed
+/// and out-of-range values are errors (clap names the flag).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("invalid duration {s:?}: use e.g. 500ms, 5s or 2m");
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -157,7 +158,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         _ => return Err(bad()),
     };
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is out of range"))
+}
+
+/// Like [`parse_duration`], for intervals and timeouts where zero makes no sense.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("duration {s:?} must be greater than zero")),
+        d => Ok(d),
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +180,57 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn negative_malformed_and_huge_durations_are_errors() {
+        for bad in ["-1s", "-0.5", "", "s", "1e9s", "inf", "NaN", "1..2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let huge = parse_duration("99999999999999999999999m").expect_err("overflow");
+        assert!(huge.contains("out of range"), "{huge}");
+    }
+
+    #[test]
+    fn zero_intervals_and_timeouts_are_refused_naming_the_flag() {
+        for flag in [
+            "--tls-reload-interval",
+            "--maps-reload-interval",
+            "--controller-interval",
+            "--tls-handshake-timeout",
+            "--header-timeout",
+            "--body-timeout",
+            "--idle-timeout",
+            "--gate-timeout",
+        ] {
+            let err = Config::try_parse_from([
+                "imagemap-webhook",
+                "--tls-cert-file",
+                "c",
+                "--tls-private-key-file",
+                "k",
+                flag,
+                "0s",
+            ])
+            .expect_err(flag);
+            let text = err.to_string();
+            assert!(text.contains(flag) && text.contains("greater than zero"), "{text}");
+        }
+        // Zero is meaningful for these.
+        let c = Config::try_parse_from([
+            "imagemap-webhook",
+            "--tls-cert-file",
+            "c",
+            "--tls-private-key-file",
+            "k",
+            "--shutdown-delay",
+            "0s",
+            "--shutdown-timeout",
+            "0s",
+        ])
+        .expect("zero shutdown delay and timeout");
+        assert!(c.shutdown_delay.is_zero() && c.shutdown_timeout.is_zero());
     }
 
     #[test]

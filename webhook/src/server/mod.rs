@@ -30,6 +30,8 @@ pub struct AppState {
     pub cert_loaded: AtomicBool,
     /// SIGTERM received: readiness fails while in-flight requests finish.
     pub shutting_down: AtomicBool,
+    /// A background task stopped: readiness fails (and the process exits).
+    pub task_failed: AtomicBool,
     /// Woken when SIGTERM is received (background tasks then stop; the controller releases its
     /// Lease).
     pub shutdown: tokio::sync::Notify,
@@ -52,6 +54,7 @@ impl AppState {
             cert_loaded: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             shutdown: tokio::sync::Notify::new(),
+            task_failed: AtomicBool::new(false),
             metrics: metrics::Metrics::default(),
             concurrency: tokio::sync::Semaphore::new(limits.max_concurrent_reviews),
             gate_unbuilt: AtomicBool::new(false),
@@ -59,9 +62,11 @@ impl AppState {
         })
     }
 
-    /// Ready to serve: certificate loaded, maps synced, not shutting down.
+    /// Ready to serve: certificate loaded, maps synced, every background task running, not
+    /// shutting down.
     pub fn is_ready(&self) -> bool {
-        self.cert_loaded.load(Ordering::Acquire)
+        !self.task_failed.load(Ordering::Acquire)
+            && self.cert_loaded.load(Ordering::Acquire)
             && self.synced.load(Ordering::Acquire)
             && !self.shutting_down.load(Ordering::Acquire)
     }
@@ -81,7 +86,47 @@ impl AppState {
     }
 }
 
-/// Runs the webhook until SIGTERM/SIGINT: loads certificates and maps, then serves.
+/// The background tasks the server needs: each must run as long as the server does, so one that
+/// ends or panics (other than the controller stopping at shutdown) takes the server down.
+#[derive(Default)]
+struct Supervisor {
+    tasks: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervisor {
+    fn spawn(&mut self, name: &'static str, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// The next task to end: its name, and the panic message if it panicked. Pending forever
+    /// when there is none.
+    async fn next_exit(&mut self) -> (&'static str, Option<String>) {
+        let Some(result) = self.tasks.join_next_with_id().await else {
+            return std::future::pending().await;
+        };
+        let (id, panic) = match result {
+            Ok((id, ())) => (id, None),
+            Err(e) => (e.id(), Some(panic_message(e))),
+        };
+        (self.names.get(&id).copied().unwrap_or("a background task"), panic)
+    }
+}
+
+fn panic_message(error: tokio::task::JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Runs the webhook until SIGTERM/SIGINT: loads certificates and maps, then serves. Fails if a
+/// background task (certificate reload, map watch, controller) stops while serving.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     let state = AppState::new(config.global_namespace.clone(), config.limits());
@@ -89,34 +134,86 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("loading the serving certificate (--tls-cert-file / --tls-private-key-file)")?;
     state.cert_loaded.store(true, Ordering::Release);
     let tls_config = tls::server_config(certs.clone());
-    tokio::spawn(tls::watch(certs, config.tls_reload_interval, state.clone()));
+    let mut tasks = Supervisor::default();
+    tasks.spawn("the certificate reload", tls::watch(certs, config.tls_reload_interval, state.clone()));
 
     if let Some(path) = &config.imagemaps_file {
         store::load_file_once(path, &state).context("loading --imagemaps-file")?;
-        tokio::spawn(store::watch_file(path.clone(), config.maps_reload_interval, state.clone()));
+        tasks.spawn(
+            "the --imagemaps-file reload",
+            store::watch_file(path.clone(), config.maps_reload_interval, state.clone()),
+        );
     }
     state.gate_unbuilt.store(config.gate_unbuilt, Ordering::Release);
-    let mut controller_task = None;
+    let mut controller = false;
     if config.no_cluster {
         state.synced.store(true, Ordering::Release);
     } else {
         let client = store::client(config.kubeconfig.as_deref()).await?;
-        tokio::spawn(store::watch_cluster(client.clone(), state.clone()));
+        tasks.spawn("the ImageMap watch", store::watch_cluster(client.clone(), state.clone()));
         if config.gate_unbuilt || config.restart_on_rebuild {
-            controller_task = Some(tokio::spawn(controller::run(client, state.clone(), config.controller_options())));
+            controller = true;
+            tasks.spawn(CONTROLLER_TASK, controller::run(client, state.clone(), config.controller_options()));
         }
     }
 
     let listener = listener::bind(config.listen).with_context(|| format!("binding --listen {}", config.listen))?;
     tracing::info!(listen = %config.listen, "serving HTTPS");
     let shutdown = listener::shutdown_signal(state.clone(), config.shutdown_delay);
-    listener::serve(listener, tls_config, router(state.clone()), config.timeouts(), shutdown).await;
-    if let Some(task) = controller_task {
+    let serving = listener::serve(listener, tls_config, router(state.clone()), config.timeouts(), shutdown);
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            () = &mut serving => break,
+            (name, panic) = tasks.next_exit() => {
+                if name == CONTROLLER_TASK && panic.is_none() && state.shutting_down.load(Ordering::Acquire) {
+                    controller = false;
+                    continue; // it stops at shutdown, after releasing its Lease
+                }
+                state.task_failed.store(true, Ordering::Release);
+                let why = panic.map_or_else(|| "it ended".to_string(), |p| format!("it panicked: {p}"));
+                anyhow::bail!("{name} stopped ({why}); exiting so that the server restarts");
+            }
+        }
+    }
+    if controller {
         // The controller releases its Lease as soon as the signal arrives; wait for that.
-        if tokio::time::timeout(std::time::Duration::from_secs(5), task).await.is_err() {
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while tasks.next_exit().await.0 != CONTROLLER_TASK {}
+        });
+        if stopped.await.is_err() {
             tracing::warn!("the controller did not stop within 5s");
         }
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+const CONTROLLER_TASK: &str = "the controller";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_supervised_task_that_panics_or_ends_is_reported_by_name() {
+        let mut tasks = Supervisor::default();
+        tasks.spawn("the forever task", std::future::pending());
+        tasks.spawn("the panicking task", async { panic!("zero period") });
+        let (name, panic) = tasks.next_exit().await;
+        assert_eq!(name, "the panicking task");
+        assert_eq!(panic.as_deref(), Some("zero period"));
+        tasks.spawn("the ending task", async {});
+        assert_eq!(tasks.next_exit().await, ("the ending task", None));
+    }
+
+    #[test]
+    fn readiness_fails_once_a_task_has_failed() {
+        let state = AppState::new(None, http::Limits::default());
+        state.cert_loaded.store(true, Ordering::Release);
+        state.synced.store(true, Ordering::Release);
+        assert!(state.is_ready());
+        state.task_failed.store(true, Ordering::Release);
+        assert!(!state.is_ready());
+    }
 }
