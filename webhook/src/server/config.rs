@@ -70,9 +70,13 @@ pub struct Config {
     /// Largest request body accepted, in bytes (larger ones get 413 before buffering).
     #[arg(long, default_value_t = 7 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Reviews processed at once; more get 503 immediately.
+    /// Reviews decided at once (counted once their body has arrived); more get 503 immediately.
     #[arg(long, default_value_t = 512)]
     pub max_concurrent_reviews: usize,
+    /// Connections open at once; more wait in the kernel's accept queue. Bounds what clients
+    /// that stall mid-request can hold (each up to --max-body-bytes).
+    #[arg(long, default_value_t = 4096, value_parser = parse_positive_count)]
+    pub max_connections: usize,
     /// After SIGTERM, keep serving (with readiness failing) this long before draining.
     #[arg(long, value_parser = parse_duration, default_value = "0s")]
     pub shutdown_delay: Duration,
@@ -159,6 +163,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(bad()),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is out of range"))
+}
+
+/// A count that must be at least one.
+pub fn parse_positive_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("invalid number {s:?}: {e}")),
+    }
 }
 
 /// Like [`parse_duration`], for intervals and timeouts where zero makes no sense.

@@ -102,10 +102,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let Ok(_permit) = state.concurrency.try_acquire() else {
-        state.metrics.refused("busy");
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "too many reviews in flight; retry");
-    };
     if let Some(refusal) = check_headers(request.headers(), &state) {
         return refusal;
     }
@@ -126,6 +122,12 @@ async fn mutate(State(state): State<Arc<AppState>>, request: Request) -> Respons
             return plain(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"));
         }
         Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    // Taken only once the whole body is here (size- and time-bounded above): a client that
+    // stalls mid-body holds its connection (bounded by --max-connections), never a review slot.
+    let Ok(_permit) = state.concurrency.try_acquire() else {
+        state.metrics.refused("busy");
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "too many reviews in flight; retry");
     };
     let started = Instant::now();
     let gate_unbuilt = state.gate_unbuilt.load(std::sync::atomic::Ordering::Relaxed);

@@ -59,14 +59,17 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until `shutdown` resolves, then drains them for at most
-/// `timeouts.shutdown`.
+/// `timeouts.shutdown`. At most `max_connections` are open at once: past that, new ones wait in
+/// the kernel's accept queue until one closes.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     router: Router,
     timeouts: Timeouts,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -76,6 +79,13 @@ pub async fn serve(
     http.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = open.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed
+            },
+            () = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -93,6 +103,7 @@ pub async fn serve(
         let http = http.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot; // released when the connection ends
             let tls = match tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {

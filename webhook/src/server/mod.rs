@@ -160,7 +160,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = listener::bind(config.listen).with_context(|| format!("binding --listen {}", config.listen))?;
     tracing::info!(listen = %config.listen, "serving HTTPS");
     let shutdown = listener::shutdown_signal(state.clone(), config.shutdown_delay);
-    let serving = listener::serve(listener, tls_config, router(state.clone()), config.timeouts(), shutdown);
+    let serving = listener::serve(
+        listener,
+        tls_config,
+        router(state.clone()),
+        config.timeouts(),
+        config.max_connections,
+        shutdown,
+    );
     tokio::pin!(serving);
     loop {
         tokio::select! {

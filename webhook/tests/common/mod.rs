@@ -13,6 +13,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Connections the test servers serve at once (the binary's default).
+pub const MAX_CONNECTIONS: usize = 4096;
+
 pub const FIXTURE: &str = include_str!("../fixtures/pod-create-review.json");
 
 /// A CA and a serving pair for 127.0.0.1 written into `dir` (ca.crt, tls.crt, tls.key).
@@ -45,6 +48,16 @@ impl Server {
     /// Starts a server on 127.0.0.1:0 with certificates in a `certs` dir reached through a
     /// `current` symlink, the way Secret volumes are laid out.
     pub async fn start(timeouts: listener::Timeouts, limits: Limits, reload: Duration) -> Server {
+        Self::start_with(timeouts, limits, reload, MAX_CONNECTIONS).await
+    }
+
+    /// Like [`Server::start`], serving at most `max_connections` connections at once.
+    pub async fn start_with(
+        timeouts: listener::Timeouts,
+        limits: Limits,
+        reload: Duration,
+        max_connections: usize,
+    ) -> Server {
         let tmp = tempfile::tempdir().expect("tempdir");
         let first = tmp.path().join("..v1");
         std::fs::create_dir_all(&first).expect("mkdir");
@@ -60,9 +73,16 @@ impl Server {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let router = imagemap::server::router(state.clone());
-        let done = tokio::spawn(listener::serve(listener, tls::server_config(store), router, timeouts, async {
-            let _ = rx.await;
-        }));
+        let done = tokio::spawn(listener::serve(
+            listener,
+            tls::server_config(store),
+            router,
+            timeouts,
+            max_connections,
+            async {
+                let _ = rx.await;
+            },
+        ));
         Server {
             addr,
             state,
