@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test lint fmt crd controlplane dev dev-down dev-webhook-down bench stress clean
+.PHONY: all build release test lint fmt crd controlplane dev dev-down bench stress clean image
 
 all: build
 
@@ -33,15 +33,14 @@ test: lint controlplane build
 	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
 	  $(CARGO) test --workspace --all-targets
 
-## A local control plane with the webhook, for trying things out. Returns with it running.
+## A local cluster for trying things out: the tests' control plane, a node, the registry on
+## localhost:5000 and the webhook. Returns with it running in the background.
 dev: controlplane build
-	bash scripts/dev.sh up
+	$(CARGO) run -q -p imagemap-e2e --bin imagemap-dev -- up
 
+## Stops `make dev` and checks that nothing is left behind.
 dev-down:
-	bash scripts/dev.sh down
-
-dev-webhook-down:
-	bash scripts/dev.sh webhook-down
+	$(CARGO) run -q -p imagemap-e2e --bin imagemap-dev -- down
 
 ## Longer load and abuse tests (not part of `make test`): the ignored tests.
 stress: controlplane build
@@ -51,6 +50,11 @@ stress: controlplane build
 ## Benchmarks (not part of `make test`).
 bench:
 	bash scripts/bench.sh
+
+## The webhook's container image, built and pushed without a container engine:
+## REGISTRY (default localhost:5000), IMAGE, TAG; see scripts/image.sh.
+image:
+	bash scripts/image.sh
 
 clean:
 	$(CARGO) clean

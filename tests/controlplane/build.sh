@@ -1,13 +1,34 @@
 #!/usr/bin/env bash
-# Builds the real control-plane binaries used by the end-to-end tests and `make dev`:
-# kube-apiserver and kube-controller-manager (k8s.io/kubernetes), etcd and helm, at pinned
-# versions, from the Go module proxy, into a version-keyed cache folder outside the repository.
-# A binary already in the cache is reused. Prints the bin folder on stdout when done.
+# Builds the real Kubernetes binaries used by the end-to-end tests and `make dev`, at pinned
+# versions, from the Go module proxy, into a version-keyed cache folder outside the repository:
+#
+#   control plane  kube-apiserver, kube-controller-manager, kube-scheduler (k8s.io/kubernetes),
+#                  etcd (the version that Kubernetes release pins)
+#   node           kubelet (k8s.io/kubernetes), containerd + containerd-shim-runc-v2, runc (cgo,
+#                  with seccomp: needs libseccomp-dev), CNI plugins in cni/
+#   tools          kubectl (k8s.io/kubectl), helm (v3), helm4 (v4), crane (images and registry)
+#
+# A binary already in the cache is reused (those whose version is not in the folder's name carry a
+# `.NAME.version` stamp beside them; a different version is rebuilt). Prints the bin folder on
+# stdout when done. `--skip-kubernetes` builds everything but the k8s.io/kubernetes binaries.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+HELM4_VERSION="${HELM4_VERSION:-v4.3.2}"
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
+RUNC_VERSION="${RUNC_VERSION:-v1.5.3}"
+CNI_PLUGINS_VERSION="${CNI_PLUGINS_VERSION:-v1.10.0}"
+CRANE_VERSION="${CRANE_VERSION:-v0.22.1}"
 # etcd: the version the Kubernetes release pins (read from its go.mod below).
+
+skip_kubernetes=false
+for arg in "$@"; do
+  case "$arg" in
+    --skip-kubernetes) skip_kubernetes=true ;;
+    *) echo "usage: $0 [--skip-kubernetes]" >&2; exit 2 ;;
+  esac
+done
 
 cache_root="${IMAGEMAP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/imagemap}"
 log() { printf 'controlplane: %s\n' "$*" >&2; }
@@ -28,6 +49,12 @@ bin="$cache_root/controlplane-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HEL
 src="$cache_root/src-k8s-${K8S_VERSION}"
 mkdir -p "$bin" "$src"
 
+# One build at a time per cache (two test binaries may start this script at once).
+exec 9>"$cache_root/.build.lock"
+flock 9
+# Scratch folders of an interrupted go_install.
+rm -rf "$cache_root"/.install.*
+
 ldflags_for_k8s() {
   local pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -39,7 +66,7 @@ ldflags_for_k8s() {
 
 build_kubernetes() {
   local need=()
-  for b in kube-apiserver kube-controller-manager; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
     [ -x "$bin/$b" ] || need+=("$b")
   done
   [ ${#need[@]} -eq 0 ] && return 0
@@ -63,6 +90,8 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
   (cd "$src" && go mod tidy -e >/dev/null 2>&1 || true
@@ -86,6 +115,38 @@ build_in_wrapper() { # NAME MODULE VERSION PACKAGE LDFLAGS
    mv "$bin/$name.tmp" "$bin/$name")
 }
 
+# `$bin/NAME` exists and its stamp says VERSION.
+have() { # NAME VERSION
+  [ -x "$bin/$1" ] && [ "$(cat "$(stamp_path "$1")" 2>/dev/null)" = "$2" ]
+}
+stamp_path() { echo "$(dirname "$bin/$1")/.$(basename "$1").version"; }
+
+# `go install PACKAGE@VERSION...` (modules without replace directives) into a scratch folder,
+# then each binary moved to `$bin/TARGET` and stamped. Extra `go install` flags after `--`.
+go_install() { # VERSION TARGET=PACKAGE... [-- FLAGS...]
+  local version=$1 pairs=() flags=() missing=() pair scratch
+  shift
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do pairs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && flags=("$@")
+  for pair in "${pairs[@]}"; do
+    have "${pair%%=*}" "$version" || missing+=("$pair")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "building ${missing[*]%%=*} $version"
+  scratch=$(mktemp -d "$cache_root/.install.XXXXXX")
+  local packages=()
+  for pair in "${missing[@]}"; do packages+=("${pair#*=}@$version"); done
+  # Outside any module (pkg@version mode); -mod is not allowed there.
+  (cd "$scratch" && GOFLAGS= GOBIN="$scratch/bin" go install -trimpath "${flags[@]}" "${packages[@]}")
+  for pair in "${missing[@]}"; do
+    local target=${pair%%=*} package=${pair#*=}
+    mkdir -p "$(dirname "$bin/$target")"
+    mv "$scratch/bin/${package##*/}" "$bin/$target"
+    echo "$version" > "$(stamp_path "$target")"
+  done
+  rm -rf "$scratch"
+}
+
 build_etcd() {
   build_in_wrapper etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "-s -w"
 }
@@ -95,7 +156,90 @@ build_helm() {
     "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
 }
 
+build_helm4() {
+  go_install "$HELM4_VERSION" helm4=helm.sh/helm/v4/cmd/helm \
+    -- -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=${HELM4_VERSION}"
+}
+
+# kubectl from k8s.io/kubectl (its main is k8s.io/kubernetes/cmd/kubectl, which needs the whole
+# k8s.io/kubernetes module): a wrapper module whose main does what that one does.
+build_kubectl() {
+  local dir="$src/wrap-kubectl"
+  have kubectl "$K8S_VERSION" && return 0
+  log "building kubectl $K8S_VERSION"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cat > "$dir/main.go" <<'GO'
+// kubectl, as k8s.io/kubernetes/cmd/kubectl/kubectl.go builds it.
+package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	"k8s.io/component-base/logs"
+	"k8s.io/kubectl/pkg/cmd"
+	"k8s.io/kubectl/pkg/cmd/util"
+
+	// Import to initialize client auth plugins.
+	_ "k8s.io/client-go/plugin/pkg/client/auth"
+)
+
+func main() {
+	logs.GlogSetter(cmd.GetLogVerbosity(os.Args)) // nolint:errcheck
+	command := cmd.NewDefaultKubectlCommand()
+	if err := cli.RunNoErrOutput(command); err != nil {
+		util.CheckErr(err)
+	}
+}
+GO
+  (cd "$dir"
+   printf 'module imagemap.local/kubectl\n\ngo 1.26\n' > go.mod
+   go get "k8s.io/kubectl@$staging_version" "k8s.io/component-base@$staging_version" \
+     "k8s.io/client-go@$staging_version" >/dev/null 2>&1
+   go mod tidy >/dev/null 2>&1
+   go build -trimpath -ldflags "$(ldflags_for_k8s)" -o "$bin/kubectl.tmp" .
+   mv "$bin/kubectl.tmp" "$bin/kubectl"
+   echo "$K8S_VERSION" > "$(stamp_path kubectl)")
+}
+
+build_containerd() {
+  go_install "$CONTAINERD_VERSION" \
+    containerd=github.com/containerd/containerd/v2/cmd/containerd \
+    containerd-shim-runc-v2=github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+    -- -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}"
+}
+
+# runc needs cgo for seccomp (libseccomp-dev); Debian's own runc is too old for containerd 2.4.
+build_runc() {
+  have runc "$RUNC_VERSION" && return 0
+  if ! pkg-config --exists libseccomp 2>/dev/null && [ ! -e /usr/include/seccomp.h ]; then
+    log "runc needs libseccomp-dev (apt-get install libseccomp-dev)"
+    return 1
+  fi
+  CGO_ENABLED=1 go_install "$RUNC_VERSION" runc=github.com/opencontainers/runc -- -tags seccomp -ldflags "-s -w"
+}
+
+build_cni_plugins() {
+  go_install "$CNI_PLUGINS_VERSION" \
+    cni/bridge=github.com/containernetworking/plugins/plugins/main/bridge \
+    cni/loopback=github.com/containernetworking/plugins/plugins/main/loopback \
+    cni/host-local=github.com/containernetworking/plugins/plugins/ipam/host-local \
+    cni/portmap=github.com/containernetworking/plugins/plugins/meta/portmap \
+    -- -ldflags "-s -w"
+}
+
+build_crane() {
+  go_install "$CRANE_VERSION" crane=github.com/google/go-containerregistry/cmd/crane \
+    -- -ldflags "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=${CRANE_VERSION}"
+}
+
 build_etcd
 build_helm
-build_kubernetes
+build_crane
+build_cni_plugins
+build_runc
+build_containerd
+build_kubectl
+build_helm4
+$skip_kubernetes || build_kubernetes
 echo "$bin"

@@ -50,11 +50,20 @@ pub struct ControlPlaneOptions {
     pub install_crds: bool,
     /// Deadline for each component to become ready.
     pub ready_timeout: Duration,
+    /// Also run the endpoints and endpointslice controllers (with `controller_manager`), so that
+    /// Services get endpoints: the API server reaches a Service (a webhook behind one) by its
+    /// endpoints (`--enable-aggregator-routing`). Only useful with a [`crate::Node`].
+    pub service_endpoints: bool,
 }
 
 impl Default for ControlPlaneOptions {
     fn default() -> Self {
-        ControlPlaneOptions { controller_manager: false, install_crds: true, ready_timeout: Duration::from_secs(180) }
+        ControlPlaneOptions {
+            controller_manager: false,
+            install_crds: true,
+            ready_timeout: Duration::from_secs(180),
+            service_endpoints: false,
+        }
     }
 }
 
@@ -200,7 +209,7 @@ impl ControlPlane {
 
         if opts.controller_manager {
             let step = Instant::now();
-            self.spawn("kube-controller-manager", self.controller_manager_args())?;
+            self.spawn("kube-controller-manager", self.controller_manager_args(opts.service_endpoints))?;
             // No health port (--secure-port=0): the serviceaccount controller creating the
             // `default` ServiceAccount in `default` shows that the controllers run.
             self.wait_ready("kube-controller-manager", opts.ready_timeout, Duration::from_millis(500), |kubectl| {
@@ -362,18 +371,33 @@ impl ControlPlane {
             "--allow-privileged=true".into(),
             // No profiling endpoints.
             "--profiling=false".into(),
+            // For a node (src/node.rs), unused without one. Logs, exec and port-forward go to
+            // the kubelet at its InternalIP (the node's bridge address; its Hostname address is
+            // a name nothing resolves) and authenticate with the admin certificate, which the
+            // kubelet trusts through the client CA.
+            "--kubelet-preferred-address-types=InternalIP".into(),
+            format!("--kubelet-client-certificate={}", pki.admin.cert_path.display()),
+            format!("--kubelet-client-key={}", pki.admin.key_path.display()),
+            // Webhooks (and aggregated APIs) behind a Service are dialled at the Service's
+            // endpoints (Pod IPs, routed through the node's bridge), not its ClusterIP: no
+            // kube-proxy runs.
+            "--enable-aggregator-routing=true".into(),
         ]
     }
 
     /// kube-controller-manager's flags.
-    fn controller_manager_args(&self) -> Vec<String> {
+    fn controller_manager_args(&self, service_endpoints: bool) -> Vec<String> {
         let pki = &self.pki;
+        // Only what the tests need; the rest (node lifecycle, IPAM, jobs...) would only cost CPU.
+        // See tests/README.md.
+        let mut controllers = "deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller".to_string();
+        if service_endpoints {
+            controllers.push_str(",endpoints-controller,endpointslice-controller");
+        }
         vec![
             // Talks to the apiserver as system:kube-controller-manager in system:masters.
             format!("--kubeconfig={}", self.dir.path().join("controller-manager.kubeconfig").display()),
-            // Only what the tests need; the rest (node lifecycle, IPAM, endpoints, jobs...) would
-            // only cost CPU. See tests/README.md.
-            "--controllers=deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller".into(),
+            format!("--controllers={controllers}"),
             // Signs legacy service-account token Secrets (serviceaccount-token controller).
             format!("--service-account-private-key-file={}", pki.service_account.key_path.display()),
             // Published as the `kube-root-ca.crt` ConfigMap in every namespace.

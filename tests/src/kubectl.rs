@@ -7,7 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-/// Overrides the kubectl program (default: `kubectl` on `PATH`).
+/// Overrides the kubectl program (default: the `kubectl` built at the API server's version in the
+/// control-plane bin folder).
 pub const KUBECTL_ENV: &str = "IMAGEMAP_KUBECTL";
 
 /// A kubectl bound to one kubeconfig, with its discovery cache in the plane's folder (not in
@@ -19,13 +20,23 @@ pub struct Kubectl {
     cache_dir: PathBuf,
 }
 
+/// The kubectl at the API server's version from the bin folder (`tests/controlplane/build.sh`
+/// builds it with the control plane); `kubectl` on `PATH` only when there is no bin folder.
+fn default_program() -> PathBuf {
+    crate::binaries::bin_dir().map_or_else(|_| PathBuf::from("kubectl"), |dir| dir.join("kubectl"))
+}
+
 impl Kubectl {
     /// A kubectl for `kubeconfig`, caching under `cache_dir`.
     pub fn new(kubeconfig: &Path, cache_dir: &Path) -> Kubectl {
-        let program = std::env::var_os(KUBECTL_ENV)
-            .filter(|p| !p.is_empty())
-            .map_or_else(|| PathBuf::from("kubectl"), PathBuf::from);
+        let program =
+            std::env::var_os(KUBECTL_ENV).filter(|p| !p.is_empty()).map_or_else(default_program, PathBuf::from);
         Kubectl { program, kubeconfig: kubeconfig.to_path_buf(), cache_dir: cache_dir.to_path_buf() }
+    }
+
+    /// The kubectl program this runs.
+    pub fn program(&self) -> &Path {
+        &self.program
     }
 
     /// A `kubectl --kubeconfig=... --cache-dir=...` command to add arguments to.

@@ -17,14 +17,19 @@ pub mod controlplane;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod net;
+pub mod node;
+pub mod oci;
 pub mod pki;
 pub mod plugin;
 pub mod process;
+pub mod registry;
 pub mod wait;
 pub mod webhook;
 
 pub use controlplane::{shared, ControlPlane, ControlPlaneOptions, StartupTimings};
 pub use kubectl::Kubectl;
+pub use node::{shared_cluster, Cluster, Footprint, Node, NodeOptions};
+pub use registry::Registry;
 pub use wait::poll;
 pub use webhook::{
     register, shared_webhook, unregister, workspace_binary, Registration, ServedWebhook, Webhook, WebhookOptions,

@@ -12,7 +12,9 @@ pub fn kubectl_imagemap(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -
     let plugin = workspace_binary("kubectl-imagemap").expect("kubectl-imagemap is built");
     let dir = plugin.parent().expect("plugin folder");
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
-    let mut cmd = Command::new("kubectl");
+    // The kubectl at the API server's version (the harness's default), as users run it.
+    let kubectl = crate::kubectl::Kubectl::new(kubeconfig, &std::env::temp_dir()).program().to_path_buf();
+    let mut cmd = Command::new(kubectl);
     cmd.arg("imagemap").args(args).env("PATH", path).env("KUBECONFIG", kubeconfig);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

@@ -27,7 +27,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The watchdog's script: collect group ids until end-of-file; then, newest first (the
 /// apiserver before its etcd), SIGTERM a group, give its leader up to 3 s, SIGKILL the group;
-/// last, remove the folder `$1` (if not empty). dash's `kill` takes `-PGID` for a process
+/// then run the teardown script `$2` (if not empty: a node's, which stops what escaped the
+/// process groups and unmounts); last, remove the folder `$1` (if not empty), never crossing
+/// into another file system (a mount left behind). dash's `kill` takes `-PGID` for a process
 /// group but no `--`.
 const WATCHDOG_SCRIPT: &str = r#"
 gone() { # whether the leader of group $1 has exited (a zombie counts: init may reap late)
@@ -43,7 +45,8 @@ for g in $pgids; do
   while [ "$i" -lt 30 ] && ! gone "$g"; do sleep 0.1; i=$((i + 1)); done
   kill -KILL "-$g" 2>/dev/null
 done
-if [ -n "$1" ]; then rm -rf -- "$1"; fi
+if [ -n "$2" ] && [ -f "$2" ]; then sh "$2" >/dev/null 2>&1; fi
+if [ -n "$1" ]; then rm -rf --one-file-system -- "$1"; fi
 "#;
 
 /// Kills the process groups it guards, and removes a folder, once the test process is gone.
@@ -56,12 +59,20 @@ pub struct Watchdog {
 impl Watchdog {
     /// Starts the watchdog; it will remove `cleanup_dir` (if any) after killing the groups.
     pub fn spawn(cleanup_dir: Option<&Path>) -> Result<Watchdog> {
+        Self::spawn_with_teardown(cleanup_dir, None)
+    }
+
+    /// Starts a watchdog that, after killing the groups, runs `sh TEARDOWN` (if given and still
+    /// there), then removes `cleanup_dir` (if any).
+    pub fn spawn_with_teardown(cleanup_dir: Option<&Path>, teardown: Option<&Path>) -> Result<Watchdog> {
         let dir = cleanup_dir.map(|d| d.as_os_str().to_owned()).unwrap_or_default();
+        let teardown = teardown.map(|d| d.as_os_str().to_owned()).unwrap_or_default();
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG_SCRIPT)
             .arg("imagemap-e2e-watchdog")
             .arg(dir)
+            .arg(teardown)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -119,16 +130,23 @@ impl ManagedProcess {
         log_path: &Path,
         watchdog: &mut Watchdog,
     ) -> Result<Self> {
+        let mut command = Command::new(program);
+        command.args(args);
+        Self::spawn_command(name, command, log_path, watchdog)
+    }
+
+    /// [`ManagedProcess::spawn`] for a prepared `command` (environment, working folder...).
+    pub fn spawn_command(name: &str, mut command: Command, log_path: &Path, watchdog: &mut Watchdog) -> Result<Self> {
+        let program = command.get_program().to_string_lossy().into_owned();
         let log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file handle")?;
-        let child = Command::new(program)
-            .args(args)
+        let child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {name} ({})", program.display()))?;
+            .with_context(|| format!("starting {name} ({program})"))?;
         let mut process =
             ManagedProcess { name: name.to_string(), child, log_path: log_path.to_path_buf(), exited: false };
         // If this fails the process is stopped on drop right away.

@@ -1,0 +1,247 @@
+//! `make dev` and `make dev-down`: the test harness's cluster (control plane, a node, the local
+//! registry on `localhost:5000`) plus the webhook, run in the background for trying things out.
+//!
+//! - `imagemap-dev up [STATE_DIR]` starts a background `serve` process, waits until it is ready
+//!   and prints what to export and an example that builds, pushes and runs an image.
+//! - `imagemap-dev down [STATE_DIR]` asks it to stop, waits until everything is torn down and
+//!   checks that nothing is left: no process, mount, network namespace, bridge or cgroup.
+//! - `imagemap-dev serve STATE_DIR` is that background process: it owns every component (the
+//!   same code the tests use) and tears them down when `STATE_DIR/stop` appears. If it dies
+//!   instead, the harness's watchdogs tear everything down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use imagemap_e2e::webhook::{container, dry_run_create, image_map, pod, set_status, webhook_configuration};
+use imagemap_e2e::{binaries, node, poll, ControlPlane, ControlPlaneOptions, Node, Registry, Webhook, WebhookOptions};
+use serde_json::json;
+
+/// The registry's port, so that image names are `localhost:5000/...`.
+const REGISTRY_PORT: u16 = 5000;
+/// Overrides [`REGISTRY_PORT`] (for a second dev cluster, or a test beside a running one).
+const REGISTRY_PORT_ENV: &str = "IMAGEMAP_DEV_REGISTRY_PORT";
+/// The Kubernetes version `tests/controlplane/build.sh` builds.
+const KUBERNETES_VERSION: &str = "v1.37.2";
+/// The webhook registration's name.
+const CONFIGURATION: &str = "imagemap-dev";
+/// How long `up` waits for everything (a cold node start pulls nothing, but two cores are slow).
+const UP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long `down` waits for the teardown.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let state = |i: usize| args.get(i).map_or_else(|| binaries::workspace_root().join(".dev"), PathBuf::from);
+    let result = match args.first().map(String::as_str) {
+        Some("up") | None => up(&state(1)),
+        Some("down") => down(&state(1)),
+        Some("serve") => serve(&state(1)),
+        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}: use up, down or serve")),
+    };
+    if let Err(e) = result {
+        eprintln!("imagemap-dev: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn pid_file(state: &Path) -> PathBuf {
+    state.join("serve.pid")
+}
+
+fn running_pid(state: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file(state)).ok()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+fn up(state: &Path) -> Result<()> {
+    if running_pid(state).is_some() && state.join("ready").is_file() {
+        eprintln!("imagemap-dev: already running; `make dev-down` first to start over");
+        print!("{}", std::fs::read_to_string(state.join("ready"))?);
+        return Ok(());
+    }
+    if running_pid(state).is_some() {
+        bail!("a previous `make dev` in {} is still starting or stopping; `make dev-down` first", state.display());
+    }
+    let _ = std::fs::remove_dir_all(state);
+    std::fs::create_dir_all(state).with_context(|| format!("creating {}", state.display()))?;
+    let log = state.join("dev.log");
+    let me = std::env::current_exe().context("finding this program")?;
+    // Its own session: `make` returning, or the terminal closing, does not stop it.
+    let mut child = Command::new("setsid")
+        .arg(&me)
+        .arg("serve")
+        .arg(state)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&log)?.try_clone()?)
+        .spawn()
+        .context("starting the background process (setsid)")?;
+    std::fs::write(pid_file(state), child.id().to_string())?;
+    eprintln!("imagemap-dev: starting (log: {})", log.display());
+    let started = Instant::now();
+    let ready = poll(UP_TIMEOUT, Duration::from_millis(500), || {
+        if state.join("ready").is_file() {
+            return Some(true);
+        }
+        // Exited (reaped here, so that its pid does not linger as a zombie).
+        matches!(child.try_wait(), Ok(Some(_))).then_some(false)
+    });
+    let tail = || tail(&log, 40);
+    match ready {
+        Some(true) => {
+            eprintln!("imagemap-dev: ready in {:.0?}", started.elapsed());
+            print!("{}", std::fs::read_to_string(state.join("ready"))?);
+            Ok(())
+        }
+        Some(false) => bail!("the background process stopped; last lines of {}:\n{}", log.display(), tail()),
+        None => bail!("not ready after {:.0?}; last lines of {}:\n{}", UP_TIMEOUT, log.display(), tail()),
+    }
+}
+
+fn down(state: &Path) -> Result<()> {
+    if let Some(pid) = running_pid(state) {
+        std::fs::write(state.join("stop"), "")?;
+        let stopped = poll(DOWN_TIMEOUT, Duration::from_millis(200), || running_pid(state).is_none().then_some(()));
+        if stopped.is_none() {
+            eprintln!(
+                "imagemap-dev: process {pid} did not stop within {DOWN_TIMEOUT:?}; killing it (its watchdogs clean up)"
+            );
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            poll(DOWN_TIMEOUT, Duration::from_millis(200), || node::all_leftovers().is_empty().then_some(()));
+        }
+    }
+    let left = node::all_leftovers();
+    let _ = std::fs::remove_dir_all(state);
+    if !left.is_empty() {
+        bail!("left behind:\n  {}", left.join("\n  "));
+    }
+    eprintln!("imagemap-dev: stopped; nothing left behind");
+    Ok(())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Everything `make dev` runs. Dropped in field order: the webhook, the node, the registry, then
+/// the plane.
+struct Dev {
+    webhook: Webhook,
+    node: Node,
+    registry: Registry,
+    plane: ControlPlane,
+}
+
+fn serve(state: &Path) -> Result<()> {
+    let dev = start()?;
+    let kubeconfig = state.join("kubeconfig");
+    std::fs::copy(dev.plane.kubeconfig_path(), &kubeconfig).context("writing the kubeconfig")?;
+    let bin = binaries::bin_dir()?;
+    let target = binaries::workspace_root().join("target/debug");
+    let registry = dev.registry.address();
+    let ready = format!(
+        "\nimagemap dev cluster: control plane, node {node}, registry {registry}, webhook (logs: {logs}, {webhook_log}).\n\
+         export KUBECONFIG={kubeconfig}\n\
+         export PATH={bin}:{target}:$PATH   # kubectl {version}, crane, kubectl-imagemap\n\
+         \n\
+         Registry: {registry}\n\
+         \n\
+         Build an image (busybox and a marker file), push it, record it, and run it by its plain name:\n\
+         \x20 mkdir -p /tmp/app/bin && cp /bin/busybox /tmp/app/bin/ && echo 'hello from build 1' > /tmp/app/marker\n\
+         \x20 tar -C /tmp/app -cf /tmp/app.tar bin marker\n\
+         \x20 crane append --oci-empty-base -f /tmp/app.tar -t {registry}/app:tilt-1\n\
+         \x20 crane mutate {registry}/app:tilt-1 --entrypoint /bin/busybox,sh,-c,'trap exit TERM; cat /marker; while true; do sleep 1; done' -t {registry}/app:tilt-1\n\
+         \x20 kubectl imagemap set-image app {registry}/app:tilt-1 --create --selector app\n\
+         \x20 kubectl create deployment x --image=app\n\
+         \x20 kubectl rollout status deployment/x && kubectl logs -l app=x --prefix\n\
+         \n\
+         Rebuild (new marker, new tag) and the Deployment rolls to it:\n\
+         \x20 echo 'hello from build 2' > /tmp/app/marker && tar -C /tmp/app -cf /tmp/app.tar bin marker\n\
+         \x20 crane append --oci-empty-base -f /tmp/app.tar -t {registry}/app:tilt-2\n\
+         \x20 crane mutate {registry}/app:tilt-2 --entrypoint /bin/busybox,sh,-c,'trap exit TERM; cat /marker; while true; do sleep 1; done' -t {registry}/app:tilt-2\n\
+         \x20 kubectl imagemap set-image app {registry}/app:tilt-2\n\
+         \x20 sleep 2; kubectl rollout status deployment/x && kubectl logs -l app=x --prefix\n\
+         \n\
+         Stop everything with: make dev-down\n",
+        node = dev.node.name(),
+        logs = state.join("dev.log").display(),
+        webhook_log = dev.webhook.log_path().display(),
+        kubeconfig = kubeconfig.display(),
+        bin = bin.display(),
+        target = target.display(),
+        version = KUBERNETES_VERSION,
+    );
+    std::fs::write(state.join("ready"), ready)?;
+    eprintln!("imagemap-dev: ready");
+    while !state.join("stop").exists() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("imagemap-dev: stopping");
+    drop(dev);
+    eprintln!("imagemap-dev: stopped");
+    Ok(())
+}
+
+fn start() -> Result<Dev> {
+    let plane = ControlPlane::start(ControlPlaneOptions {
+        controller_manager: true,
+        service_endpoints: true,
+        ..ControlPlaneOptions::default()
+    })?;
+    let port = match std::env::var(REGISTRY_PORT_ENV) {
+        Ok(p) => p.parse().with_context(|| format!("{REGISTRY_PORT_ENV}={p:?} is not a port number"))?,
+        Err(_) => REGISTRY_PORT,
+    };
+    let registry = Registry::start(Some(port)).with_context(|| {
+        format!("starting the registry on localhost:{port} (is the port taken? {REGISTRY_PORT_ENV} picks another)")
+    })?;
+    let node = Node::start(&plane, &registry)?;
+    let lease_ns = "imagemap-system";
+    plane.kubectl_ok(["create", "namespace", lease_ns]);
+    let webhook = Webhook::start(
+        &plane,
+        WebhookOptions {
+            extra_args: ["--gate-unbuilt", "--restart-on-rebuild", "--leader-election-namespace", lease_ns]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        },
+    )?;
+    register(&plane, &webhook, lease_ns)?;
+    Ok(Dev { webhook, node, registry, plane })
+}
+
+/// Registers the webhook for every namespace but the system ones and `excluded`, with the
+/// chart's opt-out labels, and waits until a dry-run Pod in `default` is swapped.
+fn register(plane: &ControlPlane, webhook: &Webhook, excluded: &str) -> Result<()> {
+    let mut config = webhook_configuration(CONFIGURATION, &webhook.url(), webhook.ca_pem(), &BTreeMap::new());
+    let hook = &mut config["webhooks"][0];
+    hook["namespaceSelector"] = json!({"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+         "values": ["kube-system", "kube-public", "kube-node-lease", excluded]},
+        {"key": "imagemap.tilt.dev/disabled", "operator": "DoesNotExist"},
+    ]});
+    hook["objectSelector"] =
+        json!({"matchExpressions": [{"key": "imagemap.tilt.dev/disabled", "operator": "DoesNotExist"}]});
+    let kubectl = plane.kubectl_client();
+    kubectl.apply(&config.to_string())?;
+    let (ns, name, selector) = ("default", "imagemap-dev-probe", "imagemap-dev-probe");
+    let target = "registry.example/imagemap-dev-probe:registered";
+    kubectl.apply(&image_map(ns, name, selector).to_string())?;
+    set_status(kubectl, ns, name, &json!({ "image": target }))?;
+    let probe = pod(ns, "probe", &[container("probe", selector)]);
+    let swapped = poll(Duration::from_secs(60), Duration::from_millis(200), || {
+        let created = dry_run_create(kubectl, &probe).ok()?;
+        (created["spec"]["containers"][0]["image"] == target).then_some(())
+    });
+    kubectl.ok(["delete", "imagemap", name, "-n", ns])?;
+    if swapped.is_none() {
+        bail!("the webhook registration did not take effect; webhook log:\n{}", webhook.log_tail(30));
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! `make dev` (the `imagemap-dev` binary): it returns with a cluster running in the background,
+//! the example it prints works exactly as printed (build, push, set-image, run, rebuild), and
+//! `make dev-down` leaves no process, mount, network namespace, bridge or cgroup behind.
+
+use std::process::Command;
+
+use imagemap_e2e::{net, node, workspace_binary};
+
+fn dev(args: &[&str], state: &std::path::Path, registry_port: u16) -> std::process::Output {
+    let program = workspace_binary("imagemap-dev").expect("imagemap-dev is built");
+    Command::new(program)
+        .args(args)
+        .arg(state)
+        .env("IMAGEMAP_DEV_REGISTRY_PORT", registry_port.to_string())
+        .output()
+        .expect("imagemap-dev runs")
+}
+
+/// The indented example lines of `up`'s message, in order.
+fn example(printed: &str) -> Vec<String> {
+    printed.lines().filter_map(|l| l.strip_prefix("  ")).map(String::from).collect()
+}
+
+#[test]
+fn make_dev_runs_its_printed_example_and_dev_down_leaves_nothing_behind() {
+    let state = tempfile::tempdir().expect("state folder");
+    let state = state.path().join("dev");
+    let port = net::free_ports(1).expect("a free port")[0];
+
+    let up = dev(&["up"], &state, port);
+    let printed = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(up.status.success(), "make dev failed:\n{printed}\n{}", String::from_utf8_lossy(&up.stderr));
+    assert!(printed.contains(&format!("Registry: localhost:{port}")), "{printed}");
+    let exports: Vec<&str> = printed.lines().filter(|l| l.starts_with("export ")).collect();
+    assert!(exports.iter().any(|l| l.starts_with("export KUBECONFIG=")), "{printed}");
+
+    // Everything as printed, in a shell with the printed exports; the app's folder is ours.
+    let app = tempfile::tempdir().expect("app folder");
+    let lines = example(&printed);
+    assert!(lines.iter().any(|l| l.contains("crane append")), "{printed}");
+    let script = format!(
+        "set -euo pipefail\n{}\n{}\n",
+        exports.join("\n"),
+        lines.join("\n").replace("/tmp/app", &app.path().join("app").display().to_string())
+    );
+    let run = Command::new("bash").arg("-c").arg(&script).output().expect("bash runs");
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    let err = String::from_utf8_lossy(&run.stderr).into_owned();
+    let down = dev(&["down"], &state, port);
+    assert!(run.status.success(), "the printed example failed:\n{script}\n--- stdout\n{out}\n--- stderr\n{err}");
+    assert!(out.contains("hello from build 1"), "the first build ran:\n{out}");
+    assert!(out.contains("hello from build 2"), "the rebuild ran:\n{out}");
+
+    assert!(down.status.success(), "make dev-down failed: {}", String::from_utf8_lossy(&down.stderr));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("nothing left behind"));
+    assert!(!state.exists(), "the state folder is removed");
+    assert_eq!(node::all_leftovers(), Vec::<String>::new(), "nothing left behind");
+}
