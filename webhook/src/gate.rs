@@ -145,14 +145,7 @@ fn ungate(pod: &Value, patch: &mut Patch) {
         .and_then(|g| g.iter().position(|x| x.get("name").and_then(Value::as_str) == Some(GATE)))
     {
         // A test op first: if someone else changed the gates meanwhile, the patch fails safely.
-        patch.0.insert(
-            0,
-            json_patch::PatchOperation::Test(json_patch::TestOperation {
-                path: json_patch::jsonptr::PointerBuf::parse(format!("/spec/schedulingGates/{i}/name"))
-                    .unwrap_or_default(),
-                value: json!(GATE),
-            }),
-        );
+        patch.test_first(&format!("/spec/schedulingGates/{i}/name"), json!(GATE));
         patch.remove(&format!("/spec/schedulingGates/{i}"));
     }
     if pod.pointer(&format!("/metadata/labels/{}", escape(GATED_LABEL))).is_some() {

@@ -28,6 +28,11 @@ impl Patch {
         self.0.push(PatchOperation::Remove(RemoveOperation { path: pointer(path) }));
     }
 
+    /// Puts a `test` first: the whole patch fails unless `path` holds `value` when applied.
+    pub fn test_first(&mut self, path: &str, value: Value) {
+        self.0.insert(0, PatchOperation::Test(json_patch::TestOperation { path: pointer(path), value }));
+    }
+
     /// True when the patch has no operation.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -78,9 +83,16 @@ impl Patch {
     }
 }
 
+/// The pointer for `path`. Invariant: every path is built by this crate as `/`-joined tokens
+/// escaped with [`escape`], below the root. A path breaking it is a bug here and panics (the
+/// review fails, the API server applies the failure policy) rather than becoming another
+/// pointer: the root pointer would make an `add` replace the whole Pod.
 fn pointer(path: &str) -> json_patch::jsonptr::PointerBuf {
-    // Paths are built by this crate from escaped tokens, so they always parse.
-    json_patch::jsonptr::PointerBuf::parse(path).unwrap_or_default()
+    match json_patch::jsonptr::PointerBuf::parse(path) {
+        Ok(p) if !p.is_root() => p,
+        Ok(_) => panic!("patch path {path:?} is the root: an operation there would replace the whole object"),
+        Err(e) => panic!("patch path {path:?} is not a JSON pointer: {e}"),
+    }
 }
 
 #[cfg(test)]
@@ -97,6 +109,27 @@ mod tests {
         let mut out = Vec::new();
         p.write_json(&mut out);
         assert_eq!(String::from_utf8(out).expect("UTF-8"), serde_json::to_string(&p.0).expect("json"));
+    }
+
+    #[test]
+    #[should_panic(expected = "is the root")]
+    fn an_operation_at_the_root_is_refused_not_applied_to_the_whole_object() {
+        Patch::default().add("", json!({}));
+    }
+
+    #[test]
+    #[should_panic(expected = "not a JSON pointer")]
+    fn a_path_that_is_not_a_pointer_is_refused_not_turned_into_the_root() {
+        Patch::default().add("metadata/labels", json!({}));
+    }
+
+    #[test]
+    fn a_test_first_makes_the_patch_fail_when_the_value_changed() {
+        let mut p = Patch::default();
+        p.remove("/a/0");
+        p.test_first("/a/0", json!("x"));
+        assert!(p.apply_to(&json!({"a": ["y"]})).is_err());
+        assert_eq!(p.apply_to(&json!({"a": ["x"]})).expect("applies"), json!({"a": []}));
     }
 
     #[test]

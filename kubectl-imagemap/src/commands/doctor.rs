@@ -230,8 +230,11 @@ async fn check_endpoint(cluster: &Cluster, hook: &MutatingWebhook, r: &mut Repor
         let port = svc.port.unwrap_or(443);
         let ns = &svc.namespace;
         let path = format!("/api/v1/namespaces/{ns}/services/https:{}:{port}/proxy/healthz", svc.name);
-        let req = http_get(&path);
-        match cluster.client.request_text(req).await {
+        let reply = match http_get(&path) {
+            Ok(req) => cluster.client.request_text(req).await.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the proxy path {path:?} is not a valid request path: {e}")),
+        };
+        match reply {
             Ok(body) => r.add(
                 "endpoint",
                 Verdict::Pass(format!("service {ns}/{} answers /healthz ({})", svc.name, body.trim())),
@@ -263,10 +266,8 @@ async fn check_endpoint(cluster: &Cluster, hook: &MutatingWebhook, r: &mut Repor
     }
 }
 
-fn http_get(path: &str) -> http::Request<Vec<u8>> {
-    let mut req = http::Request::new(Vec::new());
-    *req.uri_mut() = path.parse().unwrap_or_default();
-    req
+fn http_get(path: &str) -> Result<http::Request<Vec<u8>>, http::Error> {
+    http::Request::get(path).body(Vec::new())
 }
 
 async fn check_policy(

@@ -60,11 +60,15 @@ pub fn explain_image(index: &MapIndex, namespace: &str, value: &str) -> String {
 }
 
 /// Explains every swap the engine makes in a manifest's Pods (pure).
-pub fn explain_manifests(index: &MapIndex, namespace: &str, docs: &[Value]) -> String {
+pub fn explain_manifests(
+    index: &MapIndex,
+    namespace: &str,
+    docs: &[Value],
+) -> Result<String, imagemap::manifests::ManifestError> {
     let mut out = String::new();
     for doc in docs {
         let mut copy = doc.clone();
-        for result in inject_object(&mut copy, namespace, index) {
+        for result in inject_object(&mut copy, namespace, index)? {
             out.push_str(&format!("{} (namespace {}):\n", result.object, result.namespace));
             if result.injection.swaps.is_empty() && result.injection.unusable.is_empty() {
                 out.push_str("  nothing matches: unchanged\n");
@@ -88,7 +92,7 @@ pub fn explain_manifests(index: &MapIndex, namespace: &str, docs: &[Value]) -> S
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Explains a live Pod: what its annotation records, and how its original images match now.
@@ -143,7 +147,7 @@ pub async fn run(global: &Global, args: &ExplainArgs) -> Result<String> {
     .await?;
     if let Some(file) = &args.file {
         let manifests = parse_manifests(&read_text(file)?, &file.display().to_string())?;
-        return Ok(explain_manifests(&index, &namespace, &manifests.docs));
+        return Ok(explain_manifests(&index, &namespace, &manifests.docs)?);
     }
     let Some(target) = &args.target else { bail!("give an image, pod/NAME, or -f FILE to explain") };
     if let Some(name) = target.strip_prefix("pod/").or_else(|| target.strip_prefix("pods/")) {
@@ -208,7 +212,7 @@ mod tests {
         let docs = vec![
             json!({"kind": "Pod", "metadata": {"name": "p", "namespace": "dev"}, "spec": {"containers": [{"name": "c", "image": "app:v1"}]}}),
         ];
-        let text = explain_manifests(&index(), "dev", &docs);
+        let text = explain_manifests(&index(), "dev", &docs).expect("explains");
         assert!(
             text.contains("spec.containers{c}.image: app:v1 -> r.io/b:1 by ImageMap dev/b-exact (exact, local)"),
             "{text}"

@@ -28,7 +28,7 @@ pub async fn run(global: &Global, args: &InjectArgs) -> Result<String> {
     let index =
         load_index(args.maps.as_deref(), args.global_namespace.as_deref(), cluster.as_ref(), &namespaces).await?;
     for doc in &mut manifests.docs {
-        for result in inject_object(doc, &default_ns, &index) {
+        for result in inject_object(doc, &default_ns, &index)? {
             for w in &result.injection.warnings {
                 eprintln!("{}: {w}", result.object);
             }

@@ -133,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let certs = tls::CertStore::load(&config.tls_cert_file, &config.tls_private_key_file)
         .context("loading the serving certificate (--tls-cert-file / --tls-private-key-file)")?;
     state.cert_loaded.store(true, Ordering::Release);
-    let tls_config = tls::server_config(certs.clone());
+    let tls_config = tls::server_config(certs.clone()).context("setting up TLS")?;
     let mut tasks = Supervisor::default();
     tasks.spawn("the certificate reload", tls::watch(certs, config.tls_reload_interval, state.clone()));
 

@@ -99,15 +99,16 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// A rustls server configuration serving the store's current pair, TLS 1.2+, ALPN `http/1.1`.
-pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
+/// A rustls server configuration serving the store's current pair, TLS 1.2+, ALPN `http/1.1`,
+/// with ring's cryptography. Fails only if the provider cannot do TLS 1.2 and 1.3.
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map(|b| b.with_no_client_auth().with_cert_resolver(store.clone()))
-        .unwrap_or_else(|_| ServerConfig::builder().with_no_client_auth().with_cert_resolver(store));
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
 
 /// Polls the files every `interval` and reloads on change, reporting in logs and metrics.

@@ -75,7 +75,7 @@ impl Server {
         let router = imagemap::server::router(state.clone());
         let done = tokio::spawn(listener::serve(
             listener,
-            tls::server_config(store),
+            tls::server_config(store).expect("a TLS config"),
             router,
             timeouts,
             max_connections,
