@@ -15,10 +15,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 
 use super::leader::Elector;
@@ -51,6 +55,27 @@ pub struct Options {
 pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.lease_namespace);
     let mut elector = Elector::new(leases, opts.lease_name.clone(), opts.identity.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(opts.identity.clone()) },
+    );
+    // Gated Pods come from a label-selected watch, not a list per round.
+    let (gated, gated_watch) = if opts.gate_unbuilt {
+        let (reader, writer) = reflector::store::<Pod>();
+        let config = watcher::Config::default().labels(&format!("{GATED_LABEL}=true"));
+        let stream = reflector::reflector(writer, watcher::watcher(Api::<Pod>::all(client.clone()), config))
+            .default_backoff()
+            .for_each(|event| {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "the watch of gated Pods failed; retrying");
+                }
+                std::future::ready(())
+            });
+        (Some(reader), Some(tokio::spawn(stream)))
+    } else {
+        (None, None)
+    };
+    let _stop_watch = AbortOnDrop(gated_watch);
     let mut leading = false;
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,23 +112,41 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         // Level-triggered: each round compares the Pods with the maps as they are now, so a
         // change made while this replica did not lead is acted on once it does.
         if opts.restart_on_rebuild {
-            if let Err(e) = restart_outdated(&client, &state, &opts).await {
+            if let Err(e) = restart_outdated(&client, &state, &recorder).await {
                 tracing::warn!(error = %e, "could not look for workloads to restart");
             }
         }
-        if opts.gate_unbuilt {
-            if let Err(e) = release_gated(&client, &state, &opts).await {
-                tracing::warn!(error = %e, "could not look at gated Pods");
-            }
+        if let Some(gated) = &gated {
+            release_gated(&client, &state, &opts, gated, &recorder).await;
         }
     }
 }
 
-async fn release_gated(client: &Client, state: &AppState, opts: &Options) -> kube::Result<()> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let gated = pods.list(&ListParams::default().labels(&format!("{GATED_LABEL}=true"))).await?;
+/// Aborts a spawned task when dropped (the controller's watch ends with the controller).
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The `reportingController` of the controller's Events.
+const REPORTING_CONTROLLER: &str = "imagemap.tilt.dev/controller";
+
+/// Publishes an Event about `reference`; a failure is logged (an Event is never worth a retry).
+async fn publish(recorder: &Recorder, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+    if let Err(e) = recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason, "could not record an Event");
+    }
+}
+
+async fn release_gated(client: &Client, state: &AppState, opts: &Options, gated: &Store<Pod>, recorder: &Recorder) {
     let now = Timestamp::now();
-    for pod in gated.items {
+    for pod in gated.state() {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let gated_at = pod
@@ -112,9 +155,17 @@ async fn release_gated(client: &Client, state: &AppState, opts: &Options) -> kub
             .as_ref()
             .and_then(|a| a.get(GATED_AT_ANNOTATION))
             .and_then(|t| t.parse::<Timestamp>().ok())
+            // Without our annotation (removed or edited by someone), the Pod's age counts.
+            .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
             .unwrap_or(now);
         let waited = now.as_second() - gated_at.as_second();
-        let Ok(json) = serde_json::to_value(&pod) else { continue };
+        let json = match serde_json::to_value(&*pod) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "could not read a gated Pod");
+                continue;
+            }
+        };
         let decision =
             state.with_index(|idx| release(&json, idx, &namespace, waited, opts.gate_timeout.as_secs() as i64));
         let (patch, event) = match decision {
@@ -122,7 +173,7 @@ async fn release_gated(client: &Client, state: &AppState, opts: &Options) -> kub
             Release::Swap { patch, swapped } if swapped.is_empty() => (
                 patch,
                 (
-                    "Normal",
+                    EventType::Normal,
                     "ImageMapReleased",
                     "no ImageMap waits any more (deleted?); scheduling gate removed, images unchanged".to_string(),
                 ),
@@ -130,7 +181,7 @@ async fn release_gated(client: &Client, state: &AppState, opts: &Options) -> kub
             Release::Swap { patch, swapped } => (
                 patch,
                 (
-                    "Normal",
+                    EventType::Normal,
                     "ImageMapSwapped",
                     format!("built image ready: {}; scheduling gate removed", swapped.join(", ")),
                 ),
@@ -138,7 +189,7 @@ async fn release_gated(client: &Client, state: &AppState, opts: &Options) -> kub
             Release::TimedOut { patch, waiting_for } => (
                 patch,
                 (
-                    "Warning",
+                    EventType::Warning,
                     "ImageMapGateTimeout",
                     format!(
                         "ImageMap {} still has no built image after {waited}s; released with the original images",
@@ -159,23 +210,23 @@ async fn release_gated(client: &Client, state: &AppState, opts: &Options) -> kub
                     uid: pod.metadata.uid.clone(),
                     ..Default::default()
                 };
-                if let Err(e) =
-                    workloads::record_event(client, reference, event.0, event.1, &event.2, &opts.identity).await
-                {
-                    tracing::warn!(error = %e, "could not record an Event");
-                }
+                publish(recorder, &reference, event.0, event.1, event.2).await;
+            }
+            // Released meanwhile (the watch has not told yet) or deleted: the test op or the
+            // lookup fails, and there is nothing to do.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 422 => {
+                tracing::debug!(pod = %format!("{namespace}/{name}"), "gated Pod already released or gone")
             }
             Err(e) => {
                 tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "could not release gated Pod; retrying")
             }
         }
     }
-    Ok(())
 }
 
 /// Restarts, once per new target, every workload whose Pods carry an image other than their map's
 /// current target (see [`crate::rebuild`]): nothing is remembered between rounds.
-async fn restart_outdated(client: &Client, state: &AppState, opts: &Options) -> kube::Result<()> {
+async fn restart_outdated(client: &Client, state: &AppState, recorder: &Recorder) -> kube::Result<()> {
     // Cluster maps with a target now, and where their Pods can be: the maps' own namespaces, or
     // every namespace when the global namespace has maps.
     let (targets, namespaces, everywhere) = state.with_index(|idx| {
@@ -223,19 +274,9 @@ async fn restart_outdated(client: &Client, state: &AppState, opts: &Options) -> 
                 for (id, target) in &wanted {
                     tracing::info!(map = %id, workload = %what, image = %target, "restarted after rebuild");
                     let Some((map_ns, map_name)) = id.split_once('/') else { continue };
-                    let msg = format!("restarted {what}: image is now {target}");
-                    if let Err(e) = workloads::record_event(
-                        client,
-                        workloads::image_map_ref(map_ns, map_name),
-                        "Normal",
-                        "Restarted",
-                        &msg,
-                        &opts.identity,
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "could not record an Event");
-                    }
+                    let note = format!("restarted {what}: image is now {target}");
+                    let map = workloads::image_map_ref(map_ns, map_name);
+                    publish(recorder, &map, EventType::Normal, "Restarted", note).await;
                 }
             }
             Err(e) => tracing::warn!(workload = %what, error = %e, "could not restart; retrying"),
