@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use imagemap_e2e::{net, node, workspace_binary};
+use imagemap_e2e::{net, workspace_binary};
 
 fn dev(args: &[&str], state: &std::path::Path, registry_port: u16) -> std::process::Output {
     let program = workspace_binary("imagemap-dev").expect("imagemap-dev is built");
@@ -14,6 +14,10 @@ fn dev(args: &[&str], state: &std::path::Path, registry_port: u16) -> std::proce
         .env("IMAGEMAP_DEV_REGISTRY_PORT", registry_port.to_string())
         .output()
         .expect("imagemap-dev runs")
+}
+
+fn dir_of(node: &serde_json::Value) -> &str {
+    node["dir"].as_str().expect("dir")
 }
 
 /// The indented example lines of `up`'s message, in order.
@@ -32,6 +36,8 @@ fn make_dev_runs_its_printed_example_and_dev_down_leaves_nothing_behind() {
     assert!(up.status.success(), "make dev failed:\n{printed}\n{}", String::from_utf8_lossy(&up.stderr));
     assert!(printed.contains(&format!("Registry: localhost:{port}")), "{printed}");
     let exports: Vec<&str> = printed.lines().filter(|l| l.starts_with("export ")).collect();
+    let node: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("node.json")).expect("node.json")).expect("json");
     assert!(exports.iter().any(|l| l.starts_with("export KUBECONFIG=")), "{printed}");
 
     // Everything as printed, in a shell with the printed exports; the app's folder is ours.
@@ -47,6 +53,12 @@ fn make_dev_runs_its_printed_example_and_dev_down_leaves_nothing_behind() {
     let out = String::from_utf8_lossy(&run.stdout).into_owned();
     let err = String::from_utf8_lossy(&run.stderr).into_owned();
     let down = dev(&["down"], &state, port);
+    let processes = Command::new("pgrep").args(["-f", dir_of(&node)]).output().expect("pgrep");
+    assert!(
+        processes.stdout.is_empty(),
+        "no process names the node folder: {}",
+        String::from_utf8_lossy(&processes.stdout)
+    );
     assert!(run.status.success(), "the printed example failed:\n{script}\n--- stdout\n{out}\n--- stderr\n{err}");
     assert!(out.contains("hello from build 1"), "the first build ran:\n{out}");
     assert!(out.contains("hello from build 2"), "the rebuild ran:\n{out}");
@@ -54,5 +66,15 @@ fn make_dev_runs_its_printed_example_and_dev_down_leaves_nothing_behind() {
     assert!(down.status.success(), "make dev-down failed: {}", String::from_utf8_lossy(&down.stderr));
     assert!(String::from_utf8_lossy(&down.stderr).contains("nothing left behind"));
     assert!(!state.exists(), "the state folder is removed");
-    assert_eq!(node::all_leftovers(), Vec::<String>::new(), "nothing left behind");
+    // Checked here too, independently of dev-down's own check.
+    let bridge = node["bridge"].as_str().expect("bridge");
+    assert!(!std::path::Path::new("/sys/class/net").join(bridge).exists(), "bridge {bridge} is gone");
+    let dir = node["dir"].as_str().expect("dir");
+    assert!(!std::path::Path::new(dir).exists(), "node folder {dir} is gone");
+    let cgroup = node["cgroup"].as_str().expect("cgroup");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(dir), "no mount under {dir}");
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").expect("cgroup root").flatten() {
+        assert!(!hierarchy.path().join(cgroup).exists(), "cgroup {cgroup} gone from {}", hierarchy.path().display());
+    }
 }

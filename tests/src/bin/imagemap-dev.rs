@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use imagemap_e2e::webhook::{container, dry_run_create, image_map, pod, set_status, webhook_configuration};
-use imagemap_e2e::{binaries, node, poll, ControlPlane, ControlPlaneOptions, Node, Registry, Webhook, WebhookOptions};
+use imagemap_e2e::{
+    binaries, poll, ControlPlane, ControlPlaneOptions, Footprint, Node, Registry, Webhook, WebhookOptions,
+};
 use serde_json::json;
 
 /// The registry's port, so that image names are `localhost:5000/...`.
@@ -101,7 +103,39 @@ fn up(state: &Path) -> Result<()> {
     }
 }
 
+fn footprint_file(state: &Path) -> PathBuf {
+    state.join("node.json")
+}
+
+/// Records what the node leaves on the machine, for `down` to check.
+fn save_footprint(state: &Path, f: &Footprint) -> Result<()> {
+    let text = json!({
+        "id": f.id, "dir": f.dir, "nodeName": f.node_name, "bridge": f.bridge, "cgroup": f.cgroup,
+        "cniNetwork": f.cni_network, "subnet": f.subnet, "gateway": f.gateway.to_string(),
+    });
+    std::fs::write(footprint_file(state), text.to_string()).context("writing node.json")
+}
+
+fn load_footprint(state: &Path) -> Result<Footprint> {
+    let path = footprint_file(state);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let field = |k: &str| v[k].as_str().map(String::from).with_context(|| format!("{} has no {k:?}", path.display()));
+    Ok(Footprint {
+        id: field("id")?,
+        dir: PathBuf::from(field("dir")?),
+        node_name: field("nodeName")?,
+        bridge: field("bridge")?,
+        cgroup: field("cgroup")?,
+        cni_network: field("cniNetwork")?,
+        subnet: field("subnet")?,
+        gateway: field("gateway")?.parse().context("node.json: gateway")?,
+    })
+}
+
 fn down(state: &Path) -> Result<()> {
+    // The node this `make dev` started (others, e.g. a test's, are not ours to judge).
+    let footprint = load_footprint(state).ok();
     if let Some(pid) = running_pid(state) {
         std::fs::write(state.join("stop"), "")?;
         let stopped = poll(DOWN_TIMEOUT, Duration::from_millis(200), || running_pid(state).is_none().then_some(()));
@@ -110,10 +144,12 @@ fn down(state: &Path) -> Result<()> {
                 "imagemap-dev: process {pid} did not stop within {DOWN_TIMEOUT:?}; killing it (its watchdogs clean up)"
             );
             let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-            poll(DOWN_TIMEOUT, Duration::from_millis(200), || node::all_leftovers().is_empty().then_some(()));
+            if let Some(f) = &footprint {
+                poll(DOWN_TIMEOUT, Duration::from_millis(200), || f.leftovers().is_empty().then_some(()));
+            }
         }
     }
-    let left = node::all_leftovers();
+    let left = footprint.as_ref().map(Footprint::leftovers).unwrap_or_default();
     let _ = std::fs::remove_dir_all(state);
     if !left.is_empty() {
         bail!("left behind:\n  {}", left.join("\n  "));
@@ -139,6 +175,7 @@ struct Dev {
 
 fn serve(state: &Path) -> Result<()> {
     let dev = start()?;
+    save_footprint(state, dev.node.footprint())?;
     let kubeconfig = state.join("kubeconfig");
     std::fs::copy(dev.plane.kubeconfig_path(), &kubeconfig).context("writing the kubeconfig")?;
     let bin = binaries::bin_dir()?;
