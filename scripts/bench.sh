@@ -46,6 +46,11 @@ IMAGEMAP_CONTROLPLANE_BIN="$(bash tests/controlplane/build.sh | tail -n1)"
 export IMAGEMAP_CONTROLPLANE_BIN
 
 run "$CARGO" build --release -p imagemap-webhook -p imagemap-bench --bins
+# The webhook measured (over TLS, end to end, memory) is the container image's binary: static
+# glibc, built by scripts/image.sh with the image's flags (docs/decisions.md).
+WEBHOOK=$(run bash scripts/image.sh binary)
+case $WEBHOOK in /*) ;; *) WEBHOOK=$PWD/$WEBHOOK ;; esac
+export IMAGEMAP_BENCH_WEBHOOK=$WEBHOOK
 BENCH=target/release/imagemap-bench
 run "$BENCH" machine
 

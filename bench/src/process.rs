@@ -146,8 +146,22 @@ impl Server {
     }
 }
 
-/// `target/release/NAME` next to the running `imagemap-bench`.
+/// Names the `imagemap-webhook` binary to measure instead of the one next to `imagemap-bench`:
+/// `bench.sh` sets it to the container image's binary (`scripts/image.sh binary`).
+pub const WEBHOOK_ENV: &str = "IMAGEMAP_BENCH_WEBHOOK";
+
+/// `target/release/NAME` next to the running `imagemap-bench` (for `imagemap-webhook`,
+/// `$IMAGEMAP_BENCH_WEBHOOK` when set).
 pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    if name == "imagemap-webhook" {
+        if let Some(path) = std::env::var_os(WEBHOOK_ENV).filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                bail!("{WEBHOOK_ENV}={} is not a file", path.display());
+            }
+            return Ok(path);
+        }
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no folder for the running binary")?;
     let path = dir.join(name);

@@ -257,7 +257,8 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
         writeln!(w, "## 3. Over TLS on loopback\n")?;
         writeln!(
             w,
-            "The release `imagemap-webhook` (`--no-cluster --imagemaps-file`, {} maps, default `--log-level info`, so one \
+            "The release `imagemap-webhook` of the container image (`scripts/image.sh binary`: statically linked glibc) \
+             (`--no-cluster --imagemaps-file`, {} maps, default `--log-level info`, so one \
              log line per patched review) and `imagemap-bench-server` (axum + rustls, same runtime, TLS and HTTP/1.1 \
              settings, reads the body and answers a fixed allowed review) each pinned to core 0 (`taskset -c 0`); \
              {} on core 1 with one worker thread, keep-alive HTTP/1.1, TLS 1.3, ECDSA P-256, {}-byte review (8KB-one: \
