@@ -618,6 +618,18 @@ pub fn swaps(pod: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Waits (30 s at most, panicking then) until a server-side dry-run Pod in `ns` with `image`
+/// comes back `accepted`: the webhook serving `ns` has the map in its cache.
+pub fn wait_until_admitted(plane: &ControlPlane, ns: &str, image: &str, accepted: impl Fn(&Value) -> bool) {
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let out =
+            plane.kubectl(["run", "probe", "-n", ns, &format!("--image={image}"), "--dry-run=server", "-o", "json"]);
+        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
+        accepted(&pod).then_some(())
+    })
+    .unwrap_or_else(|| panic!("a dry-run Pod with image {image} in {ns} was never admitted as expected"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

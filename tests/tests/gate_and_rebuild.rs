@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use imagemap_e2e::plugin::kubectl_imagemap_ok;
+use imagemap_e2e::webhook::wait_until_admitted;
 use imagemap_e2e::{poll, shared, ControlPlane, ControlPlaneOptions, ServedWebhook, WebhookOptions};
 use serde_json::Value;
 
@@ -27,17 +28,6 @@ fn controller_args(lease_ns: &str, extra: &[&str]) -> WebhookOptions {
 
 fn plugin(plane: &ControlPlane, args: &[&str]) -> String {
     kubectl_imagemap_ok(plane.kubeconfig_path(), args)
-}
-
-/// Waits until a server-side dry-run Pod with `image` comes back `accepted` by the webhook.
-fn wait_for_webhook(plane: &ControlPlane, ns: &str, image: &str, accepted: impl Fn(&Value) -> bool) {
-    poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        let out =
-            plane.kubectl(["run", "probe", "-n", ns, &format!("--image={image}"), "--dry-run=server", "-o", "json"]);
-        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
-        accepted(&pod).then_some(())
-    })
-    .expect("the webhook sees the map");
 }
 
 fn get_pod(plane: &ControlPlane, ns: &str, name: &str) -> Value {
@@ -73,7 +63,7 @@ fn a_pod_created_before_its_build_waits_at_a_gate_then_gets_the_built_image() {
     let ns = served.create_namespace("gate");
     plugin(plane, &["create", "app", "--selector", "gated-app", "-n", &ns]);
     // The webhook's cache must know the (unbuilt) map before the Pod is created.
-    wait_for_webhook(plane, &ns, "gated-app", |pod| gates(pod).contains(&GATE.to_string()));
+    wait_until_admitted(plane, &ns, "gated-app", |pod| gates(pod).contains(&GATE.to_string()));
 
     let warnings = run_pod(plane, &ns, "web", "gated-app");
     assert!(warnings.contains("held by scheduling gate"), "{warnings}");
@@ -110,7 +100,7 @@ fn a_gated_pod_is_released_unchanged_after_the_timeout_and_when_its_map_is_delet
         .expect("webhook");
     let ns = served.create_namespace("timeout");
     plugin(&plane, &["create", "slow", "--selector", "slow-app", "-n", &ns]);
-    wait_for_webhook(&plane, &ns, "slow-app", |pod| !gates(pod).is_empty());
+    wait_until_admitted(&plane, &ns, "slow-app", |pod| !gates(pod).is_empty());
     run_pod(&plane, &ns, "waits", "slow-app");
     assert_eq!(gates(&get_pod(&plane, &ns, "waits")), [GATE]);
     let released = poll(Duration::from_secs(30), Duration::from_millis(200), || {
@@ -145,18 +135,9 @@ fn a_rebuild_rolls_a_deployment_to_new_pods_with_the_new_image() {
     let lease_ns = plane.create_namespace("rebuild-lease");
     let served = ServedWebhook::start(plane, "rebuild", controller_args(&lease_ns, &[])).expect("webhook");
     let ns = served.create_namespace("rebuild");
-    plugin(plane, &["set-image", "api", "reg.io/api:build-1", "--create", "--selector", "api-server", "-n", &ns]);
-    wait_for_webhook(plane, &ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-1");
-    plane.kubectl_ok(["create", "deployment", "api", "-n", &ns, "--image=api-server", "--replicas=1"]);
-    poll(Duration::from_secs(60), Duration::from_millis(300), || {
-        deployment_images(plane, &ns).contains(&"reg.io/api:build-1".to_string()).then_some(())
-    })
-    .expect("first Pod swapped to build-1");
+    deploy_build_1(plane, &ns);
     plugin(plane, &["set-image", "api", "reg.io/api:build-2", "-n", &ns]);
-    poll(Duration::from_secs(60), Duration::from_millis(300), || {
-        deployment_images(plane, &ns).contains(&"reg.io/api:build-2".to_string()).then_some(())
-    })
-    .expect("the Deployment rolled to a Pod with build-2");
+    wait_for_deployment_image(plane, &ns, "reg.io/api:build-2").expect("the Deployment rolled to a Pod with build-2");
     let restarted = restarted_at(plane, &ns);
     assert!(!restarted.is_empty(), "restarted like kubectl rollout restart");
     let desc = plugin(plane, &["describe", "api", "-n", &ns]);
@@ -165,6 +146,22 @@ fn a_rebuild_rolls_a_deployment_to_new_pods_with_the_new_image() {
     // On demand, too.
     let out = plugin(plane, &["rollout", "api", "-n", &ns]);
     assert!(out.contains("deployment.apps/api restarted"), "{out}");
+}
+
+/// A map `api` (selector `api-server`) built as `reg.io/api:build-1`, and a Deployment `api`
+/// written with the plain name whose Pod got build 1.
+fn deploy_build_1(plane: &ControlPlane, ns: &str) {
+    plugin(plane, &["set-image", "api", "reg.io/api:build-1", "--create", "--selector", "api-server", "-n", ns]);
+    wait_until_admitted(plane, ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-1");
+    plane.kubectl_ok(["create", "deployment", "api", "-n", ns, "--image=api-server", "--replicas=1"]);
+    wait_for_deployment_image(plane, ns, "reg.io/api:build-1").expect("first Pod swapped to build-1");
+}
+
+/// Waits until a Pod of the Deployment `api` has `image`.
+fn wait_for_deployment_image(plane: &ControlPlane, ns: &str, image: &str) -> Option<()> {
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        deployment_images(plane, ns).iter().any(|i| i == image).then_some(())
+    })
 }
 
 /// The Deployment `api`'s Pods' first container images in `ns`.
@@ -202,27 +199,19 @@ fn a_rebuild_made_while_no_replica_leads_is_acted_on_once_one_does() {
     ));
     let served = ServedWebhook::start(plane, "idle", controller_args(&lease_ns, &[])).expect("webhook");
     let ns = served.create_namespace("idle");
-    plugin(plane, &["set-image", "api", "reg.io/api:build-1", "--create", "--selector", "api-server", "-n", &ns]);
-    wait_for_webhook(plane, &ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-1");
-    plane.kubectl_ok(["create", "deployment", "api", "-n", &ns, "--image=api-server", "--replicas=1"]);
-    poll(Duration::from_secs(60), Duration::from_millis(300), || {
-        deployment_images(plane, &ns).contains(&"reg.io/api:build-1".to_string()).then_some(())
-    })
-    .expect("first Pod swapped to build-1");
+    deploy_build_1(plane, &ns);
 
     plugin(plane, &["set-image", "api", "reg.io/api:build-2", "-n", &ns]);
     // The replica has seen build 2 (its reviews use it) and has had several rounds to act on it.
-    wait_for_webhook(plane, &ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-2");
+    wait_until_admitted(plane, &ns, "api-server", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:build-2");
     std::thread::sleep(Duration::from_secs(2));
     assert!(restarted_at(plane, &ns).is_empty(), "nothing restarts while no replica leads");
     assert!(!served.webhook().log().contains("leading=true"), "{}", served.webhook().log());
 
     // The other replica goes away: this one takes the Lease and restarts the Deployment.
     plane.kubectl_ok(["delete", "lease", "imagemap-controller", "-n", &lease_ns]);
-    poll(Duration::from_secs(60), Duration::from_millis(300), || {
-        deployment_images(plane, &ns).contains(&"reg.io/api:build-2".to_string()).then_some(())
-    })
-    .expect("the Deployment rolled to a Pod with build-2 once a replica led");
+    wait_for_deployment_image(plane, &ns, "reg.io/api:build-2")
+        .expect("the Deployment rolled to a Pod with build-2 once a replica led");
     let record = plane.kubectl_ok([
         "get",
         "deployment",
@@ -265,7 +254,7 @@ fn two_replicas_never_both_act_one_holds_the_lease() {
     assert!(holder == "replica-a" || holder == "replica-b", "{holder}");
     let ns = a.create_namespace("lease-pods");
     plugin(&plane, &["create", "app", "--selector", "lease-app", "-n", &ns]);
-    wait_for_webhook(&plane, &ns, "lease-app", |pod| !gates(pod).is_empty());
+    wait_until_admitted(&plane, &ns, "lease-app", |pod| !gates(pod).is_empty());
     for i in 0..3 {
         run_pod(&plane, &ns, &format!("p{i}"), "lease-app");
     }

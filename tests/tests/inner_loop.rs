@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use imagemap_e2e::oci::{self, Run};
 use imagemap_e2e::plugin::kubectl_imagemap_ok;
+use imagemap_e2e::webhook::wait_until_admitted;
 use imagemap_e2e::{poll, shared_cluster, Cluster, ControlPlane, ServedWebhook, WebhookOptions};
 use serde_json::Value;
 
@@ -79,12 +80,8 @@ fn a_deployment_named_by_the_plain_image_runs_the_pushed_build_and_a_rebuild_rol
         &["set-image", "app", &format!("{registry}/{repo}:tilt-1"), "--create", "--selector", "loop-app", "-n", &ns],
     );
     // The webhook's cache must hold the map before the Deployment's Pod is admitted.
-    poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=loop-app", "--dry-run=server", "-o", "json"]);
-        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (pod["spec"]["containers"][0]["image"] == format!("{registry}/{repo}:tilt-1")).then_some(())
-    })
-    .expect("the webhook sees the map");
+    let built = format!("{registry}/{repo}:tilt-1");
+    wait_until_admitted(plane, &ns, "loop-app", |pod| pod["spec"]["containers"][0]["image"] == built.as_str());
 
     plane.kubectl_ok(["create", "deployment", "x", "-n", &ns, "--image=loop-app"]);
     let pod = poll(POD_TIMEOUT, Duration::from_millis(500), || {
@@ -115,12 +112,9 @@ fn a_pod_created_before_its_first_build_waits_unscheduled_then_runs_the_build() 
     let kubeconfig = plane.kubeconfig_path();
 
     kubectl_imagemap_ok(kubeconfig, &["create", "web", "--selector", "gated-web", "-n", &ns]);
-    poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=gated-web", "--dry-run=server", "-o", "json"]);
-        let pod: Value = serde_json::from_slice(&out.stdout).ok()?;
-        pod["spec"]["schedulingGates"].as_array().is_some_and(|g| !g.is_empty()).then_some(())
-    })
-    .expect("the webhook sees the unbuilt map");
+    wait_until_admitted(plane, &ns, "gated-web", |pod| {
+        pod["spec"]["schedulingGates"].as_array().is_some_and(|g| !g.is_empty())
+    });
     plane.kubectl_ok(["run", "early", "-n", &ns, "--image=gated-web", "--labels=app=early", "--restart=Never"]);
 
     // Held: gated, not scheduled, no container started.
