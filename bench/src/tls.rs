@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use imagemap_certs::{CertificateAuthority, Sans};
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -122,7 +123,7 @@ fn mint_rsa(dir: &Path) -> Result<()> {
 /// when it opens a connection).
 pub fn client_config(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
         roots.add(cert.context("bad CA PEM")?).context("adding the CA")?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use imagemap::maps::MapIndex;
 use imagemap::mapsfile::parse_maps;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::client::Cluster;
@@ -42,11 +41,8 @@ pub fn parse_manifests(text: &str, name: &str) -> Result<Manifests> {
         return Ok(Manifests { docs, json: true });
     }
     let mut docs = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = Value::deserialize(doc).with_context(|| format!("{name}: document {} is not valid YAML", i + 1))?;
-        if !v.is_null() {
-            docs.push(v);
-        }
+    for (i, doc) in imagemap::yaml::documents(text).into_iter().enumerate() {
+        docs.push(doc.with_context(|| format!("{name}: document {} is not valid YAML", i + 1))?);
     }
     Ok(Manifests { docs, json: false })
 }

@@ -155,7 +155,7 @@ pub fn json_text(v: &Value) -> String {
 
 /// YAML text.
 pub fn yaml_text(v: &Value) -> String {
-    serde_yaml::to_string(v).unwrap_or_default()
+    imagemap::yaml::to_string(v).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -245,10 +245,10 @@ mod tests {
         assert_eq!(json["items"][0]["kind"], "ImageMap");
         assert_eq!(json["items"][0]["apiVersion"], "tilt.dev/v1alpha1");
         assert_eq!(json["items"][0]["spec"]["matchExact"], true);
-        let yaml: Value = serde_yaml::from_str(&list(&maps, Output::Yaml, now(), false)).expect("yaml");
+        let yaml: Value = imagemap::yaml::from_str(&list(&maps, Output::Yaml, now(), false)).expect("yaml");
         assert_eq!(yaml, json);
         assert_eq!(list(&maps, Output::Name, now(), false), "imagemap.tilt.dev/api\nimagemap.tilt.dev/web\n");
-        let one: Value = serde_yaml::from_str(&object(&maps[0], ObjectOutput::Yaml)).expect("yaml");
+        let one: Value = imagemap::yaml::from_str(&object(&maps[0], ObjectOutput::Yaml)).expect("yaml");
         assert_eq!(one["status"]["image"], "localhost:5000/my-apiserver:tilt-1");
         assert_eq!(object(&maps[1], ObjectOutput::Name), "imagemap.tilt.dev/web\n");
     }

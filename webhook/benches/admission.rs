@@ -4,7 +4,9 @@
 //! `imagemap-bench criterion` turns criterion's estimates into same-run ratios
 //! (`docs/benchmarks.md`).
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use imagemap::admission::review;
 
 /// The bodies and map sets, shared with `imagemap-bench` (bench/).

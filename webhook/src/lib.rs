@@ -19,6 +19,7 @@ pub mod rebuild;
 pub mod reference;
 pub mod review_reader;
 pub mod types;
+pub mod yaml;
 
 #[cfg(feature = "client")]
 pub mod workloads;

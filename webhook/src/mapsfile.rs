@@ -1,7 +1,6 @@
 //! Reading ImageMaps from text: a single ImageMap, a `List` or `ImageMapList` with `items`, or
 //! multi-document YAML (JSON is YAML too). Used for `--imagemaps-file` and the plugin's `--maps`.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::types::ImageMap;
@@ -36,16 +35,13 @@ pub enum MapsFileError {
 /// Parses every ImageMap in `text`; `source_name` names the file in errors.
 pub fn parse_maps(text: &str, source_name: &str) -> Result<Vec<ImageMap>, MapsFileError> {
     let mut maps = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in crate::yaml::documents(text).into_iter().enumerate() {
         let index = i + 1;
-        let value = Value::deserialize(doc).map_err(|e| MapsFileError::Syntax {
+        let value = doc.map_err(|e| MapsFileError::Syntax {
             source_name: source_name.to_string(),
             index,
             error: e.to_string(),
         })?;
-        if value.is_null() {
-            continue;
-        }
         let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
         if kind == "List" || kind == "ImageMapList" {
             let items = value.get("items").and_then(Value::as_array).cloned().unwrap_or_default();

@@ -3,28 +3,14 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 struct Webhook {
-    child: Child,
+    binary: common::Binary,
     client: common::Client,
-    _dir: tempfile::TempDir,
-    maps: std::path::PathBuf,
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
@@ -33,24 +19,7 @@ const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
   "status":{"image":"localhost:5000/my-apiserver:tilt-1","imageFromCluster":"registry:5000/my-apiserver:tilt-1"}}]}"#;
 
 async fn start() -> Webhook {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = common::mint(dir.path());
-    let maps = dir.path().join("maps.json");
-    std::fs::write(&maps, MAPS).expect("write maps");
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"))
-        .args(["--no-cluster", "--listen", &format!("127.0.0.1:{port}"), "--maps-reload-interval", "100ms"])
-        .arg("--imagemaps-file")
-        .arg(&maps)
-        .arg("--tls-cert-file")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-private-key-file")
-        .arg(dir.path().join("tls.key"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn webhook");
-    let client = common::Client::new(&ca.cert_pem, format!("127.0.0.1:{port}").parse().expect("addr"));
+    let (binary, client) = common::launch(MAPS, &["--maps-reload-interval", "100ms"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if client.connect().await.is_ok() && client.send("GET /readyz HTTP/1.1\r\nHost: x", b"").await.status == 200 {
@@ -59,7 +28,7 @@ async fn start() -> Webhook {
         assert!(Instant::now() < deadline, "webhook did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Webhook { child, client, _dir: dir, maps }
+    Webhook { binary, client }
 }
 
 async fn swapped_pod(w: &Webhook) -> Value {
@@ -81,7 +50,7 @@ async fn no_cluster_mode_swaps_from_the_maps_file_and_reloads_it() {
     assert_eq!(pod["spec"]["initContainers"][0]["image"], "registry:5000/my-apiserver:tilt-1");
     assert_eq!(pod["spec"]["containers"][1]["image"], "busybox:1.36");
 
-    std::fs::write(&w.maps, MAPS.replace("tilt-1", "tilt-2")).expect("rewrite maps");
+    std::fs::write(&w.binary.maps, MAPS.replace("tilt-1", "tilt-2")).expect("rewrite maps");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let pod = swapped_pod(&w).await;
@@ -93,7 +62,7 @@ async fn no_cluster_mode_swaps_from_the_maps_file_and_reloads_it() {
     }
     // A broken file keeps the previous maps, and so does an empty one (a file being rewritten).
     for content in ["{ broken", "", "\n"] {
-        std::fs::write(&w.maps, content).expect("break maps");
+        std::fs::write(&w.binary.maps, content).expect("break maps");
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
             swapped_pod(&w).await["spec"]["containers"][0]["image"],
@@ -106,12 +75,12 @@ async fn no_cluster_mode_swaps_from_the_maps_file_and_reloads_it() {
 #[tokio::test]
 async fn sigterm_fails_readiness_and_exits_cleanly() {
     let mut w = start().await;
-    let pid = w.child.id().to_string();
+    let pid = w.binary.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let exit = loop {
-        if let Some(exit) = w.child.try_wait().expect("wait") {
+        if let Some(exit) = w.binary.child.try_wait().expect("wait") {
             break exit;
         }
         assert!(Instant::now() < deadline, "did not exit within the grace period");

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -362,49 +362,9 @@ const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
  {"apiVersion":"tilt.dev/v1alpha1","kind":"ImageMap","metadata":{"name":"api","namespace":"dev"},
   "spec":{"selector":"my-apiserver"},"status":{"image":"localhost:5000/my-apiserver:tilt-1"}}]}"#;
 
-struct Binary {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    dir: tempfile::TempDir,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// Starts the binary with `--no-cluster` and [`MAPS`], certificates in its folder
-/// (`Binary::dir`); does not wait for readiness.
-fn start_binary(extra: &[&str]) -> (Binary, Client) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ca = common::mint(dir.path());
-    let maps = dir.path().join("maps.json");
-    std::fs::write(&maps, MAPS).expect("write maps");
-    let port = free_port();
-    let log = dir.path().join("webhook.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"))
-        .args(["--no-cluster", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--imagemaps-file")
-        .arg(&maps)
-        .arg("--tls-cert-file")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-private-key-file")
-        .arg(dir.path().join("tls.key"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn the webhook");
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    (Binary { child, addr, dir, log }, Client::new(&ca.cert_pem, addr))
+/// Starts the binary with `--no-cluster` and [`MAPS`] (see [`common::launch`]).
+fn start_binary(extra: &[&str]) -> (common::Binary, Client) {
+    common::launch(MAPS, extra)
 }
 
 async fn status_of(client: &Client, path: &str) -> Option<(u16, String)> {

@@ -19,6 +19,8 @@ use clap::Parser;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// The fixed answer: allowed, no patch.
@@ -47,8 +49,10 @@ async fn mutate(request: Request) -> Response {
 fn tls_config(args: &Args) -> Result<Arc<rustls::ServerConfig>> {
     let cert = std::fs::read(&args.cert).with_context(|| format!("reading {}", args.cert.display()))?;
     let key = std::fs::read(&args.key).with_context(|| format!("reading {}", args.key.display()))?;
-    let chain = rustls_pemfile::certs(&mut &cert[..]).collect::<Result<Vec<_>, _>>().context("certificate PEM")?;
-    let key = rustls_pemfile::private_key(&mut &key[..]).context("key PEM")?.context("no private key")?;
+    let chain = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("certificate PEM {}", args.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key).with_context(|| format!("key PEM {}", args.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -12,8 +12,11 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebho
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -376,6 +379,31 @@ enum ProbeError {
     Down(String),
 }
 
+/// The certificates of a caBundle; a PEM block that does not decode is an error, not skipped.
+fn ca_certificates(ca_pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(ca_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("caBundle holds a broken PEM block: {}", describe_pem_error(&e)))?;
+    if certs.is_empty() {
+        return Err("caBundle holds no PEM certificate".into());
+    }
+    Ok(certs)
+}
+
+/// A PEM error in words (the library prints marker lines as byte arrays).
+fn describe_pem_error(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("the {} block has no END line", String::from_utf8_lossy(end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        pem::Error::Base64Decode(detail) => format!("the block is not valid base64 ({detail})"),
+        other => other.to_string(),
+    }
+}
+
 /// Connects to `url` trusting only `ca_pem`; returns days until the leaf certificate expires
 /// after checking that `/healthz` answers.
 async fn probe_url(url: &str, ca_pem: &[u8]) -> std::result::Result<i64, ProbeError> {
@@ -383,7 +411,7 @@ async fn probe_url(url: &str, ca_pem: &[u8]) -> std::result::Result<i64, ProbeEr
     let host = parsed.host().unwrap_or("").trim_matches(['[', ']']).to_string();
     let port = parsed.port_u16().unwrap_or(443);
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut &ca_pem[..]).flatten() {
+    for cert in ca_certificates(ca_pem).map_err(ProbeError::Tls)? {
         let _ = roots.add(cert);
     }
     if roots.is_empty() {
@@ -407,7 +435,7 @@ async fn probe_url(url: &str, ca_pem: &[u8]) -> std::result::Result<i64, ProbeEr
         .map_err(|e| ProbeError::Tls(e.to_string()))?;
     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
     let days = x509_parser::parse_x509_certificate(&leaf)
-        .map(|(_, cert)| (cert.validity().not_after.timestamp() - chrono::Utc::now().timestamp()) / 86_400)
+        .map(|(_, cert)| (cert.validity().not_after.timestamp() - Timestamp::now().as_second()) / 86_400)
         .unwrap_or(0);
     let request = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     tls.write_all(request.as_bytes()).await.map_err(|e| ProbeError::Down(e.to_string()))?;
@@ -453,6 +481,19 @@ mod tests {
         assert!(!selects(Some(&sel), &labels(&[("team", "a"), ("imagemap.tilt.dev/opt-out", "true")])));
         assert!(!selects(Some(&sel), &labels(&[("team", "b")])));
         assert!(selects(None, &labels(&[])));
+    }
+
+    #[test]
+    fn ca_bundle_blocks_that_do_not_decode_are_reported() {
+        let good = "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n";
+        assert_eq!(ca_certificates(good.as_bytes()).expect("decodes").len(), 1);
+        let broken = format!("{good}-----BEGIN CERTIFICATE-----\nA!EC\n-----END CERTIFICATE-----\n");
+        let e = ca_certificates(broken.as_bytes()).expect_err("bad base64");
+        assert!(e.starts_with("caBundle holds a broken PEM block: the block is not valid base64"), "{e}");
+        let cut = format!("{good}-----BEGIN CERTIFICATE-----\nAAEC\n");
+        let e = ca_certificates(cut.as_bytes()).expect_err("no END line");
+        assert_eq!(e, "caBundle holds a broken PEM block: the CERTIFICATE block has no END line");
+        assert_eq!(ca_certificates(b"not PEM").expect_err("empty"), "caBundle holds no PEM certificate");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! status subresource after validating every reference.
 
 use anyhow::{bail, Context, Result};
-use chrono::{DateTime, SecondsFormat, Utc};
 use imagemap::types::{ImageMap, ImageMapSpec};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 
@@ -13,7 +13,7 @@ use crate::client::Cluster;
 use crate::render;
 
 /// The status patch for the flags (every field set, so an older build's values never linger).
-pub fn status_patch(args: &SetImageArgs, now: DateTime<Utc>) -> Result<Value> {
+pub fn status_patch(args: &SetImageArgs, now: Timestamp) -> Result<Value> {
     validate_reference("IMAGE", &args.image)?;
     for (flag, value) in [("--from-cluster", &args.from_cluster), ("--from-local", &args.from_local)] {
         if let Some(v) = value {
@@ -22,23 +22,22 @@ pub fn status_patch(args: &SetImageArgs, now: DateTime<Utc>) -> Result<Value> {
     }
     let started = match args.build_start_time.as_str() {
         "now" => now,
-        t => DateTime::parse_from_rfc3339(t)
-            .with_context(|| {
-                format!("invalid --build-start-time {t:?}: use RFC 3339 (2026-11-26T10:00:00Z) or \"now\"")
-            })?
-            .with_timezone(&Utc),
+        t => t.parse::<Timestamp>().with_context(|| {
+            format!("invalid --build-start-time {t:?}: use RFC 3339 (2026-11-26T10:00:00Z) or \"now\"")
+        })?,
     };
     Ok(json!({"status": {
         "image": args.image,
         "imageFromCluster": args.from_cluster.clone().unwrap_or_default(),
         "imageFromLocal": args.from_local.clone().unwrap_or_default(),
-        "buildStartTime": started.to_rfc3339_opts(SecondsFormat::Micros, true),
+        // UTC with exactly six fractional digits, as Kubernetes writes MicroTime.
+        "buildStartTime": format!("{started:.6}"),
     }}))
 }
 
 /// Runs `set-image`.
 pub async fn run(global: &Global, args: &SetImageArgs) -> Result<String> {
-    let patch = status_patch(args, Utc::now())?;
+    let patch = status_patch(args, Timestamp::now())?;
     if args.create {
         match &args.selector {
             Some(s) => validate_reference("--selector", s)?,
@@ -93,7 +92,7 @@ mod tests {
 
     #[test]
     fn patch_sets_every_status_field_with_microsecond_time() {
-        let now = DateTime::parse_from_rfc3339("2026-11-26T10:00:00.5Z").expect("t").with_timezone(&Utc);
+        let now: Timestamp = "2026-11-26T10:00:00.5Z".parse().expect("t");
         let p = status_patch(&parse(&["app", "localhost:5000/app:t", "--from-cluster", "registry:5000/app:t"]), now)
             .expect("valid");
         assert_eq!(p["status"]["image"], "localhost:5000/app:t");
@@ -103,11 +102,14 @@ mod tests {
         let p =
             status_patch(&parse(&["app", "a:1", "--build-start-time", "2026-01-02T03:04:05Z"]), now).expect("valid");
         assert_eq!(p["status"]["buildStartTime"], "2026-01-02T03:04:05.000000Z");
+        let p = status_patch(&parse(&["app", "a:1", "--build-start-time", "2026-01-02T05:04:05.1234567+02:00"]), now)
+            .expect("valid");
+        assert_eq!(p["status"]["buildStartTime"], "2026-01-02T03:04:05.123456Z");
     }
 
     #[test]
     fn invalid_references_and_times_are_refused_naming_the_flag() {
-        let now = Utc::now();
+        let now = Timestamp::now();
         let e = status_patch(&parse(&["app", "Bad:Image"]), now).expect_err("bad image");
         assert!(e.to_string().starts_with("invalid IMAGE \"Bad:Image\""), "{e}");
         let e = status_patch(&parse(&["app", "a:1", "--from-cluster", "a b"]), now).expect_err("bad");

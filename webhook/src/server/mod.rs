@@ -158,7 +158,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let listener = listener::bind(config.listen).with_context(|| format!("binding --listen {}", config.listen))?;
-    tracing::info!(listen = %config.listen, "serving HTTPS");
+    // The bound address (with --listen PORT 0, the port chosen): launchers read it back.
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(listen = %config.listen, %address, "serving HTTPS");
     let shutdown = listener::shutdown_signal(state.clone(), config.shutdown_delay);
     let serving = listener::serve(
         listener,

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::crypto::ring::sign::any_supported_type;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -27,6 +28,14 @@ pub enum TlsError {
     /// The certificate file holds no PEM certificate.
     #[error("{0} contains no PEM certificate")]
     NoCertificate(PathBuf),
+    /// The certificate file holds a PEM block that cannot be decoded.
+    #[error("{path} contains a broken PEM block: {detail}")]
+    BrokenCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with the block.
+        detail: String,
+    },
     /// The key file holds no usable PEM private key.
     #[error("{path} contains no usable PEM private key{detail}")]
     NoKey {
@@ -148,19 +157,103 @@ fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     Ok((read(cert)?, read(key)?))
 }
 
+/// A PEM error in words (the library prints marker lines as byte arrays).
+fn describe_pem_error(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("the {} block has no END line", String::from_utf8_lossy(end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        pem::Error::Base64Decode(detail) => format!("the block is not valid base64 ({detail})"),
+        other => other.to_string(),
+    }
+}
+
 fn certified_key(cert_path: &Path, key_path: &Path, cert: &[u8], key: &[u8]) -> Result<CertifiedKey, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert[..]).filter_map(Result::ok).collect();
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BrokenCertificate { path: cert_path.to_path_buf(), detail: describe_pem_error(&e) })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert_path.to_path_buf()));
     }
     let no_key = |detail: String| TlsError::NoKey { path: key_path.to_path_buf(), detail };
-    let der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key[..])
-        .map_err(|e| no_key(format!(": {e}")))?
-        .ok_or_else(|| no_key(String::new()))?;
+    let der = match PrivateKeyDer::from_pem_slice(key) {
+        Ok(der) => der,
+        Err(pem::Error::NoItemsFound) => return Err(no_key(String::new())),
+        Err(e) => return Err(no_key(format!(": {}", describe_pem_error(&e)))),
+    };
     let signing = any_supported_type(&der).map_err(|e| no_key(format!(": {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
     certified
         .keys_match()
         .map_err(|_| TlsError::Mismatch { cert: cert_path.to_path_buf(), key: key_path.to_path_buf() })?;
     Ok(certified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imagemap_certs::{CertificateAuthority, Sans};
+
+    /// A CA and a serving pair for `127.0.0.1`: (CA PEM, leaf PEM, key PEM).
+    fn pair() -> (String, String, String) {
+        let ca = CertificateAuthority::new("test CA", 1).expect("ca");
+        let mut sans = Sans::default();
+        sans.add_host("127.0.0.1");
+        let leaf = ca.serving("imagemap-test", &sans, 1).expect("leaf");
+        (ca.cert_pem, leaf.cert_pem, leaf.key_pem)
+    }
+
+    /// Loads `cert` and `key` written to `tls.crt` and `tls.key`; the error as text.
+    fn load(cert: &str, key: &str) -> Result<(), String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_path, cert).expect("write");
+        std::fs::write(&key_path, key).expect("write");
+        CertStore::load(&cert_path, &key_path).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_pair_and_a_chain_with_the_ca_load() {
+        let (ca, cert, key) = pair();
+        load(&cert, &key).expect("pair");
+        load(&format!("{cert}{ca}"), &key).expect("chain");
+    }
+
+    #[test]
+    fn a_broken_certificate_block_is_refused_naming_the_file() {
+        let (ca, cert, key) = pair();
+        // A corrupted CA block after a good leaf: the chain must not silently lose it.
+        let corrupted = ca.replacen("MII", "MI!", 1);
+        let e = load(&format!("{cert}{corrupted}"), &key).expect_err("bad base64");
+        assert!(e.contains("tls.crt contains a broken PEM block: the block is not valid base64"), "{e}");
+        // A block cut short.
+        let cut = &ca[..ca.find("-----END").expect("end line")];
+        let e = load(&format!("{cert}{cut}"), &key).expect_err("no END line");
+        assert!(e.contains("tls.crt contains a broken PEM block: the CERTIFICATE block has no END line"), "{e}");
+        let e = load(&cert.replace("-----BEGIN CERTIFICATE-----", "-----BEGIN CERTIFICATE---"), &key)
+            .expect_err("bad BEGIN line");
+        assert!(e.contains("tls.crt contains a broken PEM block: malformed BEGIN line"), "{e}");
+        // No PEM at all is still reported as such.
+        let e = load("garbage", &key).expect_err("no PEM");
+        assert!(e.ends_with("tls.crt contains no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_or_broken_key_is_refused_naming_the_file() {
+        let (_, cert, key) = pair();
+        let e = load(&cert, "garbage").expect_err("no key");
+        assert!(e.ends_with("tls.key contains no usable PEM private key"), "{e}");
+        let cut = &key[..key.find("-----END").expect("end line")];
+        let e = load(&cert, cut).expect_err("cut key");
+        assert!(
+            e.ends_with("tls.key contains no usable PEM private key: the PRIVATE KEY block has no END line"),
+            "{e}"
+        );
+        let (_, _, other_key) = pair();
+        let e = load(&cert, &other_key).expect_err("mismatch");
+        assert!(e.contains("does not match certificate"), "{e}");
+    }
 }

@@ -9,9 +9,80 @@ use std::time::Duration;
 
 use imagemap::server::{http::Limits, listener, tls, AppState};
 use imagemap_certs::{CertificateAuthority, Sans};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A running `imagemap-webhook` binary (killed on drop), its folder and its log.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+    /// The `--imagemaps-file`.
+    pub maps: PathBuf,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary with `--no-cluster`, `maps` as `--imagemaps-file`, a certificate minted
+/// into its folder, `--listen 127.0.0.1:0` and `extra`; returns once its log names the address
+/// it bound (no port picked beforehand, so no race with another process taking it), with a
+/// client trusting its CA. Does not wait for readiness.
+pub fn launch(maps: &str, extra: &[&str]) -> (Binary, Client) {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = mint(dir.path());
+    let maps_path = dir.path().join("maps.json");
+    std::fs::write(&maps_path, maps).expect("write maps");
+    let log = dir.path().join("webhook.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"))
+        .args(["--no-cluster", "--listen", "127.0.0.1:0"])
+        .arg("--imagemaps-file")
+        .arg(&maps_path)
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("tls.crt"))
+        .arg("--tls-private-key-file")
+        .arg(dir.path().join("tls.key"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn the webhook");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = bound_address(&text) {
+            break addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the webhook exited ({status}) before serving:\n{text}");
+        }
+        assert!(std::time::Instant::now() < deadline, "the webhook did not log its address:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let client = Client::new(&ca.cert_pem, addr);
+    (Binary { child, addr, dir, log, maps: maps_path }, client)
+}
+
+/// The address in the `serving HTTPS` log line (`address=127.0.0.1:PORT`, plain or JSON).
+fn bound_address(log: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains("serving HTTPS"))?;
+    let after = line.split("address").nth(1)?;
+    let text: String = after
+        .trim_start_matches(['=', '"', ':'])
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    text.parse().ok()
+}
 
 /// Connections the test servers serve at once (the binary's default).
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -136,7 +207,7 @@ pub struct Reply {
 impl Client {
     pub fn new(ca_pem: &str, addr: SocketAddr) -> Client {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile_certs(ca_pem) {
+        for cert in pem_certs(ca_pem) {
             roots.add(cert).expect("add root");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -229,15 +300,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    let mut out = Vec::new();
-    for block in pem.split("-----END CERTIFICATE-----") {
-        if let Some(start) = block.find("-----BEGIN CERTIFICATE-----") {
-            let b64: String = block[start + 27..].chars().filter(|c| !c.is_whitespace()).collect();
-            out.push(CertificateDer::from(decode_b64(&b64)));
-        }
-    }
-    out
+/// Every certificate of a PEM text; a broken block fails the test.
+fn pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().expect("PEM certificates")
 }
 
 fn decode_b64(s: &str) -> Vec<u8> {
@@ -261,7 +326,7 @@ impl Client {
     /// Go clients without a session cache, such as the API server's, do).
     pub fn without_resumption(ca_pem: &str, addr: SocketAddr) -> Client {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile_certs(ca_pem) {
+        for cert in pem_certs(ca_pem) {
             roots.add(cert).expect("add root");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -337,7 +402,7 @@ pub fn mutate_head(len: usize) -> String {
 
 /// The DER of the first certificate in a PEM text.
 pub fn pem_to_der(pem: &str) -> Vec<u8> {
-    rustls_pemfile_certs(pem).into_iter().next().expect("a PEM certificate").to_vec()
+    pem_certs(pem).into_iter().next().expect("a PEM certificate").to_vec()
 }
 
 /// Waits until the peer closes `stream` (EOF or an error such as a reset); `Err` if it is
