@@ -123,3 +123,22 @@ fn describe<S: AsRef<OsStr>>(args: &[S]) -> String {
     }
     text
 }
+
+/// Bytes as text (lossy UTF-8), for kubectl's and helm's output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE] --as USER` in `namespace`
+/// (`--all-namespaces` when `None`): "yes" or "no".
+pub fn can_i(kubectl: &Kubectl, user: &str, verb: &str, resource: &str, namespace: Option<&str>) -> Result<String> {
+    let (resource, subresource) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
+    let subresource = subresource.map(|s| format!("--subresource={s}"));
+    let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+    args.extend(subresource.as_deref());
+    match namespace {
+        Some(ns) => args.extend(["--namespace", ns]),
+        None => args.push("--all-namespaces"),
+    }
+    Ok(text(&kubectl.run(&args)?.stdout).trim().to_string())
+}

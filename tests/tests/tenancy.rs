@@ -16,26 +16,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use imagemap_e2e::kubectl::{self, text};
 use imagemap_e2e::webhook::{container, image_map, pod};
 use imagemap_e2e::{poll, shared, ControlPlane, ControlPlaneOptions};
 use serde_json::{json, Value};
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// `kubectl auth can-i VERB RESOURCE [--subresource S] --as USER --namespace NS`: "yes"/"no".
 fn can_i(plane: &ControlPlane, user: &str, verb: &str, resource: &str, namespace: Option<&str>) -> String {
-    let (resource, subresource) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
-    let mut args = vec!["auth".to_string(), "can-i".into(), verb.into(), resource.into(), "--as".into(), user.into()];
-    if let Some(s) = subresource {
-        args.push(format!("--subresource={s}"));
-    }
-    match namespace {
-        Some(ns) => args.extend(["--namespace".to_string(), ns.to_string()]),
-        None => args.push("--all-namespaces".into()),
-    }
-    text(&plane.kubectl(&args).stdout).trim().to_string()
+    kubectl::can_i(plane.kubectl_client(), user, verb, resource, namespace).expect("kubectl runs")
 }
 
 /// `kubectl --as USER ARGS...` with `stdin`; the output, whatever the exit status.

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use imagemap_e2e::kubectl::text;
 use imagemap_e2e::webhook::{container, dry_run_create, image_map, pod, set_status, swaps, SWAPS_ANNOTATION};
 use imagemap_e2e::{poll, register, shared, shared_webhook, ControlPlane, ServedWebhook, WebhookOptions};
 use serde_json::{json, Value};
@@ -20,10 +21,6 @@ const CACHE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where `captures_the_admission_review_the_api_server_sends` writes the review when
 /// `IMAGEMAP_CAPTURE_REVIEW=1`.
 const CAPTURE_PATH: &str = "/tmp/captured-review.json";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// `kubectl apply -f -` of `object`; panics on failure, returns the output (stderr carries the
 /// API server's warnings).
