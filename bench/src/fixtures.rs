@@ -3,7 +3,7 @@
 //! file with `#[path]`) and for `imagemap-bench`, so both measure the same bodies.
 
 use imagemap::maps::MapIndex;
-use imagemap::types::{ImageMap, ImageMapSpec, ImageMapStatus};
+use imagemap::types::ImageMap;
 use serde_json::{json, Value};
 
 /// The namespace of the review and of the maps that match it.
@@ -55,11 +55,9 @@ pub fn review_body(kb: usize, containers: usize, matching: usize) -> Vec<u8> {
 
 /// One ImageMap with a built status image.
 pub fn image_map(namespace: &str, name: &str, selector: &str, exact: bool) -> ImageMap {
-    let mut m =
-        ImageMap::new(name, ImageMapSpec { selector: selector.to_string(), match_exact: exact, ..Default::default() });
-    m.metadata.namespace = Some(namespace.to_string());
-    m.status = Some(ImageMapStatus { image: format!("localhost:5000/{name}:tilt-1"), ..Default::default() });
-    m
+    ImageMap::for_selector(namespace, name, selector)
+        .with_match_exact(exact)
+        .with_image(&format!("localhost:5000/{name}:tilt-1"))
 }
 
 /// `total` maps (at least 8) over 100 namespaces, half name-only, half exact; `app-0..8` in

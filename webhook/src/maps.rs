@@ -321,26 +321,20 @@ impl MapIndex {
     pub fn cluster_maps(&self) -> impl Iterator<Item = &CompiledMap> {
         self.by_namespace.values().flat_map(|n| n.values().flatten().map(|m| m.as_ref()))
     }
-
-    /// All maps of one namespace (for listing and explaining).
-    pub fn in_namespace(&self, namespace: &str) -> impl Iterator<Item = &CompiledMap> {
-        self.by_namespace.get(namespace).into_iter().flat_map(|n| n.values().flatten().map(|m| m.as_ref()))
-    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::types::{ImageMapSpec, ImageMapStatus};
 
-    /// A small builder for ImageMaps in tests.
+    /// A map built as `image` (unbuilt when empty), through [`ImageMap::for_selector`].
     pub fn map(ns: &str, name: &str, selector: &str, image: &str) -> ImageMap {
-        let mut m = ImageMap::new(name, ImageMapSpec { selector: selector.into(), ..Default::default() });
-        m.metadata.namespace = Some(ns.into()).filter(|n: &String| !n.is_empty());
-        if !image.is_empty() {
-            m.status = Some(ImageMapStatus { image: image.into(), ..Default::default() });
+        let m = ImageMap::for_selector(ns, name, selector);
+        if image.is_empty() {
+            m
+        } else {
+            m.with_image(image)
         }
-        m
     }
 
     #[test]

@@ -44,6 +44,54 @@ pub struct ImageMapSpec {
     pub override_args: Option<ImageMapOverrideArgs>,
 }
 
+impl ImageMap {
+    /// A map `name` in `namespace` (none when empty: a file map) looking for `selector`, with no
+    /// status yet (not built). The `with_*` methods add the rest: the one way tests, benchmarks
+    /// and tools build maps in code.
+    pub fn for_selector(namespace: &str, name: &str, selector: &str) -> ImageMap {
+        let mut map = ImageMap::new(name, ImageMapSpec { selector: selector.into(), ..Default::default() });
+        map.metadata.namespace = Some(namespace.to_string()).filter(|n| !n.is_empty());
+        map
+    }
+
+    /// Sets `status.image` (the map is built).
+    pub fn with_image(mut self, image: &str) -> ImageMap {
+        self.status.get_or_insert_with(Default::default).image = image.into();
+        self
+    }
+
+    /// Sets `status.imageFromCluster`.
+    pub fn with_image_from_cluster(mut self, image: &str) -> ImageMap {
+        self.status.get_or_insert_with(Default::default).image_from_cluster = image.into();
+        self
+    }
+
+    /// Sets `spec.matchExact`.
+    pub fn with_match_exact(mut self, exact: bool) -> ImageMap {
+        self.spec.match_exact = exact;
+        self
+    }
+
+    /// Sets `spec.matchInEnvVars`.
+    pub fn with_match_in_env_vars(mut self, env: bool) -> ImageMap {
+        self.spec.match_in_env_vars = env;
+        self
+    }
+
+    /// Sets `spec.overrideCommand`.
+    pub fn with_command(mut self, command: &[&str]) -> ImageMap {
+        self.spec.override_command =
+            Some(ImageMapOverrideCommand { command: command.iter().map(|s| s.to_string()).collect() });
+        self
+    }
+
+    /// Sets `spec.overrideArgs`.
+    pub fn with_args(mut self, args: &[&str]) -> ImageMap {
+        self.spec.override_args = Some(ImageMapOverrideArgs { args: args.iter().map(|s| s.to_string()).collect() });
+        self
+    }
+}
+
 /// A replacement for a container's `command`; an empty list removes it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct ImageMapOverrideCommand {

@@ -10,16 +10,16 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use imagemap::server::{http::Limits, router, AppState};
-use imagemap::types::{ImageMap, ImageMapSpec, ImageMapStatus};
+use imagemap::types::ImageMap;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 fn map(ns: &str, name: &str, selector: &str, image: Option<&str>, env: bool) -> ImageMap {
-    let mut m =
-        ImageMap::new(name, ImageMapSpec { selector: selector.into(), match_in_env_vars: env, ..Default::default() });
-    m.metadata.namespace = Some(ns.into());
-    m.status = image.map(|i| ImageMapStatus { image: i.into(), ..Default::default() });
-    m
+    let m = ImageMap::for_selector(ns, name, selector).with_match_in_env_vars(env);
+    match image {
+        Some(image) => m.with_image(image),
+        None => m,
+    }
 }
 
 fn state_with(maps: &[ImageMap]) -> Arc<AppState> {

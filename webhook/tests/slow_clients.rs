@@ -220,11 +220,8 @@ fn summary(samples: &[Duration]) -> String {
 }
 
 fn map_for_fixture() -> imagemap::types::ImageMap {
-    use imagemap::types::{ImageMap, ImageMapSpec, ImageMapStatus};
-    let mut m = ImageMap::new("api", ImageMapSpec { selector: "my-apiserver".into(), ..Default::default() });
-    m.metadata.namespace = Some("dev".into());
-    m.status = Some(ImageMapStatus { image: "localhost:5000/my-apiserver:tilt-1".into(), ..Default::default() });
-    m
+    imagemap::types::ImageMap::for_selector("dev", "api", "my-apiserver")
+        .with_image("localhost:5000/my-apiserver:tilt-1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,14 +162,14 @@ pub async fn run(global: &Global, args: &ExplainArgs) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imagemap::types::{ImageMap, ImageMapSpec, ImageMapStatus};
+    use imagemap::types::ImageMap;
 
     fn map(name: &str, selector: &str, image: Option<&str>, exact: bool) -> ImageMap {
-        let mut m =
-            ImageMap::new(name, ImageMapSpec { selector: selector.into(), match_exact: exact, ..Default::default() });
-        m.metadata.namespace = Some("dev".into());
-        m.status = image.map(|i| ImageMapStatus { image: i.into(), ..Default::default() });
-        m
+        let m = ImageMap::for_selector("dev", name, selector).with_match_exact(exact);
+        match image {
+            Some(image) => m.with_image(image),
+            None => m,
+        }
     }
 
     fn index() -> MapIndex {
