@@ -5,6 +5,7 @@
 //! `Pending`. See `tests/README.md` for every flag and why.
 
 use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +55,11 @@ pub struct ControlPlaneOptions {
     /// Services get endpoints: the API server reaches a Service (a webhook behind one) by its
     /// endpoints (`--enable-aggregator-routing`). Only useful with a [`crate::Node`].
     pub service_endpoints: bool,
+    /// A node's bridge address, reserved before the plane ([`crate::node::NodeNetwork`]): the
+    /// API server listens there instead of on 127.0.0.1, its serving certificate covers it, and
+    /// the kubeconfigs point at it, so that Pods on that node reach the API server at
+    /// `https://GATEWAY:PORT` (see [`ControlPlane::pod_api_server`]). `None`: loopback only.
+    pub node_gateway: Option<Ipv4Addr>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -63,6 +69,7 @@ impl Default for ControlPlaneOptions {
             install_crds: true,
             ready_timeout: Duration::from_secs(180),
             service_endpoints: false,
+            node_gateway: None,
         }
     }
 }
@@ -95,6 +102,10 @@ pub struct ControlPlane {
     pki: Pki,
     kubectl: Kubectl,
     kubeconfig_path: PathBuf,
+    /// Where the API server listens: 127.0.0.1, or a node's gateway.
+    address: Ipv4Addr,
+    /// Whether `address` is a node's gateway that Pods reach.
+    serves_pods: bool,
     apiserver_port: u16,
     etcd_port: u16,
     etcd_peer_port: u16,
@@ -129,10 +140,14 @@ impl ControlPlane {
             dir.disable_cleanup(true);
             eprintln!("imagemap-e2e: keeping {} ({KEEP_ENV} is set)", dir.path().display());
         }
-        let pki = Pki::generate(&dir.path().join("pki"))?;
+        let mut pki = Pki::generate(&dir.path().join("pki"))?;
+        let address = opts.node_gateway.unwrap_or(Ipv4Addr::LOCALHOST);
+        if let Some(gateway) = opts.node_gateway {
+            reissue_apiserver_certificate(&mut pki, gateway)?;
+        }
         let ports = net::free_ports(3)?;
         let (apiserver_port, etcd_port, etcd_peer_port) = (ports[0], ports[1], ports[2]);
-        let server = format!("https://127.0.0.1:{apiserver_port}");
+        let server = format!("https://{address}:{apiserver_port}");
         let kubeconfig_path = dir.path().join("admin.kubeconfig");
         crate::kubeconfig::write(
             &kubeconfig_path,
@@ -160,6 +175,8 @@ impl ControlPlane {
             pki,
             kubectl,
             kubeconfig_path,
+            address,
+            serves_pods: opts.node_gateway.is_some(),
             apiserver_port,
             etcd_port,
             etcd_peer_port,
@@ -189,9 +206,9 @@ impl ControlPlane {
 
         let step = Instant::now();
         self.spawn("kube-apiserver", self.apiserver_args())?;
-        let port = self.apiserver_port;
+        let at = self.apiserver_socket();
         self.wait_ready("kube-apiserver", opts.ready_timeout, Duration::from_millis(250), |kubectl| {
-            apiserver_ready(port, kubectl)
+            apiserver_ready(at, kubectl)
         })
         .map_err(|e| {
             // Still running but not ready: say which checks fail.
@@ -340,17 +357,20 @@ impl ControlPlane {
         vec![
             // Storage: this plane's etcd.
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
-            // HTTPS on a free port, on loopback only.
+            // HTTPS on a free port, on loopback only; with a node, on the node's bridge address
+            // only (the host and that node's Pods reach it, nothing beyond the machine).
             format!("--secure-port={}", self.apiserver_port),
-            "--bind-address=127.0.0.1".into(),
+            format!("--bind-address={}", self.address),
             // The address the apiserver advertises to the cluster (its identity lease...).
-            "--advertise-address=127.0.0.1".into(),
+            format!("--advertise-address={}", self.address),
             // The default `lease` reconciler writes the advertise address into the `kubernetes`
             // Service's endpoints, and refuses to start with a loopback address there (endpoint
             // validation). Nothing in-cluster reaches the apiserver through that Service (no
-            // Pod ever runs), so: no reconciler, and the Service has no endpoints.
+            // kube-proxy gives its ClusterIP a meaning; Pods of a node are pointed at the node's
+            // gateway instead, see `pod_api_server`), so: no reconciler, no endpoints.
             "--endpoint-reconciler-type=none".into(),
-            // Serving certificate (SANs 127.0.0.1, localhost, kubernetes.default.svc...).
+            // Serving certificate (SANs 127.0.0.1, localhost, kubernetes.default.svc..., and the
+            // node's gateway when there is one).
             format!("--tls-cert-file={}", pki.apiserver.cert_path.display()),
             format!("--tls-private-key-file={}", pki.apiserver.key_path.display()),
             // Client-certificate authentication: the admin and controller-manager certificates
@@ -414,14 +434,35 @@ impl ControlPlane {
         ]
     }
 
-    /// The API server URL, `https://127.0.0.1:PORT`.
+    /// The API server URL, `https://127.0.0.1:PORT` (`https://GATEWAY:PORT` with
+    /// [`ControlPlaneOptions::node_gateway`]).
     pub fn server_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.apiserver_port)
+        format!("https://{}:{}", self.address, self.apiserver_port)
     }
 
-    /// The apiserver's port on 127.0.0.1.
+    /// The apiserver's port (on [`ControlPlane::address`]).
     pub fn apiserver_port(&self) -> u16 {
         self.apiserver_port
+    }
+
+    /// The one address the API server listens on: 127.0.0.1, or the node's gateway.
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
+    /// Where a Pod of the node reaches the API server, `(GATEWAY, PORT)`, when the plane was
+    /// started with [`ControlPlaneOptions::node_gateway`]; `None` otherwise (loopback only).
+    /// In-cluster clients find the API server through `KUBERNETES_SERVICE_HOST` and
+    /// `KUBERNETES_SERVICE_PORT`, which the kubelet sets to the `kubernetes` Service's ClusterIP
+    /// (routed nowhere: no kube-proxy runs); a Pod gets these values instead, e.g. through the
+    /// chart's `extraEnv`. The Pod trusts the certificate with its `kube-root-ca.crt` (the
+    /// server CA) as usual.
+    pub fn pod_api_server(&self) -> Option<(Ipv4Addr, u16)> {
+        self.serves_pods.then_some((self.address, self.apiserver_port))
+    }
+
+    fn apiserver_socket(&self) -> SocketAddr {
+        SocketAddr::from((self.address, self.apiserver_port))
     }
 
     /// The admin kubeconfig (cluster-admin via `O=system:masters`, certificates embedded).
@@ -546,10 +587,10 @@ impl ControlPlane {
         }
         let step = Instant::now();
         self.spawn(APISERVER, self.apiserver_args())?;
-        let port = self.apiserver_port;
+        let at = self.apiserver_socket();
         let timeout = ControlPlaneOptions::default().ready_timeout;
         let ready =
-            self.wait_ready(APISERVER, timeout, Duration::from_millis(250), |kubectl| apiserver_ready(port, kubectl));
+            self.wait_ready(APISERVER, timeout, Duration::from_millis(250), |kubectl| apiserver_ready(at, kubectl));
         // Back in its place right after etcd: teardown goes newest first, so it is stopped
         // after the controller-manager and before etcd, as at start.
         let process = self.processes.pop().context("kube-apiserver was just started")?;
@@ -598,15 +639,35 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Runs this plane's `helm` with the admin kubeconfig, its cache, config and data in the
-    /// plane's folder; any exit status. Panics only if helm cannot be run at all.
+    /// Runs Helm 4 (`helm4` in the bin folder, v4.3.2: server-side apply by default) with the
+    /// admin kubeconfig, its cache, config and data in the plane's folder; any exit status.
+    /// Panics only if helm cannot be run at all.
     pub fn helm<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(self.bin_dir.join("helm"));
-        let home = self.dir.path().join("helm");
+        self.run_helm(HELM4, args)
+    }
+
+    /// [`ControlPlane::helm`] with Helm 3 (`helm` in the bin folder, v3.22.0), for what must
+    /// also work with the previous major version.
+    pub fn helm3<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.run_helm(HELM3, args)
+    }
+
+    fn run_helm<I, S>(&self, binary: &str, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(self.bin_dir.join(binary));
+        // One home per binary: Helm 3 and 4 share the format, not necessarily the plugins/cache.
+        let home = self.dir.path().join(binary);
         cmd.arg("--kubeconfig")
             .arg(&self.kubeconfig_path)
             .args(args)
@@ -614,9 +675,15 @@ impl ControlPlane {
             .env("HELM_CACHE_HOME", home.join("cache"))
             .env("HELM_CONFIG_HOME", home.join("config"))
             .env("HELM_DATA_HOME", home.join("data"));
-        kubectl::run(cmd, None).unwrap_or_else(|e| panic!("running helm: {e:#}"))
+        kubectl::run(cmd, None).unwrap_or_else(|e| panic!("running {binary}: {e:#}"))
     }
 }
+
+/// Helm 4 in the bin folder (`tests/controlplane/build.sh`).
+pub const HELM4: &str = "helm4";
+
+/// Helm 3 in the bin folder.
+pub const HELM3: &str = "helm";
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
@@ -637,12 +704,66 @@ impl Drop for ControlPlane {
 /// The API server's component name.
 const APISERVER: &str = "kube-apiserver";
 
-/// Whether the API server on `port` is ready: a cheap TCP probe first (each kubectl run costs
+/// Whether the API server at `at` is ready: a cheap TCP probe first (each kubectl run costs
 /// CPU the apiserver needs to start), then `kubectl get --raw /readyz` is `ok`.
-fn apiserver_ready(port: u16, kubectl: &Kubectl) -> bool {
-    net::port_open(port)
+fn apiserver_ready(at: SocketAddr, kubectl: &Kubectl) -> bool {
+    TcpStream::connect_timeout(&at, Duration::from_millis(500)).is_ok()
         && kubectl.run(["get", "--raw", "/readyz"]).is_ok_and(|o| o.status.success() && o.stdout.trim_ascii() == b"ok")
 }
+
+/// Replaces the API server's serving certificate by one with the same SANs plus `gateway`,
+/// signed by the same server CA (the one Pods trust through `kube-root-ca.crt`), at the same
+/// paths. The CA is rebuilt from its key and subject as `Pki::generate` made it (rcgen derives
+/// the authority key identifier from the key, the issuer name from the subject); kubectl's
+/// first request verifies the chain.
+fn reissue_apiserver_certificate(pki: &mut Pki, gateway: Ipv4Addr) -> Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::from_pem(&pki.server_ca.key_pem).context("reading the server CA key")?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, SERVER_CA_NAME);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a key")?;
+    let mut params = CertificateParams::new(
+        [
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .context("the apiserver's DNS names")?;
+    for ip in [Ipv4Addr::LOCALHOST, KUBERNETES_SERVICE_IP, gateway] {
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(IpAddr::V4(ip)));
+    }
+    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - Duration::from_secs(3600)).into();
+    params.not_after = (now + Duration::from_secs(2 * 86_400)).into();
+    let cert = params.signed_by(&key, &issuer).context("signing the apiserver's certificate")?;
+    let files = &mut pki.apiserver;
+    files.cert_pem = cert.pem();
+    files.key_pem = key.serialize_pem();
+    imagemap_certs::write(&files.cert_path, &files.cert_pem, false)?;
+    imagemap_certs::write(&files.key_path, &files.key_pem, true)?;
+    Ok(())
+}
+
+/// The server CA's common name as `Pki::generate` sets it.
+const SERVER_CA_NAME: &str = "imagemap-e2e server CA";
+
+/// The `kubernetes` Service's ClusterIP (first of [`SERVICE_CIDR`]), a SAN of the certificate.
+const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
 /// `POST path` with a JSON `body` to etcd's gateway on 127.0.0.1:`port` (HTTP/1.0, so the answer
 /// is never chunked); the JSON answer, or an error with etcd's message.

@@ -28,7 +28,7 @@ pub mod webhook;
 
 pub use controlplane::{shared, ControlPlane, ControlPlaneOptions, StartupTimings};
 pub use kubectl::Kubectl;
-pub use node::{shared_cluster, Cluster, Footprint, Node, NodeOptions};
+pub use node::{shared_cluster, Cluster, Footprint, Node, NodeNetwork, NodeOptions};
 pub use registry::Registry;
 pub use wait::poll;
 pub use webhook::{

@@ -245,6 +245,90 @@ fn container_log_links() -> Vec<(PathBuf, PathBuf)> {
     entries.flatten().filter_map(|e| Some((e.path(), std::fs::read_link(e.path()).ok()?))).collect()
 }
 
+/// A node's folder, teardown script, watchdog and network (a free /24 and the bridge `imgm-ID`
+/// holding its gateway address), reserved before anything runs: [`Node::start`] does it first;
+/// [`Cluster::start`] does it before the control plane, so that the API server can listen on the
+/// gateway, where the node's Pods reach it ([`ControlPlaneOptions::node_gateway`]). Dropped
+/// unused, it runs the teardown script; [`Node::start_on`] takes it over.
+#[derive(Debug)]
+pub struct NodeNetwork {
+    footprint: Footprint,
+    /// `None` once a [`Node`] took it over.
+    watchdog: Option<Watchdog>,
+    reserved_at: Instant,
+}
+
+impl NodeNetwork {
+    /// Creates the folder, the teardown script and its watchdog, picks a /24 no route of the
+    /// machine overlaps and creates the bridge with the gateway address (under a lock shared by
+    /// every process, so that two nodes never pick the same /24). Needs root.
+    pub fn reserve() -> Result<NodeNetwork> {
+        let reserved_at = Instant::now();
+        ensure_root()?;
+        let keep = std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty());
+        // The network lock is held from picking a subnet until the bridge holds it.
+        let lock = File::create(std::env::temp_dir().join(NETWORK_LOCK)).context("creating the network lock")?;
+        lock.lock().context("locking the network lock")?;
+        let (id, dir) = create_node_dir()?;
+        let prepared = free_subnet().context("finding a free 10.244.N.0/24").and_then(|third_octet| {
+            let footprint = Footprint::new(&id, dir.clone(), third_octet);
+            // The teardown script exists before anything it removes does, and the watchdog runs
+            // it if this process dies at any point from here on.
+            std::fs::write(footprint.teardown_script(), teardown_script(&footprint, keep))?;
+            let watchdog = Watchdog::spawn_with_teardown(None, Some(&footprint.teardown_script()))?;
+            Ok((footprint, watchdog))
+        });
+        let (footprint, watchdog) = prepared.inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
+        if keep {
+            eprintln!("imagemap-e2e: keeping {} ({KEEP_ENV} is set)", footprint.dir.display());
+        }
+        // On error `network` is dropped, which runs the teardown.
+        let network = NodeNetwork { footprint, watchdog: Some(watchdog), reserved_at };
+        create_bridge(&network.footprint)?;
+        drop(lock);
+        Ok(network)
+    }
+
+    /// The bridge's address: the host's side of the Pod network, where Pods reach the host.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.footprint.gateway
+    }
+
+    /// What the node owns (and will own) on the machine.
+    pub fn footprint(&self) -> &Footprint {
+        &self.footprint
+    }
+
+    fn into_parts(mut self) -> (Footprint, Watchdog) {
+        let watchdog = self.watchdog.take().expect("a reserved network has its watchdog");
+        (self.footprint.clone(), watchdog)
+    }
+}
+
+impl Drop for NodeNetwork {
+    fn drop(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            watchdog.disarm();
+            if let Err(e) = self.footprint.run_teardown() {
+                eprintln!("imagemap-e2e: tearing down node network {}: {e:#}", self.footprint.bridge);
+            }
+        }
+    }
+}
+
+/// Creates the bridge with the gateway address (the CNI bridge plugin then only adds veths:
+/// `isGateway` is off, so it changes no sysctl and adds no route or iptables rule).
+fn create_bridge(footprint: &Footprint) -> Result<()> {
+    let bridge = &footprint.bridge;
+    let address = format!("{}/24", footprint.gateway);
+    run_ok("ip", &["link", "add", bridge, "type", "bridge"])?;
+    run_ok("ip", &["addr", "add", &address, "dev", bridge])?;
+    run_ok("ip", &["link", "set", bridge, "up"])?;
+    Ok(())
+}
+
 /// A running node. Dropping it stops the kubelet, the scheduler and containerd, then runs the
 /// teardown script (containers, mounts, network namespaces, bridge, cgroups, folder).
 #[derive(Debug)]
@@ -269,8 +353,18 @@ impl Node {
 
     /// [`Node::start`] with options.
     pub fn start_with(plane: &ControlPlane, registry: &Registry, opts: NodeOptions) -> Result<Node> {
-        let started = Instant::now();
-        ensure_root()?;
+        Self::start_on(NodeNetwork::reserve()?, plane, registry, opts)
+    }
+
+    /// Starts a node on a network reserved beforehand ([`NodeNetwork::reserve`], e.g. so that
+    /// the plane could be started with [`ControlPlaneOptions::node_gateway`]).
+    pub fn start_on(
+        network: NodeNetwork,
+        plane: &ControlPlane,
+        registry: &Registry,
+        opts: NodeOptions,
+    ) -> Result<Node> {
+        let started = network.reserved_at;
         let bin_dir = plane.bin_dir().to_path_buf();
         let mut needed = vec![
             "containerd",
@@ -289,27 +383,8 @@ impl Node {
                 bail!("{} is missing; run tests/controlplane/build.sh", bin_dir.join(name).display());
             }
         }
-        let keep = std::env::var_os(KEEP_ENV).is_some_and(|v| !v.is_empty());
-
-        // The network lock is held from picking a subnet until the bridge holds it.
-        let lock = File::create(std::env::temp_dir().join(NETWORK_LOCK)).context("creating the network lock")?;
-        lock.lock().context("locking the network lock")?;
-        let (id, dir) = create_node_dir()?;
-        let prepared = free_subnet().context("finding a free 10.244.N.0/24").and_then(|third_octet| {
-            let footprint = Footprint::new(&id, dir.clone(), third_octet);
-            // The teardown script exists before anything it removes does, and the watchdog runs
-            // it if this process dies at any point from here on.
-            std::fs::write(footprint.teardown_script(), teardown_script(&footprint, keep))?;
-            let watchdog = Watchdog::spawn_with_teardown(None, Some(&footprint.teardown_script()))?;
-            Ok((footprint, watchdog))
-        });
-        let (footprint, watchdog) = prepared.inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&dir);
-        })?;
-        if keep {
-            eprintln!("imagemap-e2e: keeping {} ({KEEP_ENV} is set)", footprint.dir.display());
-        }
         let ports = net::free_ports(2)?;
+        let (footprint, watchdog) = network.into_parts();
         let mut node = Node {
             processes: Vec::new(),
             watchdog,
@@ -322,8 +397,6 @@ impl Node {
             footprint,
         };
         // On error `node` is dropped, which tears down whatever was set up.
-        node.create_bridge()?;
-        drop(lock);
         node.boot(plane, registry, &opts)?;
         node.timings.push(("total", started.elapsed()));
         eprintln!(
@@ -492,17 +565,6 @@ impl Node {
                 self.log_tail(name, 40)
             );
         }
-        Ok(())
-    }
-
-    /// Creates the bridge with the gateway address (the CNI bridge plugin then only adds veths:
-    /// `isGateway` is off, so it changes no sysctl and adds no route or iptables rule).
-    fn create_bridge(&self) -> Result<()> {
-        let bridge = &self.footprint.bridge;
-        let address = format!("{}/24", self.footprint.gateway);
-        run_ok("ip", &["link", "add", bridge, "type", "bridge"])?;
-        run_ok("ip", &["addr", "add", &address, "dev", bridge])?;
-        run_ok("ip", &["link", "set", bridge, "up"])?;
         Ok(())
     }
 
@@ -750,7 +812,9 @@ impl Drop for Node {
 }
 
 /// A control plane (with the controller-manager and the Service endpoint controllers), a
-/// registry and a node, for one test binary.
+/// registry and a node, for one test binary. The node's network is reserved first and the API
+/// server listens on its gateway (not on 127.0.0.1): the node's Pods reach it at
+/// [`ControlPlane::pod_api_server`], so a webhook installed in the cluster can watch ImageMaps.
 #[derive(Debug)]
 pub struct Cluster {
     /// Dropped first (field order), though a `static` is never dropped.
@@ -764,13 +828,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts all three.
     pub fn start() -> Result<Cluster> {
+        let network = NodeNetwork::reserve()?;
         let plane = ControlPlane::start(ControlPlaneOptions {
             controller_manager: true,
             service_endpoints: true,
+            node_gateway: Some(network.gateway()),
             ..ControlPlaneOptions::default()
         })?;
         let registry = Registry::start(None)?;
-        let node = Node::start(&plane, &registry)?;
+        let node = Node::start_on(network, &plane, &registry, NodeOptions::default())?;
         Ok(Cluster { node, registry, plane })
     }
 }

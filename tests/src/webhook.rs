@@ -524,7 +524,7 @@ pub fn shared_webhook() -> &'static ServedWebhook {
 }
 
 /// `PREFIX-N-PID`, unique in this process and across processes, cut to a DNS label.
-fn unique_name(prefix: &str) -> String {
+pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let suffix = format!("-{n}-{}", std::process::id());

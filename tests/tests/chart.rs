@@ -1,5 +1,5 @@
-//! The Helm chart (`charts/imagemap`) with the real `helm` against a real kube-apiserver
-//! (DESIGN §9): it lints and renders in every certificate mode and with every option, the
+//! The Helm chart (`charts/imagemap`) with the real Helm 4 (`helm4`, v4.3.2, which applies
+//! server-side by default) against a real kube-apiserver (DESIGN §9): it lints and renders in every certificate mode and with every option, the
 //! rendered objects pass the API server's own validation (server-side dry-run), an installed
 //! release with `webhook.url` pointing at a locally started `imagemap-webhook` (serving the
 //! certificate the chart generated) swaps Pods, keeps its CA across `helm upgrade`, and leaves
@@ -10,6 +10,8 @@
 //! is the binary these tests start, with the chart's certificate and Secret. Every
 //! MutatingWebhookConfiguration installed here selects only namespaces labelled
 //! `imagemap-e2e/chart=<its release>`, so parallel tests never serve each other's Pods.
+//!
+//! The chart installed in a cluster with its real image, with Helm 4 and Helm 3: `in_cluster.rs`.
 //!
 //! Needs the webhook binary: `cargo build --workspace --bins` first (`make test` does).
 
