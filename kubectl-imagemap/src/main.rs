@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod input;
 mod render;
+mod scope_wait;
 
 use std::process::ExitCode;
 

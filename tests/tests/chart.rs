@@ -470,6 +470,8 @@ fn the_default_render_has_the_safe_defaults() {
             "Deployment",
             "MutatingWebhookConfiguration",
             "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
             "Secret",
             "Service",
             "ServiceAccount"
@@ -574,14 +576,25 @@ fn the_default_render_has_the_safe_defaults() {
     assert_eq!(pdb["spec"]["selector"], deployment["spec"]["selector"]);
     assert_eq!(
         one(&objects, "ClusterRole")["rules"],
-        json!([{"apiGroups": ["tilt.dev"], "resources": ["imagemaps"], "verbs": ["get", "list", "watch"]}])
+        json!([
+            {"apiGroups": ["tilt.dev"], "resources": ["imagemaps"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+             "resourceNames": [name], "verbs": ["get", "update", "patch"]},
+        ])
+    );
+    assert!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .expect("args")
+            .contains(&json!(format!("--webhook-configuration={name}"))),
+        "the webhook is scoped to where maps are by default"
     );
     assert_eq!(
         one(&objects, "ClusterRoleBinding")["subjects"],
         json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}])
     );
 
-    assert_eq!(validate_on_server(plane, &ns, &objects), 8);
+    assert_eq!(validate_on_server(plane, &ns, &objects), 10);
 }
 
 #[test]
@@ -1032,7 +1045,7 @@ fn rules_of(plane: &ControlPlane, user: &str, namespace: &str) -> BTreeSet<Strin
 }
 
 #[test]
-fn the_service_account_may_read_imagemaps_and_nothing_else() {
+fn the_service_account_may_read_imagemaps_and_scope_its_own_webhook_configuration_and_nothing_else() {
     let plane = shared();
     let chart = chart_dir().display().to_string();
     let release = unique("rbac");
@@ -1071,8 +1084,42 @@ fn the_service_account_may_read_imagemaps_and_nothing_else() {
         assert_eq!(can_i(plane, &account, verb, resource, None), "no", "{verb} {resource} anywhere");
     }
 
-    // Exactly one rule more than an account with no bindings at all has.
+    // Exactly these rules more than an account with no bindings at all has: read ImageMaps; get
+    // and update its own webhook configuration (by name, for the scope) and the Lease.
     let nobody = format!("system:serviceaccount:{ns}:nobody");
+    let extra: Vec<String> =
+        rules_of(plane, &account, &ns).difference(&rules_of(plane, &nobody, &ns)).cloned().collect();
+    assert_eq!(
+        extra,
+        vec![
+            "imagemaps.tilt.dev [] [] [get list watch]".to_string(),
+            "leases.coordination.k8s.io [] [] [get create update]".to_string(),
+            format!("mutatingwebhookconfigurations.admissionregistration.k8s.io [] [{name}] [get update patch]"),
+        ]
+    );
+    let other = "someone-elses-webhooks";
+    let named =
+        plane.kubectl(["auth", "can-i", "update", &format!("mutatingwebhookconfigurations/{other}"), "--as", &account]);
+    assert_eq!(text(&named.stdout).trim(), "no", "only its own webhook configuration");
+    let own =
+        plane.kubectl(["auth", "can-i", "update", &format!("mutatingwebhookconfigurations/{name}"), "--as", &account]);
+    assert_eq!(text(&own.stdout).trim(), "yes", "its own webhook configuration");
+
+    // With scoping off, reading ImageMaps is all it may do.
+    helm_ok(
+        plane,
+        &[
+            "upgrade",
+            &release,
+            &chart,
+            "--namespace",
+            &ns,
+            "-f",
+            &values.path,
+            "--set",
+            "controller.scopeWebhook=false",
+        ],
+    );
     let extra: Vec<String> =
         rules_of(plane, &account, &ns).difference(&rules_of(plane, &nobody, &ns)).cloned().collect();
     assert_eq!(extra, vec!["imagemaps.tilt.dev [] [] [get list watch]".to_string()]);

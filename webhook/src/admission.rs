@@ -92,7 +92,7 @@ pub fn review_with(body: &[u8], index: &MapIndex, options: &ReviewOptions) -> Re
         }
     };
     let api_version = if envelope.api_version.is_empty() { "admission.k8s.io/v1" } else { &envelope.api_version };
-    let body = encode(api_version, &request.uid, injection.as_ref(), None);
+    let body = encode(api_version, &request.uid, injection.as_ref());
     Ok(Reviewed { body, outcome, uid: request.uid.into_owned(), object, injection })
 }
 
@@ -109,8 +109,8 @@ fn pod_create<'r, 'a>(request: &'r Request<'a>) -> Option<&'r PodObject<'a>> {
 
 /// Encodes the response review: allowed, the uid echoed, the engine's warnings, audit
 /// annotations, and the patch (base64, as Go's `[]byte` expects) with `patchType: JSONPatch`
-/// when there is one. `message` goes into `status` (only for reviews we could not read).
-fn encode(api_version: &str, uid: &str, injection: Option<&Injection>, message: Option<&str>) -> Vec<u8> {
+/// when there is one.
+fn encode(api_version: &str, uid: &str, injection: Option<&Injection>) -> Vec<u8> {
     use crate::json_writer::string;
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(b"{\"apiVersion\":");
@@ -118,11 +118,6 @@ fn encode(api_version: &str, uid: &str, injection: Option<&Injection>, message: 
     out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
     string(&mut out, uid);
     out.extend_from_slice(b",\"allowed\":true");
-    if let Some(message) = message {
-        out.extend_from_slice(b",\"status\":{\"message\":");
-        string(&mut out, message);
-        out.push(b'}');
-    }
     if let Some(injection) = injection {
         if !injection.warnings.is_empty() {
             out.extend_from_slice(b",\"warnings\":[");
@@ -167,12 +162,6 @@ fn encode(api_version: &str, uid: &str, injection: Option<&Injection>, message: 
     out
 }
 
-/// Encodes an answer for a review we could not read at all: allowed, no patch, with `reason`
-/// (the API server ignores `status` when allowed).
-pub fn allowed_without_review(uid: &str, reason: &str) -> Vec<u8> {
-    encode("admission.k8s.io/v1", uid, None, Some(reason))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,8 +175,5 @@ mod tests {
         assert_eq!(response["apiVersion"], "a\"b\\c\n");
         assert_eq!(response["response"]["uid"], "u\"\u{1}é");
         assert_eq!(response["response"]["allowed"], true);
-        let unread: serde_json::Value =
-            serde_json::from_slice(&allowed_without_review("x\"", "why \"not\"")).expect("valid JSON");
-        assert_eq!(unread["response"]["status"]["message"], "why \"not\"");
     }
 }

@@ -6,7 +6,7 @@
 //! change, and the patch touches only what it swaps.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::maps::{precedence, CompiledMap, MapIndex, Scope, Target, Unusable};
 use crate::patch::{escape, Patch};
@@ -323,9 +323,4 @@ fn push_unique(list: &mut Vec<String>, s: String) {
 /// Reads swap records from the annotation's text; none if unreadable.
 pub fn parse_records(text: &str) -> Vec<SwapRecord> {
     serde_json::from_str(text).unwrap_or_default()
-}
-
-/// The swap records in an annotation map (for `explain` and `describe`).
-pub fn records_from_annotations(annotations: &Map<String, Value>) -> Vec<SwapRecord> {
-    annotations.get(SWAPS_ANNOTATION).and_then(Value::as_str).map(parse_records).unwrap_or_default()
 }

@@ -6,18 +6,19 @@
 #![deny(missing_docs)]
 
 pub mod admission;
-pub mod gate;
+pub(crate) mod gate;
 pub mod inject;
 mod json_scan;
-pub mod json_writer;
+pub(crate) mod json_writer;
 pub mod manifests;
 pub mod maps;
 pub mod mapsfile;
 pub mod patch;
-pub mod pod_view;
-pub mod rebuild;
+pub(crate) mod pod_view;
+pub(crate) mod rebuild;
 pub mod reference;
-pub mod review_reader;
+pub(crate) mod review_reader;
+pub mod scope;
 pub mod types;
 pub mod yaml;
 

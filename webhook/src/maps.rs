@@ -197,6 +197,11 @@ impl MapIndex {
         self.cluster_len + self.file_len
     }
 
+    /// True when `--imagemaps-file` gave maps (they apply to every namespace).
+    pub fn has_file_maps(&self) -> bool {
+        self.file_len > 0
+    }
+
     /// True when some map swaps env values (else env vars need not be looked at).
     pub fn has_env_maps(&self) -> bool {
         self.env_maps > 0

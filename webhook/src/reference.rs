@@ -171,11 +171,6 @@ impl Reference {
         }
     }
 
-    /// True when `other` has the same full string (name, tag and digest) as `self`.
-    pub fn same_full(&self, other: &Reference) -> bool {
-        self == other
-    }
-
     fn push_suffix(&self, s: &mut String) {
         if let Some(tag) = &self.tag {
             s.push(':');

@@ -19,7 +19,13 @@ const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
   "status":{"image":"localhost:5000/my-apiserver:tilt-1","imageFromCluster":"registry:5000/my-apiserver:tilt-1"}}]}"#;
 
 async fn start() -> Webhook {
-    let (binary, client) = common::launch(MAPS, &["--maps-reload-interval", "100ms"]);
+    start_with(&[]).await
+}
+
+/// Starts the binary with `extra` flags and waits until it is ready.
+async fn start_with(extra: &[&str]) -> Webhook {
+    let args = [&["--maps-reload-interval", "100ms"], extra].concat();
+    let (binary, client) = common::launch(MAPS, &args);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if client.connect().await.is_ok() && client.send("GET /readyz HTTP/1.1\r\nHost: x", b"").await.status == 200 {
@@ -72,21 +78,69 @@ async fn no_cluster_mode_swaps_from_the_maps_file_and_reloads_it() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_fails_readiness_and_exits_cleanly() {
-    let mut w = start().await;
+/// Sends SIGTERM and waits for the process to exit (within the grace period).
+async fn terminate(w: &mut Webhook) -> std::process::ExitStatus {
     let pid = w.binary.child.id().to_string();
     let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
-    let exit = loop {
+    loop {
         if let Some(exit) = w.binary.child.try_wait().expect("wait") {
-            break exit;
+            return exit;
         }
         assert!(Instant::now() < deadline, "did not exit within the grace period");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_and_exits_cleanly() {
+    let mut w = start().await;
+    let exit = terminate(&mut w).await;
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+/// One line per decision with the fields operators read (DESIGN: one structured log line per
+/// decision), in both formats, and every line written by the time the process exits on SIGTERM.
+#[tokio::test]
+async fn logs_one_line_per_decision_in_both_formats_and_every_line_before_exit() {
+    let uid = "6f5d5e6b-7a0c-4b8e-9d3e-2f1c0a9b8c7d";
+    for format in ["plain", "json"] {
+        let mut w = start_with(&["--log-format", format]).await;
+        for _ in 0..3 {
+            swapped_pod(&w).await;
+        }
+        let exit = terminate(&mut w).await;
+        assert!(exit.success(), "exit status {exit:?}");
+        let log = std::fs::read_to_string(&w.binary.log).expect("log");
+        let decisions: Vec<&str> = log.lines().filter(|l| l.contains(uid)).collect();
+        assert_eq!(decisions.len(), 3, "one line per review:\n{log}");
+        let last = log.lines().last().unwrap_or_default();
+        if format == "plain" {
+            let line = decisions[0];
+            let expected =
+                format!(" INFO imagemap::server::http: review uid={uid} object=dev/web outcome=\"patched\" swaps=");
+            assert!(line.contains(&expected), "{line}");
+            for field in [" warnings=", " fields=\"spec.containers{web}.image:my-apiserver->", " micros="] {
+                assert!(line.contains(field), "{field} in {line}");
+            }
+            assert!(last.ends_with("stopped"), "the last line is written before exit:\n{log}");
+            continue;
+        }
+        let lines: Vec<Value> =
+            log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+        let line = lines.iter().find(|v| v["uid"] == uid).expect("a decision line");
+        assert_eq!(line["message"], "review", "{line}");
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(line["target"], "imagemap::server::http", "{line}");
+        assert_eq!(line["object"], "dev/web", "{line}");
+        assert_eq!(line["outcome"], "patched", "{line}");
+        assert!(line["swaps"].as_u64().is_some_and(|n| n > 0), "{line}");
+        assert!(line["warnings"].as_u64().is_some() && line["micros"].as_u64().is_some(), "{line}");
+        assert!(line["fields"].as_str().is_some_and(|f| f.contains("->registry:5000/my-apiserver:tilt-1")), "{line}");
+        assert!(line["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+        assert_eq!(lines.last().map(|v| v["message"].clone()), Some(json!("stopped")), "{log}");
+    }
 }
 
 #[test]
@@ -105,6 +159,8 @@ fn refuses_to_start_with_a_broken_certificate_naming_the_file() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("tls.crt contains no PEM certificate"), "{stderr}");
+    // The log line of an error exit is written before the process ends.
+    assert!(stderr.contains("ERROR imagemap_webhook: exiting error="), "{stderr}");
 }
 
 #[test]

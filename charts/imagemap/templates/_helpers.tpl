@@ -145,3 +145,8 @@ text or its base64.
 {{- $ca | nospace }}
 {{- end }}
 {{- end }}
+
+{{- /* The leader-elected controller runs when any of its features is on. */ -}}
+{{- define "imagemap.controllerOn" -}}
+{{- if or .Values.controller.gateUnbuilt .Values.controller.restartOnRebuild .Values.controller.scopeWebhook }}true{{ end }}
+{{- end }}

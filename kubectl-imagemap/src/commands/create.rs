@@ -43,6 +43,11 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<String> {
         .await
         .map_err(|e| cluster.explain_error(e, &format!("create imagemap {:?}", args.name)))?;
     let suffix = if params.dry_run { " (server dry run)" } else { "" };
+    if !params.dry_run {
+        if let Some(warning) = crate::scope_wait::wait(&cluster).await {
+            eprintln!("{warning}");
+        }
+    }
     Ok(match args.output {
         Some(format) => render::object(&created, format),
         None => format!("imagemap.tilt.dev/{} created{suffix}\n", args.name),

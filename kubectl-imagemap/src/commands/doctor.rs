@@ -62,7 +62,6 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
 }
 
 struct Report {
-    text: String,
     failed: usize,
 }
 
@@ -71,15 +70,13 @@ impl Report {
         if matches!(v, Verdict::Fail(..)) {
             self.failed += 1;
         }
-        let l = line(name, &v);
-        print!("{l}");
-        self.text.push_str(&l);
+        print!("{}", line(name, &v));
     }
 }
 
 /// Runs `doctor`.
 pub async fn run(global: &Global, args: &DoctorArgs) -> Result<String> {
-    let mut r = Report { text: String::new(), failed: 0 };
+    let mut r = Report { failed: 0 };
     let cluster = match Cluster::connect(global).await {
         Ok(c) => c,
         Err(e) => {

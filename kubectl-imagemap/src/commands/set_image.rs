@@ -67,6 +67,9 @@ pub async fn run(global: &Global, args: &SetImageArgs) -> Result<String> {
         .patch_status(&args.name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| cluster.explain_error(e, &what))?;
+    if let Some(warning) = crate::scope_wait::wait(&cluster).await {
+        eprintln!("{warning}");
+    }
     Ok(match args.output {
         Some(format) => render::object(&updated, format),
         None => format!(

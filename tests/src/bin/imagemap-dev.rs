@@ -243,9 +243,17 @@ fn start() -> Result<Dev> {
     let webhook = Webhook::start(
         &plane,
         WebhookOptions {
-            extra_args: ["--gate-unbuilt", "--restart-on-rebuild", "--leader-election-namespace", lease_ns]
-                .map(String::from)
-                .to_vec(),
+            extra_args: [
+                "--gate-unbuilt",
+                "--restart-on-rebuild",
+                "--leader-election-namespace",
+                lease_ns,
+                // Only the namespaces that hold ImageMaps call the webhook.
+                "--webhook-configuration",
+                CONFIGURATION,
+            ]
+            .map(String::from)
+            .to_vec(),
             ..Default::default()
         },
     )?;

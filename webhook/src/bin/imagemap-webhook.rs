@@ -3,24 +3,26 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use imagemap::server::{config::LogFormat, http, log_format::LineFormat, log_writer::BatchedWriter, Config};
+use imagemap::server::{config::LogFormat, Config};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
-    // Declared before the runtime so it is dropped after it: every line is written before exit.
-    let (writer, _flush) = BatchedWriter::new(std::io::stderr(), http::LOG_TARGET);
-    let (json, ansi) = (matches!(config.log_format, LogFormat::Json), std::io::stderr().is_terminal());
-    if !ansi {
-        http::install_decision_log(http::DecisionLog { writer: writer.clone(), json });
-    }
-    tracing_subscriber::fmt()
+    // Lines are written to stderr by a background thread, so a review never waits on a write.
+    // Not lossy: a burst waits for room rather than losing lines. The guard is declared before
+    // the runtime so it is dropped after it: every line is written before exit (SIGTERM, error).
+    let (writer, _flush) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(ansi)
-        .event_format(LineFormat { json })
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match config.log_format {
+        // Flat objects: the message and fields next to timestamp, level and target.
+        LogFormat::Json => subscriber.json().flatten_event(true).init(),
+        LogFormat::Plain => subscriber.init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime
         .block_on(imagemap::server::run(config))

@@ -103,6 +103,11 @@ pub struct Config {
     /// This replica's identity in the Lease (default: $POD_NAME, else hostname and pid).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The MutatingWebhookConfiguration that registers this webhook: when set, the controller
+    /// keeps it scoped to the namespaces that hold ImageMaps (every namespace when global maps
+    /// exist) with a match condition, beside the admin's own selectors.
+    #[arg(long, env = "IMAGEMAP_WEBHOOK_CONFIGURATION")]
+    pub webhook_configuration: Option<String>,
     /// How often the controller looks at gated Pods.
     #[arg(long, value_parser = parse_positive_duration, default_value = "1s")]
     pub controller_interval: Duration,
@@ -128,6 +133,7 @@ impl Config {
             gate_unbuilt: self.gate_unbuilt,
             gate_timeout: self.gate_timeout,
             restart_on_rebuild: self.restart_on_rebuild,
+            webhook_configuration: self.webhook_configuration.clone(),
             lease_namespace: self.leader_election_namespace.clone(),
             lease_name: self.leader_election_id.clone(),
             identity,

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -29,6 +30,7 @@ use super::leader::Elector;
 use super::AppState;
 use crate::gate::{release, Release, GATED_AT_ANNOTATION, GATED_LABEL};
 use crate::rebuild::{self, Targets};
+use crate::scope;
 use crate::workloads;
 
 /// Controller settings.
@@ -40,6 +42,8 @@ pub struct Options {
     pub gate_timeout: Duration,
     /// Restart workloads when their map's image changes.
     pub restart_on_rebuild: bool,
+    /// Keep this MutatingWebhookConfiguration scoped to where maps are.
+    pub webhook_configuration: Option<String>,
     /// Namespace of the Lease.
     pub lease_namespace: String,
     /// Name of the Lease.
@@ -83,6 +87,9 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         tokio::select! {
             _ = tick.tick() => {}
             () = state.shutdown.notified() => {}
+            // A map changed: act now rather than at the next tick (a new namespace is in scope
+            // within the watch's latency).
+            () = state.maps_changed.notified() => {}
         }
         if state.shutting_down.load(Ordering::Acquire) {
             match elector.release().await {
@@ -111,6 +118,11 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         }
         // Level-triggered: each round compares the Pods with the maps as they are now, so a
         // change made while this replica did not lead is acted on once it does.
+        if let Some(name) = &opts.webhook_configuration {
+            if let Err(e) = keep_scope(&client, &state, name).await {
+                tracing::warn!(configuration = %name, error = %e, "could not scope the webhook configuration");
+            }
+        }
         if opts.restart_on_rebuild {
             if let Err(e) = restart_outdated(&client, &state, &recorder).await {
                 tracing::warn!(error = %e, "could not look for workloads to restart");
@@ -120,6 +132,33 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
             release_gated(&client, &state, &opts, gated, &recorder).await;
         }
     }
+}
+
+/// Keeps every webhook of the configuration `name` scoped to the namespaces the maps need, with
+/// a match condition ([`crate::scope`]); writes only when that changes.
+async fn keep_scope(client: &Client, state: &AppState, name: &str) -> kube::Result<()> {
+    let wanted = state.with_index(scope::scope_of);
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let mut config = api.get(name).await?;
+    let mut changed = false;
+    for hook in config.webhooks.iter_mut().flatten() {
+        let next = scope::scoped_conditions(hook.match_conditions.as_deref(), &wanted);
+        if hook.match_conditions.as_deref().unwrap_or_default() != next.as_slice() {
+            hook.match_conditions = (!next.is_empty()).then_some(next);
+            changed = true;
+        }
+    }
+    if changed {
+        // The resourceVersion makes this a compare-and-swap with the admin's own edits.
+        api.replace(name, &PostParams::default(), &config).await?;
+        let scope = match &wanted {
+            scope::Scope::Everywhere => "every namespace".to_string(),
+            scope::Scope::Namespaces(n) if n.is_empty() => "no namespace".to_string(),
+            scope::Scope::Namespaces(n) => n.iter().cloned().collect::<Vec<_>>().join(","),
+        };
+        tracing::info!(configuration = %name, %scope, "webhook scoped to the namespaces that hold ImageMaps");
+    }
+    Ok(())
 }
 
 /// Aborts a spawned task when dropped (the controller's watch ends with the controller).

@@ -1,8 +1,7 @@
 //! HTTP routes (DESIGN §8): `POST /mutate`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //! `router(state)` is exposed so tests drive it without sockets.
 
-use std::cell::RefCell;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -13,37 +12,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, Limited};
 
-use super::log_format::{write_line, FieldValue};
-use super::log_writer::BatchedWriter;
 use super::AppState;
 use crate::admission::{review_with, Outcome, ReviewOptions};
-
-/// The target of this module's events: its per-review lines are the ones worth batching.
-pub const LOG_TARGET: &str = module_path!();
-
-/// Where the per-review decision lines go when they bypass `tracing` (set once by the binary).
-static DECISION_LOG: OnceLock<DecisionLog> = OnceLock::new();
-
-thread_local! {
-    /// The decision line being written, reused.
-    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-/// The sink and layout of the decision lines.
-pub struct DecisionLog {
-    /// The batched log writer the `tracing` subscriber also writes to.
-    pub writer: BatchedWriter,
-    /// JSON lines (`--log-format json`).
-    pub json: bool,
-}
-
-/// Writes each review's decision line straight to `log`, in the layout the `tracing` subscriber
-/// uses ([`write_line`]) at a fraction of its cost; `--log-level` still decides whether it is
-/// written. Without it (tests, colored terminals) the lines go through `tracing`. The direct
-/// line carries no span context: the request path opens no span (add one, and this must go).
-pub fn install_decision_log(log: DecisionLog) {
-    let _ = DECISION_LOG.set(log);
-}
 
 /// Limits applied to each request.
 #[derive(Debug, Clone, Copy)]
@@ -197,25 +167,6 @@ fn log_decision(r: &crate::admission::Reviewed, took: Duration) {
         }
     }
     let micros = took.as_micros() as u64;
-    if let Some(log) = DECISION_LOG.get() {
-        use FieldValue::{Display, Str, U64};
-        let values = [
-            ("uid", Display(&r.uid)),
-            ("object", Display(&r.object)),
-            ("outcome", Str(r.outcome.as_str())),
-            ("swaps", U64(swaps as u64)),
-            ("warnings", U64(warnings as u64)),
-            ("fields", Str(&fields)),
-            ("micros", U64(micros)),
-        ];
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            if write_line(line, log.json, tracing::Level::INFO, LOG_TARGET, "review", &values).is_ok() {
-                log.writer.write_batched(line.as_bytes());
-            }
-        });
-        return;
-    }
     tracing::info!(
         uid = %r.uid,
         object = %r.object,

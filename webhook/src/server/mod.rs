@@ -2,14 +2,12 @@
 //! Everything here is I/O around the pure core in the crate root.
 
 pub mod config;
-pub mod controller;
+pub(crate) mod controller;
 pub mod http;
-pub mod leader;
+pub(crate) mod leader;
 pub mod listener;
-pub mod log_format;
-pub mod log_writer;
-pub mod metrics;
-pub mod store;
+pub(crate) mod metrics;
+pub(crate) mod store;
 pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +28,8 @@ pub struct AppState {
     pub cert_loaded: AtomicBool,
     /// SIGTERM received: readiness fails while in-flight requests finish.
     pub shutting_down: AtomicBool,
+    /// Woken when the maps change (the controller then acts at once, e.g. widens the scope).
+    pub maps_changed: tokio::sync::Notify,
     /// A background task stopped: readiness fails (and the process exits).
     pub task_failed: AtomicBool,
     /// Woken when SIGTERM is received (background tasks then stop; the controller releases its
@@ -55,6 +55,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             shutdown: tokio::sync::Notify::new(),
             task_failed: AtomicBool::new(false),
+            maps_changed: tokio::sync::Notify::new(),
             metrics: metrics::Metrics::default(),
             concurrency: tokio::sync::Semaphore::new(limits.max_concurrent_reviews),
             gate_unbuilt: AtomicBool::new(false),
@@ -82,6 +83,7 @@ impl AppState {
         let mut guard = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let out = f(&mut guard);
         self.metrics.set_cache(guard.len(), guard.invalid().count());
+        self.maps_changed.notify_waiters();
         out
     }
 }
@@ -151,7 +153,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         let client = store::client(config.kubeconfig.as_deref()).await?;
         tasks.spawn("the ImageMap watch", store::watch_cluster(client.clone(), state.clone()));
-        if config.gate_unbuilt || config.restart_on_rebuild {
+        if config.gate_unbuilt || config.restart_on_rebuild || config.webhook_configuration.is_some() {
             controller = true;
             tasks.spawn(CONTROLLER_TASK, controller::run(client, state.clone(), config.controller_options()));
         }
