@@ -69,6 +69,9 @@ fn with_the_webhook_down_pods_still_create_where_no_map_is_and_are_refused_where
     webhook.kill();
     let created = plane.kubectl(["run", "free", "-n", &without, "--image=scoped-app", "--restart=Never"]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    // In the namespace with a map, a Pod whose images no selector could match does not call.
+    let unrelated = plane.kubectl(["run", "unrelated", "-n", &with_map, "--image=busybox:1.36", "--restart=Never"]);
+    assert!(unrelated.status.success(), "{}", String::from_utf8_lossy(&unrelated.stderr));
     let refused = plane.kubectl(["run", "held", "-n", &with_map, "--image=scoped-app", "--restart=Never"]);
     assert!(!refused.status.success(), "failurePolicy Fail stands where the webhook is needed");
     assert!(
@@ -118,12 +121,12 @@ fn a_map_in_a_new_namespace_widens_the_scope_and_global_maps_widen_it_to_every_n
 }
 
 /// Creates/s of `n` Pods in `ns` in one `kubectl create` (sequential creates on one connection).
-fn creates_per_second(plane: &ControlPlane, ns: &str, n: usize, round: usize) -> f64 {
+fn creates_per_second(plane: &ControlPlane, ns: &str, image: &str, n: usize, round: usize) -> f64 {
     let items: Vec<Value> = (0..n)
         .map(|i| {
             serde_json::json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": format!("p{round}-{i}"), "namespace": ns},
-                "spec": {"containers": [{"name": "c", "image": "scoped-app"}, {"name": "d", "image": "busybox:1.36"}]}})
+                "spec": {"containers": [{"name": "c", "image": image}, {"name": "d", "image": "busybox:1.36"}]}})
         })
         .collect();
     let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
@@ -152,17 +155,21 @@ fn measure_creates_per_second_with_and_without_maps() {
         scope(plane, &name).filter(|s| s.contains(&with_map)).map(drop)
     })
     .expect("in scope");
-    let mut totals = [0.0f64; 3];
+    let cases =
+        [(&opted_out, "scoped-app"), (&without, "scoped-app"), (&with_map, "unrelated"), (&with_map, "scoped-app")];
+    let mut totals = [0.0f64; 4];
     let rounds = 3;
     for round in 0..rounds {
-        for (i, ns) in [&opted_out, &without, &with_map].into_iter().enumerate() {
-            totals[i] += creates_per_second(plane, ns, 150, round);
+        for (i, (ns, image)) in cases.into_iter().enumerate() {
+            totals[i] += creates_per_second(plane, ns, image, 150, round * 10 + i);
         }
     }
-    let [opted, none, with] = totals.map(|t| t / rounds as f64);
+    let [opted, none, other, with] = totals.map(|t| t / rounds as f64);
     eprintln!(
-        "creates/s: opted out {opted:.0} (1.00x), without maps {none:.0} ({:.2}x), with a matching map {with:.0} ({:.2}x)",
+        "creates/s: opted out {opted:.0} (1.00x), without maps {none:.0} ({:.2}x), with maps but other images \
+         {other:.0} ({:.2}x), with a matching map {with:.0} ({:.2}x)",
         none / opted,
+        other / opted,
         with / opted
     );
 }

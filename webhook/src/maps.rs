@@ -322,6 +322,11 @@ impl MapIndex {
         }
     }
 
+    /// Every map, from the cluster and from `--imagemaps-file`.
+    pub fn all_maps(&self) -> impl Iterator<Item = &CompiledMap> {
+        self.cluster_maps().chain(self.file.values().flatten().map(|m| m.as_ref()))
+    }
+
     /// Every map from the cluster.
     pub fn cluster_maps(&self) -> impl Iterator<Item = &CompiledMap> {
         self.by_namespace.values().flat_map(|n| n.values().flatten().map(|m| m.as_ref()))

@@ -7,6 +7,14 @@
 //! `namespaceSelector`, exclusions, failure policy and timeout are never touched, and a Helm
 //! upgrade (Helm 4 applies server-side) does not conflict with it: the chart sets no match
 //! conditions, while the selector is atomic and would be taken from Helm's ownership.
+//!
+//! A second condition, [`IMAGES_CONDITION`], calls the webhook only for Pods with an image (of a
+//! container, init container or image volume) that could match a selector: it contains the last
+//! path component of some selector's name. Normalization only adds prefixes (`docker.io/`,
+//! `library/`) and a tag or digest follows, so every image that matches contains that component:
+//! the condition never skips a Pod the webhook would change (it may call for some it will not).
+//! It is left out when a map swaps env values (any value could) or when there are more than
+//! [`MAX_IMAGE_TOKENS`] components (the API server's CEL cost budget).
 
 use std::collections::BTreeSet;
 
@@ -14,8 +22,14 @@ use k8s_openapi::api::admissionregistration::v1::MatchCondition;
 
 use crate::maps::MapIndex;
 
-/// The name of our match condition.
+/// The name of our namespace condition.
 pub const SCOPE_CONDITION: &str = "imagemap-scope";
+
+/// The name of our image condition.
+pub const IMAGES_CONDITION: &str = "imagemap-images";
+
+/// Most selector components the image condition lists; past it there is no image condition.
+pub const MAX_IMAGE_TOKENS: usize = 32;
 
 /// The namespaces whose Pods a map could change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,11 +56,49 @@ pub fn scope_of(index: &MapIndex) -> Scope {
     Scope::Namespaces(namespaces)
 }
 
-/// `conditions` restricted to `scope`: the others kept, ours replaced (removed for every
-/// namespace). An empty set of namespaces is `false`: no call at all.
-pub fn scoped_conditions(conditions: Option<&[MatchCondition]>, scope: &Scope) -> Vec<MatchCondition> {
-    let mut out: Vec<MatchCondition> =
-        conditions.unwrap_or_default().iter().filter(|c| c.name != SCOPE_CONDITION).cloned().collect();
+/// The components an image must contain to be worth a call (see the module doc), or `None`
+/// when every Pod in scope must call: a map swaps env values, or there are too many.
+pub fn image_tokens(index: &MapIndex) -> Option<BTreeSet<String>> {
+    let mut tokens = BTreeSet::new();
+    for map in index.all_maps() {
+        if map.match_in_env_vars {
+            return None;
+        }
+        let path = map.selector.path();
+        tokens.insert(path.rsplit('/').next().unwrap_or(path).to_string());
+    }
+    (tokens.len() <= MAX_IMAGE_TOKENS).then_some(tokens)
+}
+
+/// The CEL expression of the image condition for `tokens` (path components: lowercase
+/// letters, digits and `._-`, nothing to escape).
+fn images_expression(tokens: &BTreeSet<String>) -> String {
+    let list: Vec<String> = tokens.iter().map(|t| format!("'{t}'")).collect();
+    let names = format!("[{}]", list.join(", "));
+    format!(
+        "object.spec.containers.exists(c, has(c.image) && {names}.exists(t, c.image.contains(t))) || \
+         (has(object.spec.initContainers) && object.spec.initContainers.exists(c, has(c.image) && {names}.exists(t, c.image.contains(t)))) || \
+         (has(object.spec.volumes) && object.spec.volumes.exists(v, has(v.image) && has(v.image.reference) && {names}.exists(t, v.image.reference.contains(t))))"
+    )
+}
+
+/// `conditions` restricted to `scope` and to Pods with an image among `images` (any Pod when
+/// `None`): the others kept, ours replaced. An empty set of namespaces is `false`: no call at
+/// all.
+pub fn scoped_conditions(
+    conditions: Option<&[MatchCondition]>,
+    scope: &Scope,
+    images: Option<&BTreeSet<String>>,
+) -> Vec<MatchCondition> {
+    let mut out: Vec<MatchCondition> = conditions
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.name != SCOPE_CONDITION && c.name != IMAGES_CONDITION)
+        .cloned()
+        .collect();
+    if let Some(tokens) = images.filter(|t| !t.is_empty()) {
+        out.push(MatchCondition { name: IMAGES_CONDITION.into(), expression: images_expression(tokens) });
+    }
     if let Scope::Namespaces(namespaces) = scope {
         let expression = if namespaces.is_empty() {
             "false".to_string()
@@ -100,29 +152,56 @@ mod tests {
     fn the_scope_is_one_condition_of_ours_beside_the_admins() {
         let admin = [condition("not-jobs", "!has(object.metadata.labels) || true")];
         let scope = Scope::Namespaces(BTreeSet::from(["dev".to_string(), "qa".to_string()]));
-        let out = scoped_conditions(Some(&admin), &scope);
+        let out = scoped_conditions(Some(&admin), &scope, None);
         assert_eq!(out, vec![admin[0].clone(), condition(SCOPE_CONDITION, "request.namespace in ['dev', 'qa']")]);
         // Again with another scope: ours is replaced, not added to.
         let narrower = Scope::Namespaces(BTreeSet::from(["dev".to_string()]));
-        let again = scoped_conditions(Some(&out), &narrower);
+        let again = scoped_conditions(Some(&out), &narrower, None);
         assert_eq!(again, vec![admin[0].clone(), condition(SCOPE_CONDITION, "request.namespace in ['dev']")]);
     }
 
     #[test]
     fn a_condition_includes_exactly_its_namespaces() {
         let scope = Scope::Namespaces(BTreeSet::from(["dev".to_string(), "qa".to_string()]));
-        let expression = scoped_conditions(None, &scope)[0].expression.clone();
+        let expression = scoped_conditions(None, &scope, None)[0].expression.clone();
         assert!(condition_includes(&expression, "dev") && condition_includes(&expression, "qa"));
         assert!(!condition_includes(&expression, "de") && !condition_includes(&expression, "prod"));
         assert!(!condition_includes("false", "dev"));
     }
 
     #[test]
+    fn the_image_tokens_are_the_selectors_last_components_unless_env_values_are_swapped() {
+        let mut idx = MapIndex::new(None);
+        idx.upsert(&map("dev", "a", "localhost:5000/team/app:1", "r.io/app:1")).expect("valid");
+        idx.upsert(&map("dev", "b", "nginx", "")).expect("valid");
+        assert_eq!(image_tokens(&idx), Some(BTreeSet::from(["app".to_string(), "nginx".to_string()])));
+        idx.upsert(&ImageMap::for_selector("qa", "c", "web").with_match_in_env_vars(true)).expect("valid");
+        assert_eq!(image_tokens(&idx), None, "any env value could match");
+        let mut many = MapIndex::new(None);
+        for i in 0..=MAX_IMAGE_TOKENS {
+            many.upsert(&map("dev", &format!("m{i}"), &format!("app-{i}"), "")).expect("valid");
+        }
+        assert_eq!(image_tokens(&many), None, "past the limit: no image condition");
+    }
+
+    #[test]
+    fn the_image_condition_is_added_beside_the_scope_and_replaced() {
+        let tokens = BTreeSet::from(["app".to_string()]);
+        let scope = Scope::Namespaces(BTreeSet::from(["dev".to_string()]));
+        let out = scoped_conditions(None, &scope, Some(&tokens));
+        assert_eq!(out.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), [IMAGES_CONDITION, SCOPE_CONDITION]);
+        assert!(out[0].expression.contains("['app'].exists(t, c.image.contains(t))"), "{}", out[0].expression);
+        assert!(out[0].expression.contains("v.image.reference.contains(t)"), "image volumes count");
+        let without = scoped_conditions(Some(&out), &scope, None);
+        assert_eq!(without.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), [SCOPE_CONDITION]);
+    }
+
+    #[test]
     fn every_namespace_removes_the_condition_and_no_maps_calls_for_nothing() {
-        let scoped = scoped_conditions(None, &Scope::Namespaces(BTreeSet::from(["dev".to_string()])));
-        assert_eq!(scoped_conditions(Some(&scoped), &Scope::Everywhere), vec![]);
+        let scoped = scoped_conditions(None, &Scope::Namespaces(BTreeSet::from(["dev".to_string()])), None);
+        assert_eq!(scoped_conditions(Some(&scoped), &Scope::Everywhere, None), vec![]);
         assert_eq!(
-            scoped_conditions(None, &Scope::Namespaces(BTreeSet::new())),
+            scoped_conditions(None, &Scope::Namespaces(BTreeSet::new()), None),
             vec![condition(SCOPE_CONDITION, "false")]
         );
     }

@@ -137,12 +137,12 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
 /// Keeps every webhook of the configuration `name` scoped to the namespaces the maps need, with
 /// a match condition ([`crate::scope`]); writes only when that changes.
 async fn keep_scope(client: &Client, state: &AppState, name: &str) -> kube::Result<()> {
-    let wanted = state.with_index(scope::scope_of);
+    let (wanted, images) = state.with_index(|idx| (scope::scope_of(idx), scope::image_tokens(idx)));
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let mut config = api.get(name).await?;
     let mut changed = false;
     for hook in config.webhooks.iter_mut().flatten() {
-        let next = scope::scoped_conditions(hook.match_conditions.as_deref(), &wanted);
+        let next = scope::scoped_conditions(hook.match_conditions.as_deref(), &wanted, images.as_ref());
         if hook.match_conditions.as_deref().unwrap_or_default() != next.as_slice() {
             hook.match_conditions = (!next.is_empty()).then_some(next);
             changed = true;
@@ -156,7 +156,11 @@ async fn keep_scope(client: &Client, state: &AppState, name: &str) -> kube::Resu
             scope::Scope::Namespaces(n) if n.is_empty() => "no namespace".to_string(),
             scope::Scope::Namespaces(n) => n.iter().cloned().collect::<Vec<_>>().join(","),
         };
-        tracing::info!(configuration = %name, %scope, "webhook scoped to the namespaces that hold ImageMaps");
+        let images = images.map_or_else(
+            || "any (a map swaps env values, or more than 32 selector names)".to_string(),
+            |t| t.into_iter().collect::<Vec<_>>().join(","),
+        );
+        tracing::info!(configuration = %name, %scope, %images, "webhook scoped to where ImageMaps are");
     }
     Ok(())
 }
