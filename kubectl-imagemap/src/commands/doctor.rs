@@ -104,6 +104,9 @@ pub async fn run(global: &Global, args: &DoctorArgs) -> Result<String> {
     if let Some((config, hook)) = &hook {
         check_endpoint(&cluster, hook, &mut r).await;
         check_policy(&cluster, config, hook, &mut r).await;
+        let maps_here =
+            cluster.maps().list(&kube::api::ListParams::default().limit(1)).await.map(|l| !l.items.is_empty());
+        r.add("scope", scope_verdict(hook, &cluster.namespace, maps_here.ok()));
         if !args.no_dry_run {
             check_dry_run(&cluster, &mut r).await;
         }
@@ -318,6 +321,30 @@ async fn check_policy(
     }
 }
 
+/// Whether the webhook's scope (the `imagemap-scope` match condition its controller keeps)
+/// includes `namespace`; `maps_here` says whether the namespace holds ImageMaps (unknown: `None`).
+fn scope_verdict(hook: &MutatingWebhook, namespace: &str, maps_here: Option<bool>) -> Verdict {
+    let condition = hook.match_conditions.iter().flatten().find(|c| c.name == imagemap::scope::SCOPE_CONDITION);
+    let Some(condition) = condition else {
+        return Verdict::Pass("not scoped: every namespace the selector allows calls the webhook".into());
+    };
+    if imagemap::scope::condition_includes(&condition.expression, namespace) {
+        return Verdict::Pass(format!("{namespace} holds ImageMaps and is in the webhook's scope"));
+    }
+    match maps_here {
+        Some(true) => Verdict::Fail(
+            format!("{namespace} holds ImageMaps but the webhook's scope ({}) leaves it out", condition.expression),
+            "check that the webhook's controller runs and leads (its logs, the Lease) and that its \
+             --webhook-configuration names this configuration"
+                .into(),
+        ),
+        Some(false) => Verdict::Pass(format!(
+            "{namespace} holds no ImageMap, so its Pods do not call the webhook (the scope widens when one is created)"
+        )),
+        None => Verdict::Warn(format!("{namespace} is outside the webhook's scope; could not list its ImageMaps")),
+    }
+}
+
 async fn check_dry_run(cluster: &Cluster, r: &mut Report) {
     let name = format!("imagemap-doctor-{}", std::process::id());
     let selector = format!("imagemap-doctor/probe-{}", std::process::id());
@@ -500,5 +527,22 @@ mod tests {
             "[FAIL] CRD: missing\n       fix: install it\n"
         );
         assert_eq!(line("CRD", &Verdict::Pass("ok".into())), "[PASS] CRD: ok\n");
+    }
+
+    #[test]
+    fn the_scope_check_fails_only_for_a_namespace_with_maps_left_out() {
+        use k8s_openapi::api::admissionregistration::v1::MatchCondition;
+        let scoped = |expression: &str| MutatingWebhook {
+            match_conditions: Some(vec![MatchCondition {
+                name: imagemap::scope::SCOPE_CONDITION.into(),
+                expression: expression.into(),
+            }]),
+            ..Default::default()
+        };
+        assert!(matches!(scope_verdict(&MutatingWebhook::default(), "dev", Some(true)), Verdict::Pass(_)));
+        assert!(matches!(scope_verdict(&scoped("request.namespace in ['dev']"), "dev", Some(true)), Verdict::Pass(_)));
+        assert!(matches!(scope_verdict(&scoped("request.namespace in ['qa']"), "dev", Some(true)), Verdict::Fail(..)));
+        assert!(matches!(scope_verdict(&scoped("false"), "dev", Some(false)), Verdict::Pass(_)));
+        assert!(matches!(scope_verdict(&scoped("false"), "dev", None), Verdict::Warn(_)));
     }
 }
