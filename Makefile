@@ -2,15 +2,24 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release test lint fmt crd controlplane dev dev-down bench stress clean image
+.PHONY: all build release release-test test lint fmt crd controlplane dev dev-down bench stress clean image
 
 all: build
 
 build:
 	$(CARGO) build --workspace --bins
 
+## Release artifacts into DIST (default dist/), reproducibly: the plugin's archives, the krew
+## manifest, the chart, the SBOM, SHA256SUMS; pushes the signed multi-arch webhook image to
+## REGISTRY (default localhost:5000). VERSION=X.Y.Z (default: the workspace version).
 release:
-	$(CARGO) build --release --workspace --bins
+	VERSION="$(VERSION)" DIST="$(or $(DIST),dist)" REGISTRY="$(or $(REGISTRY),localhost:5000)" bash scripts/release.sh
+
+## The release tests (krew install, signature, SBOM, reproducibility, the chart): slow, so not in
+## `make test`.
+release-test: controlplane build
+	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
+	  $(CARGO) test -p imagemap-e2e --test release -- --ignored --test-threads=1
 
 ## The control-plane binaries (etcd, kube-apiserver, kube-controller-manager, helm), cached
 ## outside the repository under ~/.cache/imagemap.

@@ -11,10 +11,14 @@
 #   CRANE     the crane binary (default: crane in the bin folder of tests/controlplane/build.sh,
 #             else crane on PATH); CRANE_FLAGS: extra flags for `crane push`, e.g. --insecure
 #   SOURCE_DATE_EPOCH  time stamp of the image and its files (default 0)
+#   PLATFORM  amd64 (default) or arm64: the image's architecture; arm64 cross-builds a static
+#             glibc aarch64-unknown-linux-gnu binary with aarch64-linux-gnu-gcc (Debian's
+#             gcc-aarch64-linux-gnu and libc6-dev-arm64-cross; AARCH64_CC overrides the compiler)
+#   IMAGEMAP_VERSION  the image's org.opencontainers.image.version (default: the workspace version)
 #   IMAGEMAP_WEBHOOK_BINARY  package this binary instead of building one
 #
 # The image: one layer holding /usr/local/bin/imagemap-webhook (a statically linked glibc build,
-# see docs/decisions.md), run as 65532:65532, entrypoint the binary, port 8443, linux/amd64. No
+# see docs/decisions.md), run as 65532:65532, entrypoint the binary, port 8443, linux/amd64 (or PLATFORM). No
 # shell or other file. The same source and toolchain give the same digest: the binary is built
 # with its paths remapped (/src, /cargo), the layer is a sorted tar with fixed times, owners and
 # modes, gzip without a name or time, and the config and manifest are written here, byte for byte.
@@ -27,9 +31,15 @@ REGISTRY=${REGISTRY:-localhost:5000}
 IMAGE=${IMAGE:-imagemap-webhook}
 VERSION=$(sed -n '/^\[workspace\.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 TAG=${TAG:-$VERSION}
+VERSION=${IMAGEMAP_VERSION:-$VERSION}
 EPOCH=${SOURCE_DATE_EPOCH:-0}
 # Static glibc: the allocator the benchmarks measured, and nothing to carry at run time.
-TARGET=x86_64-unknown-linux-gnu
+PLATFORM=${PLATFORM:-amd64}
+case "$PLATFORM" in
+  amd64) TARGET=x86_64-unknown-linux-gnu ;;
+  arm64) TARGET=aarch64-unknown-linux-gnu ;;
+  *) printf 'image: PLATFORM must be amd64 or arm64, not %s\n' "$PLATFORM" >&2; exit 1 ;;
+esac
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 BIN_PATH=/usr/local/bin/imagemap-webhook
 
@@ -46,6 +56,11 @@ build_binary() {
     unset RUSTFLAGS CARGO_BUILD_RUSTFLAGS
     IFS=$'\x1f'
     export CARGO_ENCODED_RUSTFLAGS="${flags[*]}"
+    if [ "$TARGET" = aarch64-unknown-linux-gnu ]; then
+      local cc=${AARCH64_CC:-aarch64-linux-gnu-gcc}
+      command -v "$cc" >/dev/null || die "no $cc: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+      export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=$cc CC_aarch64_unknown_linux_gnu=$cc
+    fi
     "$CARGO" build --release --locked -p imagemap-webhook --bin imagemap-webhook --target "$TARGET" >&2
   )
   printf '%s\n' "$TARGET_DIR/$TARGET/release/imagemap-webhook"
@@ -71,7 +86,7 @@ assemble() {
   layer=$(sha256 "$stage/layer.tar.gz")
   layer_size=$(size "$stage/layer.tar.gz")
   printf '%s' \
-    '{"architecture":"amd64","os":"linux","created":"'"$created"'",' \
+    '{"architecture":"'"$PLATFORM"'","os":"linux","created":"'"$created"'",' \
     '"config":{"User":"65532:65532","ExposedPorts":{"8443/tcp":{}},' \
     '"Entrypoint":["'"$BIN_PATH"'"],"WorkingDir":"/",' \
     '"Labels":{"org.opencontainers.image.title":"imagemap-webhook","org.opencontainers.image.version":"'"$VERSION"'"}},' \
@@ -95,7 +110,7 @@ assemble() {
   printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
   printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[' \
     '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest"'","size":'"$manifest_size"',' \
-    '"platform":{"architecture":"amd64","os":"linux"}}]}' >"$layout/index.json"
+    '"platform":{"architecture":"'"$PLATFORM"'","os":"linux"}}]}' >"$layout/index.json"
 
   awk -v c="$layer_size" -v u="$(size "$stage/layer.tar")" -v b="$(size "$binary")" 'BEGIN {
     printf "size: %.1f MiB compressed (%d bytes), %.1f MiB uncompressed; binary %d bytes\n", c / 1048576, c, u / 1048576, b }'

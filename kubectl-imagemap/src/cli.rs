@@ -9,7 +9,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// An ImageMap says "selector X now means image Y"; the imagemap webhook swaps Y into every Pod
 /// created in the map's namespace. Use `set-image` from your build tool after a push.
 #[derive(Debug, Parser)]
-#[command(name = "kubectl-imagemap", bin_name = "kubectl imagemap", version, propagate_version = true)]
+#[command(
+    name = "kubectl-imagemap",
+    bin_name = "kubectl imagemap",
+    version = crate::commands::version::VERSION,
+    propagate_version = true
+)]
 pub struct Cli {
     /// Global flags, as kubectl spells them.
     #[command(flatten)]
@@ -127,6 +132,11 @@ pub enum Command {
     /// Restart the Deployments, StatefulSets and DaemonSets whose Pods this map swapped.
     #[command(after_help = "Example:\n  kubectl imagemap rollout app")]
     Rollout(RolloutArgs),
+    /// Print the plugin's version and the webhook's (from the cluster, unless --client).
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap version\n  kubectl imagemap version --client\n  kubectl imagemap version --webhook-config my-imagemap"
+    )]
+    Version(VersionArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  source <(kubectl imagemap completion bash)\n  kubectl imagemap completion zsh > \"${fpath[1]}/_kubectl-imagemap\""
@@ -276,4 +286,19 @@ pub struct DoctorArgs {
     /// Skip the final check that creates a temporary ImageMap and a dry-run Pod.
     #[arg(long)]
     pub no_dry_run: bool,
+}
+
+/// The chart's MutatingWebhookConfiguration name for a release called `imagemap`.
+pub const DEFAULT_WEBHOOK_CONFIG: &str = "imagemap";
+
+/// `version`
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print only the plugin's version; do not contact the cluster.
+    #[arg(long)]
+    pub client: bool,
+    /// The MutatingWebhookConfiguration whose Service's Deployment carries the webhook's version
+    /// (when the default is missing: the configuration with an imagemap webhook calling a Service).
+    #[arg(long, default_value = DEFAULT_WEBHOOK_CONFIG)]
+    pub webhook_config: String,
 }

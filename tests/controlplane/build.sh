@@ -6,7 +6,8 @@
 #                  etcd (the version that Kubernetes release pins)
 #   node           kubelet (k8s.io/kubernetes), containerd + containerd-shim-runc-v2, runc (cgo,
 #                  with seccomp: needs libseccomp-dev), CNI plugins in cni/
-#   tools          kubectl (k8s.io/kubectl), helm (v3), helm4 (v4), crane (images and registry)
+#   tools          kubectl (k8s.io/kubectl), helm (v3), helm4 (v4), crane (images and registry),
+#                  krew (plugin manager) and cosign (signatures), for `make release` and its tests
 #
 # A binary already in the cache is reused (those whose version is not in the folder's name carry a
 # `.NAME.version` stamp beside them; a different version is rebuilt). Prints the bin folder on
@@ -20,6 +21,8 @@ CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 RUNC_VERSION="${RUNC_VERSION:-v1.5.3}"
 CNI_PLUGINS_VERSION="${CNI_PLUGINS_VERSION:-v1.10.0}"
 CRANE_VERSION="${CRANE_VERSION:-v0.22.1}"
+KREW_VERSION="${KREW_VERSION:-v0.4.3}"
+COSIGN_VERSION="${COSIGN_VERSION:-v2.6.5}"
 # etcd: the version the Kubernetes release pins (read from its go.mod below).
 
 skip_kubernetes=false
@@ -233,6 +236,17 @@ build_crane() {
     -- -ldflags "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=${CRANE_VERSION}"
 }
 
+build_krew() {
+  go_install "$KREW_VERSION" krew=sigs.k8s.io/krew/cmd/krew \
+    -- -ldflags "-s -w -X sigs.k8s.io/krew/internal/version.gitTag=${KREW_VERSION}"
+}
+
+# cosign v2 (a large module graph: a few minutes on two cores, once).
+build_cosign() {
+  go_install "$COSIGN_VERSION" cosign=github.com/sigstore/cosign/v2/cmd/cosign \
+    -- -ldflags "-s -w -X sigs.k8s.io/release-utils/version.gitVersion=${COSIGN_VERSION}"
+}
+
 build_etcd
 build_helm
 build_crane
@@ -241,5 +255,7 @@ build_runc
 build_containerd
 build_kubectl
 build_helm4
+build_krew
+build_cosign
 $skip_kubernetes || build_kubernetes
 echo "$bin"

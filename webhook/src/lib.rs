@@ -6,6 +6,8 @@
 #![deny(missing_docs)]
 
 pub mod admission;
+// Releasing gated Pods is the controller's (the `server` feature); gating is the engine's.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
 pub(crate) mod gate;
 pub mod inject;
 mod json_scan;
@@ -15,7 +17,7 @@ pub mod maps;
 pub mod mapsfile;
 pub mod patch;
 pub(crate) mod pod_view;
-pub(crate) mod rebuild;
+pub mod rebuild;
 pub mod reference;
 pub(crate) mod review_reader;
 pub mod scope;

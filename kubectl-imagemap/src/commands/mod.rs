@@ -10,6 +10,7 @@ pub mod get;
 pub mod inject;
 pub mod rollout;
 pub mod set_image;
+pub mod version;
 
 use anyhow::{bail, Result};
 use imagemap::reference::Reference;
