@@ -256,6 +256,8 @@ build_containerd
 build_kubectl
 build_helm4
 build_krew
+# kubectl finds krew as a plugin under this name: `kubectl krew install ...`.
+[ -e "$bin/kubectl-krew" ] || ln -s krew "$bin/kubectl-krew"
 build_cosign
 $skip_kubernetes || build_kubernetes
 echo "$bin"
