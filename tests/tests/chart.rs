@@ -1027,15 +1027,7 @@ fn a_new_url_host_reissues_the_generated_certificate_for_it() {
 /// `kubectl auth can-i VERB RESOURCE[/SUBRESOURCE] --as USER` (`--all-namespaces` when
 /// `namespace` is None): "yes" or "no".
 fn can_i(plane: &ControlPlane, user: &str, verb: &str, resource: &str, namespace: Option<&str>) -> String {
-    let (resource, subresource) = resource.split_once('/').map_or((resource, None), |(r, s)| (r, Some(s)));
-    let subresource = subresource.map(|s| format!("--subresource={s}"));
-    let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
-    args.extend(subresource.as_deref());
-    match namespace {
-        Some(ns) => args.extend(["--namespace", ns]),
-        None => args.push("--all-namespaces"),
-    }
-    text(&plane.kubectl(&args).stdout).trim().to_string()
+    imagemap_e2e::kubectl::can_i(plane.kubectl_client(), user, verb, resource, namespace).expect("kubectl runs")
 }
 
 /// The rule lines of `kubectl auth can-i --list --as USER --namespace NS`.
