@@ -43,9 +43,10 @@ test: lint controlplane build
 	  $(CARGO) test --workspace --all-targets
 
 ## A local cluster for trying things out: the tests' control plane, a node, the registry on
-## localhost:5000 and the webhook. Returns with it running in the background.
+## localhost:5000 and the webhook. Returns with it running in the background. MODE=policy:
+## no webhook is registered; the controller keeps MutatingAdmissionPolicies compiled from the maps.
 dev: controlplane build
-	$(CARGO) run -q -p imagemap-e2e --bin imagemap-dev -- up
+	$(CARGO) run -q -p imagemap-e2e --bin imagemap-dev -- up $(if $(MODE),--mode=$(MODE))
 
 ## Stops `make dev` and checks that nothing is left behind.
 dev-down:

@@ -132,6 +132,12 @@ pub enum Command {
     /// Restart the Deployments, StatefulSets and DaemonSets whose Pods this map swapped.
     #[command(after_help = "Example:\n  kubectl imagemap rollout app")]
     Rollout(RolloutArgs),
+    /// Print or apply the MutatingAdmissionPolicy that makes the API server itself apply the
+    /// namespace's ImageMaps: no webhook, no controller (Kubernetes 1.36 or later).
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap policy -n dev\n  kubectl imagemap policy -n dev -o json\n  kubectl imagemap policy -n dev --apply\n  kubectl imagemap policy -n dev --apply --global-namespace imagemap-global"
+    )]
+    Policy(PolicyArgs),
     /// Print the plugin's version and the webhook's (from the cluster, unless --client).
     #[command(
         after_help = "Examples:\n  kubectl imagemap version\n  kubectl imagemap version --client\n  kubectl imagemap version --webhook-config my-imagemap"
@@ -275,6 +281,34 @@ pub struct ExplainArgs {
 pub struct RolloutArgs {
     /// Name of the ImageMap.
     pub name: String,
+}
+
+/// Formats for `policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyOutput {
+    /// YAML documents: the policy, then its binding.
+    Yaml,
+    /// A JSON `List`.
+    Json,
+}
+
+/// `policy`
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: PolicyOutput,
+    /// Apply the objects server-side (and delete a stale one of this namespace) instead of
+    /// printing them, then wait until a dry-run Pod is swapped.
+    #[arg(long)]
+    pub apply: bool,
+    /// A namespace whose ImageMaps apply to every namespace, below local ones (as the webhook's
+    /// --global-namespace); reading it lists ImageMaps in all namespaces.
+    #[arg(long)]
+    pub global_namespace: Option<String>,
+    /// How long --apply waits for the policy to take effect.
+    #[arg(long, default_value = "30s", value_parser = imagemap::duration::parse_positive_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// `doctor`

@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
         Command::Explain(a) => commands::explain::run(&cli.global, a).await,
         Command::Doctor(a) => commands::doctor::run(&cli.global, a).await,
         Command::Rollout(a) => commands::rollout::run(&cli.global, a).await,
+        Command::Policy(a) => commands::policy::run(&cli.global, a).await,
         Command::Version(a) => commands::version::run(&cli.global, a).await,
         Command::Completion { shell } => Ok(commands::completion::script(*shell)),
     };

@@ -1,13 +1,21 @@
-//! After `create` and `set-image`: wait until the webhook is called for Pods of the namespace.
-//! A webhook whose controller scopes it to the namespaces that hold ImageMaps (`imagemap::scope`)
-//! widens the scope within about a second of a map's creation; Pods created before that are not
-//! swapped.
+//! After `create`, `set-image` and `policy --apply`: wait until Pods of the namespace get the map.
+//!
+//! - A webhook whose controller scopes it to the namespaces that hold ImageMaps
+//!   (`imagemap::scope`) widens the scope within about a second of a map's creation; Pods created
+//!   before that are not swapped.
+//! - In policy mode (MutatingAdmissionPolicies of ours exist) the controller recompiles the
+//!   policy and the API server loads it; a server-side dry-run Pod shows when the map applies.
 
 use std::time::Duration;
 
+use imagemap::inject::{parse_records, SWAPS_ANNOTATION};
+use imagemap::maps::{CompiledMap, Origin};
+use imagemap::policy::{MANAGED_BY, MANAGED_BY_LABEL};
 use imagemap::scope::{condition_includes, SCOPE_CONDITION};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use kube::api::ListParams;
+use imagemap::types::ImageMap;
+use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use kube::api::{ListParams, PostParams};
 use kube::Api;
 
 use crate::client::Cluster;
@@ -64,6 +72,84 @@ pub async fn wait(cluster: &Cluster) -> Option<String> {
     }
 }
 
+/// What a dry-run Pod naming `selector` shows about `map_id`'s target.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// Swapped to the target.
+    Applied,
+    /// Another map wins for this selector: the policy is in, nothing more to wait for.
+    OtherMapWins,
+    /// Not (yet) swapped by this map.
+    Waiting,
+}
+
+fn probe_result(pod: &Pod, map_id: &str, target: &str) -> Probe {
+    let image = pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.as_deref());
+    if image == Some(target) {
+        return Probe::Applied;
+    }
+    let records = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SWAPS_ANNOTATION))
+        .map(|text| parse_records(text))
+        .unwrap_or_default();
+    if records.iter().any(|r| r.image_map != map_id) {
+        return Probe::OtherMapWins;
+    }
+    Probe::Waiting
+}
+
+/// In policy mode, waits (at most `timeout`) until a dry-run Pod in the map's namespace that
+/// names its selector is swapped to its target. Returns a warning for stderr when it is not, and
+/// nothing when the map is not built or no policy of ours exists (webhook mode).
+pub async fn wait_for_policy(cluster: &Cluster, map: &ImageMap, timeout: Duration) -> Option<String> {
+    let compiled = CompiledMap::compile(map, Origin::Cluster).ok()?;
+    let target = compiled.target.as_ref().ok()?.familiar.clone();
+    let selector = map.spec.selector.clone();
+    if selector == target {
+        return None;
+    }
+    let policies: Api<MutatingAdmissionPolicy> = Api::all(cluster.client.clone());
+    let ours = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")).limit(1);
+    if policies.list_metadata(&ours).await.ok()?.items.is_empty() {
+        return None;
+    }
+    let ns = &cluster.namespace;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    let mut probe = Pod::default();
+    probe.metadata.generate_name = Some("imagemap-probe-".into());
+    probe.spec = Some(PodSpec {
+        containers: vec![Container { name: "probe".into(), image: Some(selector.clone()), ..Default::default() }],
+        ..Default::default()
+    });
+    let dry_run = PostParams { dry_run: true, ..Default::default() };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match pods.create(&dry_run, &probe).await {
+            Ok(pod) if probe_result(&pod, &compiled.id, &target) != Probe::Waiting => return None,
+            Ok(_) => {}
+            Err(e) => {
+                return Some(format!(
+                    "warning: could not check with a dry-run Pod that the policy applies {selector} in namespace {ns} ({e}); \
+                     Pods created in the next second may not be swapped"
+                ))
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Some(format!(
+                "warning: after {}s a dry-run Pod in namespace {ns} naming {selector} is not swapped to {target}: \
+                 is the imagemap controller running in policy mode, and does the API server serve \
+                 admissionregistration.k8s.io/v1 MutatingAdmissionPolicy (Kubernetes 1.36 or later)? \
+                 A namespace or Pod labelled imagemap.tilt.dev/disabled is never swapped",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +165,27 @@ mod tests {
                 ..Default::default()
             }]),
         }
+    }
+
+    fn probe(image: &str, annotation: Option<&str>) -> Pod {
+        let mut pod = Pod::default();
+        pod.spec = Some(PodSpec {
+            containers: vec![Container { name: "probe".into(), image: Some(image.into()), ..Default::default() }],
+            ..Default::default()
+        });
+        pod.metadata.annotations = annotation.map(|a| [(SWAPS_ANNOTATION.to_string(), a.to_string())].into());
+        pod
+    }
+
+    #[test]
+    fn a_probe_is_done_when_swapped_to_the_target_or_won_by_another_map() {
+        assert_eq!(probe_result(&probe("reg/app:2", None), "dev/app", "reg/app:2"), Probe::Applied);
+        assert_eq!(probe_result(&probe("app", None), "dev/app", "reg/app:2"), Probe::Waiting);
+        let old =
+            r#"[{"field":"spec.containers{probe}.image","original":"app","image":"reg/app:1","imageMap":"dev/app"}]"#;
+        assert_eq!(probe_result(&probe("reg/app:1", Some(old)), "dev/app", "reg/app:2"), Probe::Waiting);
+        let other = old.replace("dev/app", "dev/exact");
+        assert_eq!(probe_result(&probe("reg/app:1", Some(&other)), "dev/app", "reg/app:2"), Probe::OtherMapWins);
     }
 
     #[test]

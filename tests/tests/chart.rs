@@ -1149,3 +1149,47 @@ fn bad_values_are_refused_with_a_message_naming_them() {
         assert!(is_gone(plane, "mutatingwebhookconfiguration", &fullname(&release), None));
     }
 }
+
+#[test]
+fn policy_mode_registers_no_webhook_and_may_write_admission_policies() {
+    let plane = shared();
+    let ns = plane.create_namespace("chart-policy");
+    let values = json!({"mode": "policy", "controller": {"restartOnRebuild": true}});
+    let objects = render(plane, "r", &ns, &values);
+    assert!(all_of(&objects, "MutatingWebhookConfiguration").is_empty(), "{:?}", kinds(&objects));
+    let deployment = one(&objects, "Deployment");
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--mode=policy"), "{args:?}");
+    assert!(args.iter().any(|a| a.starts_with("--leader-election-namespace=")), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--webhook-configuration")), "no webhook to scope: {args:?}");
+    let role = one(&objects, "ClusterRole");
+    let rules = role["rules"].as_array().expect("rules");
+    assert!(
+        rules.contains(&json!({"apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingadmissionpolicies", "mutatingadmissionpolicybindings"],
+            "verbs": ["get", "list", "create", "patch", "delete"]})),
+        "{rules:?}"
+    );
+    assert!(!role.to_string().contains("mutatingwebhookconfigurations"), "{role}");
+    assert_eq!(validate_on_server(plane, &ns, &objects), objects.len(), "the API server accepts every object");
+    let file = values_file(&values);
+    let chart = chart_dir().display().to_string();
+    let lint = plane.helm(["lint", "--strict", &chart, "--namespace", "imagemap-system", "-f", &file.path]);
+    assert!(lint.status.success(), "{}{}", text(&lint.stdout), text(&lint.stderr));
+
+    for (set, why) in [
+        ("controller.gateUnbuilt=true", "cannot hold Pods until their image is built"),
+        ("imagemapsFile.enabled=true", "compiled from the cluster's ImageMaps only"),
+    ] {
+        let out = plane.helm(["template", "r", &chart, "--set", "mode=policy", "--set", set]);
+        assert!(!out.status.success(), "{set} accepted");
+        assert!(text(&out.stderr).contains(why), "{set}: {}", text(&out.stderr));
+    }
+    let out = plane.helm(["template", "r", &chart, "--set", "mode=sometimes"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("/mode"), "{}", text(&out.stderr));
+}

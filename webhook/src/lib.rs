@@ -7,6 +7,7 @@
 
 pub mod admission;
 // Releasing gated Pods is the controller's (the `server` feature); gating is the engine's.
+pub mod duration;
 #[cfg_attr(not(feature = "server"), allow(dead_code))]
 pub(crate) mod gate;
 pub mod inject;
@@ -17,6 +18,7 @@ pub mod maps;
 pub mod mapsfile;
 pub mod patch;
 pub(crate) mod pod_view;
+pub mod policy;
 pub mod rebuild;
 pub mod reference;
 pub(crate) mod review_reader;
@@ -24,6 +26,8 @@ pub mod scope;
 pub mod types;
 pub mod yaml;
 
+#[cfg(feature = "client")]
+pub mod policy_sync;
 #[cfg(feature = "client")]
 pub mod workloads;
 

@@ -72,7 +72,7 @@ pub fn image_tokens(index: &MapIndex) -> Option<BTreeSet<String>> {
 
 /// The CEL expression of the image condition for `tokens` (path components: lowercase
 /// letters, digits and `._-`, nothing to escape).
-fn images_expression(tokens: &BTreeSet<String>) -> String {
+pub(crate) fn images_expression(tokens: &BTreeSet<String>) -> String {
     let list: Vec<String> = tokens.iter().map(|t| format!("'{t}'")).collect();
     let names = format!("[{}]", list.join(", "));
     format!(

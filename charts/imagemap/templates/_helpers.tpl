@@ -148,5 +148,18 @@ text or its base64.
 
 {{- /* The leader-elected controller runs when any of its features is on. */ -}}
 {{- define "imagemap.controllerOn" -}}
-{{- if or .Values.controller.gateUnbuilt .Values.controller.restartOnRebuild .Values.controller.scopeWebhook }}true{{ end }}
+{{- if or .Values.controller.gateUnbuilt .Values.controller.restartOnRebuild (include "imagemap.scopeWebhook" .) (eq .Values.mode "policy") }}true{{ end }}
+{{- end }}
+
+{{- /* The controller scopes the webhook configuration: only in webhook mode. */ -}}
+{{- define "imagemap.scopeWebhook" -}}
+{{- if and .Values.controller.scopeWebhook (ne .Values.mode "policy") }}true{{ end }}
+{{- end }}
+
+{{- /* Settings that cannot go with policy mode fail the render with the reason. */ -}}
+{{- define "imagemap.checkMode" -}}
+{{- if eq .Values.mode "policy" }}
+{{- if .Values.controller.gateUnbuilt }}{{ fail "mode: policy cannot be used with controller.gateUnbuilt: a policy cannot hold Pods until their image is built" }}{{ end }}
+{{- if .Values.imagemapsFile.enabled }}{{ fail "mode: policy cannot be used with imagemapsFile: policies are compiled from the cluster's ImageMaps only" }}{{ end }}
+{{- end }}
 {{- end }}

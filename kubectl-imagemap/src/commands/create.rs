@@ -47,6 +47,10 @@ pub async fn run(global: &Global, args: &CreateArgs) -> Result<String> {
         if let Some(warning) = crate::scope_wait::wait(&cluster).await {
             eprintln!("{warning}");
         }
+        if let Some(warning) = crate::scope_wait::wait_for_policy(&cluster, &created, crate::scope_wait::TIMEOUT).await
+        {
+            eprintln!("{warning}");
+        }
     }
     Ok(match args.output {
         Some(format) => render::object(&created, format),

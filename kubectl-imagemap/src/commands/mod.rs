@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod explain;
 pub mod get;
 pub mod inject;
+pub mod policy;
 pub mod rollout;
 pub mod set_image;
 pub mod version;

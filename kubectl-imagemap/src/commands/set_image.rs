@@ -70,6 +70,9 @@ pub async fn run(global: &Global, args: &SetImageArgs) -> Result<String> {
     if let Some(warning) = crate::scope_wait::wait(&cluster).await {
         eprintln!("{warning}");
     }
+    if let Some(warning) = crate::scope_wait::wait_for_policy(&cluster, &updated, crate::scope_wait::TIMEOUT).await {
+        eprintln!("{warning}");
+    }
     Ok(match args.output {
         Some(format) => render::object(&updated, format),
         None => format!(

@@ -1,8 +1,10 @@
 //! `make dev` and `make dev-down`: the test harness's cluster (control plane, a node, the local
 //! registry on `localhost:5000`) plus the webhook, run in the background for trying things out.
 //!
-//! - `imagemap-dev up [STATE_DIR]` starts a background `serve` process, waits until it is ready
-//!   and prints what to export and an example that builds, pushes and runs an image.
+//! - `imagemap-dev up [STATE_DIR] [--mode webhook|policy]` starts a background `serve` process,
+//!   waits until it is ready and prints what to export and an example that builds, pushes and
+//!   runs an image. With `--mode policy` (`make dev MODE=policy`) no webhook is registered: the
+//!   controller compiles the ImageMaps into MutatingAdmissionPolicies the API server applies.
 //! - `imagemap-dev down [STATE_DIR]` asks it to stop, waits until everything is torn down and
 //!   checks that nothing is left: no process, mount, network namespace, bridge or cgroup.
 //! - `imagemap-dev serve STATE_DIR` is that background process: it owns every component (the
@@ -34,15 +36,63 @@ const UP_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long `down` waits for the teardown.
 const DOWN_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// How the maps take effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The webhook, registered as `imagemap-dev`.
+    Webhook,
+    /// MutatingAdmissionPolicies kept by the controller; no webhook registered.
+    Policy,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "webhook" | "" => Ok(Mode::Webhook),
+            "policy" => Ok(Mode::Policy),
+            other => bail!("unknown mode {other:?}: use webhook or policy (make dev MODE=policy)"),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Webhook => "webhook",
+            Mode::Policy => "policy",
+        }
+    }
+}
+
+/// The command line: a verb, an optional state folder and `--mode M` (or `--mode=M`).
+fn parse_args(args: &[String]) -> Result<(String, PathBuf, Mode)> {
+    let mut verb = None;
+    let mut state = None;
+    let mut mode = Mode::Webhook;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        if let Some(m) = arg.strip_prefix("--mode=") {
+            mode = Mode::parse(m)?;
+        } else if arg == "--mode" {
+            mode = Mode::parse(rest.next().map(String::as_str).context("--mode needs a value")?)?;
+        } else if verb.is_none() {
+            verb = Some(arg.clone());
+        } else if state.is_none() {
+            state = Some(PathBuf::from(arg));
+        } else {
+            bail!("unexpected argument {arg:?}");
+        }
+    }
+    let state = state.unwrap_or_else(|| binaries::workspace_root().join(".dev"));
+    Ok((verb.unwrap_or_else(|| "up".into()), state, mode))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let state = |i: usize| args.get(i).map_or_else(|| binaries::workspace_root().join(".dev"), PathBuf::from);
-    let result = match args.first().map(String::as_str) {
-        Some("up") | None => up(&state(1)),
-        Some("down") => down(&state(1)),
-        Some("serve") => serve(&state(1)),
-        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}: use up, down or serve")),
-    };
+    let result = parse_args(&args).and_then(|(verb, state, mode)| match verb.as_str() {
+        "up" => up(&state, mode),
+        "down" => down(&state),
+        "serve" => serve(&state, mode),
+        other => Err(anyhow::anyhow!("unknown command {other:?}: use up, down or serve")),
+    });
     if let Err(e) = result {
         eprintln!("imagemap-dev: {e:#}");
         std::process::exit(1);
@@ -58,7 +108,7 @@ fn running_pid(state: &Path) -> Option<u32> {
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
-fn up(state: &Path) -> Result<()> {
+fn up(state: &Path, mode: Mode) -> Result<()> {
     if running_pid(state).is_some() && state.join("ready").is_file() {
         eprintln!("imagemap-dev: already running; `make dev-down` first to start over");
         print!("{}", std::fs::read_to_string(state.join("ready"))?);
@@ -76,6 +126,7 @@ fn up(state: &Path) -> Result<()> {
         .arg(&me)
         .arg("serve")
         .arg(state)
+        .arg(format!("--mode={}", mode.as_str()))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log)?)
         .stderr(std::fs::File::create(&log)?.try_clone()?)
@@ -167,14 +218,15 @@ fn tail(path: &Path, lines: usize) -> String {
 /// Everything `make dev` runs. Dropped in field order: the webhook, the node, the registry, then
 /// the plane.
 struct Dev {
+    mode: Mode,
     webhook: Webhook,
     node: Node,
     registry: Registry,
     plane: ControlPlane,
 }
 
-fn serve(state: &Path) -> Result<()> {
-    let dev = start()?;
+fn serve(state: &Path, mode: Mode) -> Result<()> {
+    let dev = start(mode)?;
     save_footprint(state, dev.node.footprint())?;
     let kubeconfig = state.join("kubeconfig");
     std::fs::copy(dev.plane.kubeconfig_path(), &kubeconfig).context("writing the kubeconfig")?;
@@ -182,7 +234,7 @@ fn serve(state: &Path) -> Result<()> {
     let target = binaries::workspace_root().join("target/debug");
     let registry = dev.registry.address();
     let ready = format!(
-        "\nimagemap dev cluster: control plane, node {node}, registry {registry}, webhook (logs: {logs}, {webhook_log}).\n\
+        "\nimagemap dev cluster ({mode} mode): control plane, node {node}, registry {registry}, {what} (logs: {logs}, {webhook_log}).\n\
          export KUBECONFIG={kubeconfig}\n\
          export PATH={bin}:{target}:$PATH   # kubectl {version}, crane, kubectl-imagemap\n\
          \n\
@@ -206,6 +258,11 @@ fn serve(state: &Path) -> Result<()> {
          \n\
          Stop everything with: make dev-down\n",
         node = dev.node.name(),
+        mode = dev.mode.as_str(),
+        what = match dev.mode {
+            Mode::Webhook => "webhook",
+            Mode::Policy => "controller compiling ImageMaps into MutatingAdmissionPolicies (no webhook registered)",
+        },
         logs = state.join("dev.log").display(),
         webhook_log = dev.webhook.log_path().display(),
         kubeconfig = kubeconfig.display(),
@@ -224,7 +281,7 @@ fn serve(state: &Path) -> Result<()> {
     Ok(())
 }
 
-fn start() -> Result<Dev> {
+fn start(mode: Mode) -> Result<Dev> {
     let plane = ControlPlane::start(ControlPlaneOptions {
         controller_manager: true,
         service_endpoints: true,
@@ -240,30 +297,25 @@ fn start() -> Result<Dev> {
     let node = Node::start(&plane, &registry)?;
     let lease_ns = "imagemap-system";
     plane.kubectl_ok(["create", "namespace", lease_ns]);
-    let webhook = Webhook::start(
-        &plane,
-        WebhookOptions {
-            extra_args: [
-                "--gate-unbuilt",
-                "--restart-on-rebuild",
-                "--leader-election-namespace",
-                lease_ns,
-                // Only the namespaces that hold ImageMaps call the webhook.
-                "--webhook-configuration",
-                CONFIGURATION,
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Default::default()
-        },
-    )?;
-    register(&plane, &webhook, lease_ns)?;
-    Ok(Dev { webhook, node, registry, plane })
+    let common = ["--restart-on-rebuild", "--leader-election-namespace", lease_ns];
+    let extra: &[&str] = match mode {
+        // Only the namespaces that hold ImageMaps call the webhook.
+        Mode::Webhook => &["--gate-unbuilt", "--webhook-configuration", CONFIGURATION],
+        Mode::Policy => &["--mode", "policy"],
+    };
+    let extra_args = common.iter().chain(extra).map(|s| s.to_string()).collect();
+    let webhook = Webhook::start(&plane, WebhookOptions { extra_args, ..Default::default() })?;
+    if mode == Mode::Webhook {
+        register(&plane, &webhook)?;
+    }
+    wait_until_maps_apply(&plane, &webhook)?;
+    Ok(Dev { mode, webhook, node, registry, plane })
 }
 
-/// Registers the webhook for every namespace but the system ones and `excluded`, with the
-/// chart's opt-out labels, and waits until a dry-run Pod in `default` is swapped.
-fn register(plane: &ControlPlane, webhook: &Webhook, excluded: &str) -> Result<()> {
+/// Registers the webhook for every namespace but the system ones and the lease's, with the
+/// chart's opt-out labels.
+fn register(plane: &ControlPlane, webhook: &Webhook) -> Result<()> {
+    let excluded = "imagemap-system";
     let mut config = webhook_configuration(CONFIGURATION, &webhook.url(), webhook.ca_pem(), &BTreeMap::new());
     let hook = &mut config["webhooks"][0];
     hook["namespaceSelector"] = json!({"matchExpressions": [
@@ -273,8 +325,14 @@ fn register(plane: &ControlPlane, webhook: &Webhook, excluded: &str) -> Result<(
     ]});
     hook["objectSelector"] =
         json!({"matchExpressions": [{"key": "imagemap.tilt.dev/disabled", "operator": "DoesNotExist"}]});
+    plane.kubectl_client().apply(&config.to_string())?;
+    Ok(())
+}
+
+/// Waits until a built map in `default` swaps a dry-run Pod there (through the webhook or the
+/// compiled policy), then deletes the map.
+fn wait_until_maps_apply(plane: &ControlPlane, webhook: &Webhook) -> Result<()> {
     let kubectl = plane.kubectl_client();
-    kubectl.apply(&config.to_string())?;
     let (ns, name, selector) = ("default", "imagemap-dev-probe", "imagemap-dev-probe");
     let target = "registry.example/imagemap-dev-probe:registered";
     kubectl.apply(&image_map(ns, name, selector).to_string())?;
@@ -286,7 +344,7 @@ fn register(plane: &ControlPlane, webhook: &Webhook, excluded: &str) -> Result<(
     });
     kubectl.ok(["delete", "imagemap", name, "-n", ns])?;
     if swapped.is_none() {
-        bail!("the webhook registration did not take effect; webhook log:\n{}", webhook.log_tail(30));
+        bail!("the maps did not take effect; webhook log:\n{}", webhook.log_tail(30));
     }
     Ok(())
 }

@@ -18,6 +18,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// What the process does with the maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Serve admission reviews (registered by a MutatingWebhookConfiguration).
+    Webhook,
+    /// Keep MutatingAdmissionPolicies compiled from the maps in step (leader only); the API
+    /// server applies them itself and no webhook is registered.
+    Policy,
+}
+
 /// The imagemap mutating admission webhook: swaps Pod images for the ones ImageMaps name.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "imagemap-webhook", version)]
@@ -108,6 +118,10 @@ pub struct Config {
     /// exist) with a match condition, beside the admin's own selectors.
     #[arg(long, env = "IMAGEMAP_WEBHOOK_CONFIGURATION")]
     pub webhook_configuration: Option<String>,
+    /// `webhook` serves reviews; `policy` keeps MutatingAdmissionPolicies compiled from the maps
+    /// in step instead (no webhook registration; not with --gate-unbuilt or --imagemaps-file).
+    #[arg(long, env = "IMAGEMAP_MODE", value_enum, default_value = "webhook")]
+    pub mode: Mode,
     /// How often the controller looks at gated Pods.
     #[arg(long, value_parser = parse_positive_duration, default_value = "1s")]
     pub controller_interval: Duration,
@@ -134,11 +148,33 @@ impl Config {
             gate_timeout: self.gate_timeout,
             restart_on_rebuild: self.restart_on_rebuild,
             webhook_configuration: self.webhook_configuration.clone(),
+            policies: self.mode == Mode::Policy,
             lease_namespace: self.leader_election_namespace.clone(),
             lease_name: self.leader_election_id.clone(),
             identity,
             interval: self.controller_interval,
         }
+    }
+
+    /// Flags that cannot go together, with the reason.
+    pub fn check(&self) -> Result<(), String> {
+        if self.mode != Mode::Policy {
+            return Ok(());
+        }
+        let conflict = |flag: &str, why: &str| Err(format!("--mode policy cannot be used with {flag}: {why}"));
+        if self.gate_unbuilt {
+            return conflict("--gate-unbuilt", "a policy cannot hold Pods until their image is built");
+        }
+        if self.imagemaps_file.is_some() {
+            return conflict("--imagemaps-file", "policies are compiled from the cluster's ImageMaps only");
+        }
+        if self.no_cluster {
+            return conflict("--no-cluster", "policies are written to the cluster");
+        }
+        if self.webhook_configuration.is_some() {
+            return conflict("--webhook-configuration", "no webhook is registered in policy mode");
+        }
+        Ok(())
     }
 
     /// Connection timeouts from the flags.
@@ -153,23 +189,7 @@ impl Config {
     }
 }
 
-/// Parses `500ms`, `5s`, `2m` or a plain number of seconds (zero allowed). Negative, malformed
-/// and out-of-range values are errors (clap names the flag).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?}: use e.g. 500ms, 5s or 2m");
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is out of range"))
-}
+pub use crate::duration::{parse_duration, parse_positive_duration};
 
 /// A count that must be at least one.
 pub fn parse_positive_count(s: &str) -> Result<usize, String> {
@@ -177,14 +197,6 @@ pub fn parse_positive_count(s: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(format!("invalid number {s:?}: {e}")),
-    }
-}
-
-/// Like [`parse_duration`], for intervals and timeouts where zero makes no sense.
-pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d.is_zero() => Err(format!("duration {s:?} must be greater than zero")),
-        d => Ok(d),
     }
 }
 

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -32,6 +32,7 @@ use crate::gate::{release, Release, GATED_AT_ANNOTATION, GATED_LABEL};
 use crate::rebuild::{self, Targets};
 use crate::scope;
 use crate::workloads;
+use crate::{policy, policy_sync};
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -44,6 +45,8 @@ pub struct Options {
     pub restart_on_rebuild: bool,
     /// Keep this MutatingWebhookConfiguration scoped to where maps are.
     pub webhook_configuration: Option<String>,
+    /// Keep the compiled MutatingAdmissionPolicies in step with the maps (`--mode policy`).
+    pub policies: bool,
     /// Namespace of the Lease.
     pub lease_namespace: String,
     /// Name of the Lease.
@@ -81,6 +84,7 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
     };
     let _stop_watch = AbortOnDrop(gated_watch);
     let mut leading = false;
+    let mut policies_written = None;
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -112,6 +116,7 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         if now_leading != leading {
             tracing::info!(identity = %opts.identity, lease = %opts.lease_name, leading = now_leading, "controller leadership changed");
             leading = now_leading;
+            policies_written = None;
         }
         if !leading || !state.synced.load(Ordering::Acquire) {
             continue;
@@ -121,6 +126,11 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         if let Some(name) = &opts.webhook_configuration {
             if let Err(e) = keep_scope(&client, &state, name).await {
                 tracing::warn!(configuration = %name, error = %e, "could not scope the webhook configuration");
+            }
+        }
+        if opts.policies {
+            if let Err(e) = keep_policies(&client, &state, &mut policies_written).await {
+                tracing::warn!(error = %e, "could not bring the admission policies in step with the ImageMaps");
             }
         }
         if opts.restart_on_rebuild {
@@ -164,6 +174,33 @@ async fn keep_scope(client: &Client, state: &AppState, name: &str) -> kube::Resu
     }
     Ok(())
 }
+
+/// Keeps the compiled admission policies in step with the maps (`--mode policy`). A compile
+/// error (too many maps) leaves every object as it is, with a log line that says why.
+/// `last` is what was last written and when: the same policies are written again only after
+/// [`POLICY_RESYNC`], which repairs hand edits and deletions.
+async fn keep_policies(client: &Client, state: &AppState, last: &mut Option<(String, Instant)>) -> anyhow::Result<()> {
+    let compiled = state.with_index(policy::compile_index)?;
+    let hash = policy_sync::compiled_hash(&compiled);
+    if last.as_ref().is_some_and(|(h, at)| *h == hash && at.elapsed() < POLICY_RESYNC) {
+        return Ok(());
+    }
+    *last = None;
+    let synced = policy_sync::sync(client, &compiled, policy_sync::Prune::All).await?;
+    if !synced.is_noop() {
+        tracing::info!(
+            applied = %synced.applied.join(","),
+            deleted = %synced.deleted.join(","),
+            unchanged = synced.unchanged.len(),
+            "admission policies brought in step with the ImageMaps"
+        );
+    }
+    *last = Some((hash, Instant::now()));
+    Ok(())
+}
+
+/// How often unchanged policies are written again anyway.
+const POLICY_RESYNC: Duration = Duration::from_secs(30);
 
 /// Aborts a spawned task when dropped (the controller's watch ends with the controller).
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);

@@ -131,6 +131,7 @@ fn panic_message(error: tokio::task::JoinError) -> String {
 /// background task (certificate reload, map watch, controller) stops while serving.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    config.check().map_err(anyhow::Error::msg)?;
     let state = AppState::new(config.global_namespace.clone(), config.limits());
     let certs = tls::CertStore::load(&config.tls_cert_file, &config.tls_private_key_file)
         .context("loading the serving certificate (--tls-cert-file / --tls-private-key-file)")?;
@@ -153,7 +154,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         let client = store::client(config.kubeconfig.as_deref()).await?;
         tasks.spawn("the ImageMap watch", store::watch_cluster(client.clone(), state.clone()));
-        if config.gate_unbuilt || config.restart_on_rebuild || config.webhook_configuration.is_some() {
+        if config.gate_unbuilt
+            || config.restart_on_rebuild
+            || config.webhook_configuration.is_some()
+            || config.mode == config::Mode::Policy
+        {
             controller = true;
             tasks.spawn(CONTROLLER_TASK, controller::run(client, state.clone(), config.controller_options()));
         }

@@ -1,0 +1,110 @@
+//! Writing compiled policies ([`crate::policy`]) to the cluster: shared by the controller in
+//! `--mode policy` and `kubectl imagemap policy --apply`. Objects are server-side applied only
+//! when what was compiled changed (a hash annotation records it), and ours that are no longer
+//! compiled are deleted.
+
+use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::policy::{NamespacePolicy, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL};
+
+/// Annotation holding a hash of what was compiled, so unchanged objects are not written.
+pub const COMPILED_ANNOTATION: &str = "imagemap.tilt.dev/compiled";
+
+/// Which of our existing objects may be deleted when not compiled any more.
+#[derive(Debug, Clone, Copy)]
+pub enum Prune<'a> {
+    /// Every object we manage (the controller owns them all).
+    All,
+    /// Only the one serving this namespace (`kubectl imagemap policy -n NS --apply`).
+    Namespace(&'a str),
+}
+
+/// What a sync did, object names.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Synced {
+    /// Written (created or changed).
+    pub applied: Vec<String>,
+    /// Deleted.
+    pub deleted: Vec<String>,
+    /// Already as compiled.
+    pub unchanged: Vec<String>,
+}
+
+impl Synced {
+    /// True when nothing was written or deleted.
+    pub fn is_noop(&self) -> bool {
+        self.applied.is_empty() && self.deleted.is_empty()
+    }
+}
+
+/// Brings the cluster's policies and bindings in step with `policies`.
+pub async fn sync(client: &Client, policies: &[NamespacePolicy], prune: Prune<'_>) -> kube::Result<Synced> {
+    let mut out = Synced::default();
+    let selector = match prune {
+        Prune::All => format!("{MANAGED_BY_LABEL}={MANAGED_BY}"),
+        Prune::Namespace(ns) => format!("{MANAGED_BY_LABEL}={MANAGED_BY},{SERVES_LABEL}={ns}"),
+    };
+    let policy_api: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
+    let binding_api: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let wanted: BTreeSet<String> = policies.iter().filter_map(|p| p.policy.metadata.name.clone()).collect();
+    // Policies before bindings, so a binding never names a policy that is not there yet.
+    for p in policies {
+        apply(&policy_api, p.policy.clone(), &mut out).await?;
+        apply(&binding_api, p.binding.clone(), &mut out).await?;
+    }
+    // Bindings before policies, for the same reason.
+    prune_stale(&binding_api, &selector, &wanted, &mut out).await?;
+    prune_stale(&policy_api, &selector, &wanted, &mut out).await?;
+    Ok(out)
+}
+
+/// A hash of `object` as compiled (recorded on objects to skip unchanged writes).
+pub fn compiled_hash<K: Serialize>(object: &K) -> String {
+    let text = serde_json::to_string(object).unwrap_or_else(|_| unreachable!("k8s-openapi objects serialize"));
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+async fn apply<K>(api: &Api<K>, mut object: K, out: &mut Synced) -> kube::Result<()>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let hash = compiled_hash(&object);
+    let current = api.get_opt(&name).await?;
+    if current.as_ref().and_then(|c| c.meta().annotations.as_ref()).and_then(|a| a.get(COMPILED_ANNOTATION))
+        == Some(&hash)
+    {
+        out.unchanged.push(name);
+        return Ok(());
+    }
+    object.meta_mut().annotations.get_or_insert_with(Default::default).insert(COMPILED_ANNOTATION.into(), hash);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object)).await?;
+    out.applied.push(name);
+    Ok(())
+}
+
+async fn prune_stale<K>(api: &Api<K>, selector: &str, wanted: &BTreeSet<String>, out: &mut Synced) -> kube::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    for existing in api.list_metadata(&ListParams::default().labels(selector)).await? {
+        let Some(name) = existing.metadata.name else { continue };
+        if !wanted.contains(&name) {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => out.deleted.push(name),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
