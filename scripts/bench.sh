@@ -77,12 +77,15 @@ else
   run taskset -c 1 "$BENCH" handshakes --count 3000 --seconds 30
 fi
 
-# 5, 6: against a real API server.
+# 5, 6: against a real API server (and Pod creates by admission mode: webhook, compiled and
+# naive MutatingAdmissionPolicies, against an opted-out namespace).
 if [ -n "$QUICK" ]; then
   run "$BENCH" e2e --rounds 1 --serial 30 --concurrent 100
+  run "$BENCH" modes --rounds 1 --pods 60 --seconds 30
   run "$BENCH" memory --counts 1000,3000 --create-seconds 120
 else
   run "$BENCH" e2e --rounds 2 --serial 300 --concurrent 1000 --seconds 60
+  run "$BENCH" modes --rounds 3 --pods 400 --seconds 60
   run "$BENCH" memory --counts 10000,100000 --create-seconds 900
 fi
 

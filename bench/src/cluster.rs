@@ -30,14 +30,16 @@ pub async fn client(plane: &ControlPlane) -> Result<Client> {
 }
 
 /// Starts the release webhook watching the plane (not pinned: it shares the machine with the
-/// API server and etcd, as in a cluster node).
-async fn start_webhook(plane: &ControlPlane, work: &Path, name: &str) -> Result<Server> {
+/// API server and etcd, as in a cluster node), with `extra` flags after `--kubeconfig`.
+pub(crate) async fn start_webhook(plane: &ControlPlane, work: &Path, name: &str, extra: &[String]) -> Result<Server> {
     let certs = tls::mint(&work.join(format!("certs-{name}")), KeyType::EcdsaP256)?;
+    let mut args = vec!["--kubeconfig".to_string(), plane.kubeconfig_path().display().to_string()];
+    args.extend(extra.iter().cloned());
     Server::start(
         Spawn {
             name,
             program: &sibling_binary("imagemap-webhook")?,
-            args: vec!["--kubeconfig".into(), plane.kubeconfig_path().display().to_string()],
+            args,
             core: None,
             certs,
             log: work.join(format!("{name}.log")),
@@ -51,7 +53,7 @@ async fn start_webhook(plane: &ControlPlane, work: &Path, name: &str) -> Result<
 }
 
 /// Waits until the webhook's `imagemap_cache_maps` is at least `n` (bounded by `timeout`).
-async fn wait_cache(server: &Server, n: usize, timeout: Duration) -> Result<f64> {
+pub(crate) async fn wait_cache(server: &Server, n: usize, timeout: Duration) -> Result<f64> {
     let started = Instant::now();
     loop {
         let have = server.metric("imagemap_cache_maps").await.unwrap_or(0.0);
@@ -65,7 +67,7 @@ async fn wait_cache(server: &Server, n: usize, timeout: Duration) -> Result<f64>
     }
 }
 
-async fn create_namespace(client: &Client, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+pub(crate) async fn create_namespace(client: &Client, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
     match namespaces.create(&PostParams::default(), &ns).await {
@@ -84,7 +86,7 @@ async fn create_namespace(client: &Client, name: &str, labels: &BTreeMap<String,
 }
 
 /// Creates `map` and sets its status (a second request: status is a subresource).
-async fn create_map(client: &Client, map: &ImageMap) -> Result<()> {
+pub(crate) async fn create_map(client: &Client, map: &ImageMap) -> Result<()> {
     let ns = map.metadata.namespace.clone().unwrap_or_default();
     let name = map.metadata.name.clone().unwrap_or_default();
     let api: Api<ImageMap> = Api::namespaced(client.clone(), &ns);
@@ -167,7 +169,7 @@ pub async fn memory(plane: &ControlPlane, opts: &MemoryOptions) -> Result<Memory
     }
     let mut notes = Vec::new();
     let mut points = Vec::new();
-    let mut running = start_webhook(plane, &opts.work, "webhook-running").await?;
+    let mut running = start_webhook(plane, &opts.work, "webhook-running", &[]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     points.push(point(&running, 0, "no maps (baseline)", 0.0).await?);
 
@@ -197,7 +199,7 @@ pub async fn memory(plane: &ControlPlane, opts: &MemoryOptions) -> Result<Memory
             .push(point(&running, have, "watch events (running since 0 maps)", started.elapsed().as_secs_f64()).await?);
         // A fresh webhook loads them all in its initial list: the start-up peak.
         let started = Instant::now();
-        let fresh = start_webhook(plane, &opts.work, &format!("webhook-fresh-{have}")).await?;
+        let fresh = start_webhook(plane, &opts.work, &format!("webhook-fresh-{have}"), &[]).await?;
         wait_cache(&fresh, have, Duration::from_secs(300)).await?;
         let synced = started.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -235,13 +237,20 @@ pub struct E2eOptions {
 }
 
 const E2E_NS: &str = "bench-e2e";
-const SERVED_LABEL: &str = "imagemap-bench/served";
-const TARGET_IMAGE: &str = "localhost:5000/app:tilt-1";
+/// The namespace label the bench's webhook registrations select on.
+pub(crate) const SERVED_LABEL: &str = "imagemap-bench/served";
+/// The status image of the bench's `app` map: what a swapped Pod's first container gets.
+pub(crate) const TARGET_IMAGE: &str = "localhost:5000/app:tilt-1";
 
 /// A Pod like a Deployment's: two containers, the first (`app`) matched by the map.
 fn bench_pod(name: &str) -> Result<Pod> {
+    pod_with_env(E2E_NS, name, 10)
+}
+
+/// [`bench_pod`] in `namespace` with `env` env vars per container (more for a larger Pod).
+pub(crate) fn pod_with_env(namespace: &str, name: &str, env: usize) -> Result<Pod> {
     let env: Vec<Value> =
-        (0..10).map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-number-{i}")})).collect();
+        (0..env).map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-number-{i}")})).collect();
     let container = |name: &str, image: &str| {
         json!({"name": name, "image": image, "imagePullPolicy": "IfNotPresent", "env": env,
                "ports": [{"containerPort": 8080}],
@@ -249,12 +258,12 @@ fn bench_pod(name: &str) -> Result<Pod> {
     };
     Ok(serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": E2E_NS, "labels": {"app": "web", "bench": "e2e"}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "web", "bench": "e2e"}},
         "spec": {"containers": [container("app", "app"), container("sidecar", "busybox:1.36")]},
     }))?)
 }
 
-fn swapped(pod: &Pod) -> bool {
+pub(crate) fn swapped(pod: &Pod) -> bool {
     pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.as_deref()) == Some(TARGET_IMAGE)
 }
 
@@ -281,22 +290,24 @@ async fn wait_registration(pods: &Api<Pod>, registered: bool) -> Result<()> {
     }
 }
 
-async fn delete_pods(pods: &Api<Pod>) -> Result<()> {
+pub(crate) async fn delete_pods(pods: &Api<Pod>) -> Result<()> {
     pods.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
     let started = Instant::now();
     // Unscheduled Pods go at once; wait so that the next run starts from an empty namespace.
     while !pods.list(&ListParams::default().limit(1)).await?.items.is_empty() {
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("Pods in {E2E_NS} were not deleted within 60 s");
+            bail!("Pods in {} were not deleted within 60 s", pods.namespace().unwrap_or_default());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
 }
 
-/// Creates `n` Pods, `concurrency` at a time, within `seconds`.
-async fn create_pods(
+/// Creates `n` Pods made by `pod` (from a name), `concurrency` at a time, within `seconds`:
+/// (latencies in ms, failed, swapped, wall seconds).
+pub(crate) async fn create_pods(
     pods: &Api<Pod>,
+    pod: &dyn Fn(&str) -> Result<Pod>,
     tag: &str,
     n: usize,
     concurrency: usize,
@@ -304,7 +315,7 @@ async fn create_pods(
 ) -> Result<(Vec<f64>, usize, usize, f64)> {
     // Warm-up: connections to the API server (and from it to the webhook) are open.
     for i in 0..10 {
-        pods.create(&PostParams::default(), &bench_pod(&format!("{tag}-warm-{i}"))?).await?;
+        pods.create(&PostParams::default(), &pod(&format!("{tag}-warm-{i}"))?).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -312,9 +323,9 @@ async fn create_pods(
         .take_while(|_| std::future::ready(Instant::now() < deadline))
         .map(|i| {
             let pods = pods.clone();
-            let name = format!("{tag}-{i}");
+            let made = pod(&format!("{tag}-{i}"));
             async move {
-                let pod = bench_pod(&name)?;
+                let pod = made?;
                 let t = Instant::now();
                 let created = pods.create(&PostParams::default(), &pod).await?;
                 Ok((t.elapsed().as_secs_f64() * 1000.0, swapped(&created)))
@@ -354,7 +365,7 @@ pub async fn e2e(plane: &ControlPlane, opts: &E2eOptions) -> Result<E2eResults> 
         status.image = TARGET_IMAGE.to_string();
     }
     create_map(&client, &map).await?;
-    let webhook = start_webhook(plane, &opts.work, "webhook-e2e").await?;
+    let webhook = start_webhook(plane, &opts.work, "webhook-e2e", &[]).await?;
     wait_cache(&webhook, 1, Duration::from_secs(60)).await?;
     let ca_pem = std::fs::read_to_string(&webhook.certs.ca)?;
     let config_json =
@@ -376,7 +387,7 @@ pub async fn e2e(plane: &ControlPlane, opts: &E2eOptions) -> Result<E2eResults> 
             for (concurrency, n) in [(1, opts.serial), (opts.concurrency, opts.concurrent)] {
                 let tag = format!("r{round}-{}-c{concurrency}", if registered { "with" } else { "without" });
                 let (mut latencies, failed, swapped, wall) =
-                    create_pods(&pods, &tag, n, concurrency, opts.seconds).await?;
+                    create_pods(&pods, &bench_pod, &tag, n, concurrency, opts.seconds).await?;
                 let run = E2eRun {
                     round,
                     webhook: registered,

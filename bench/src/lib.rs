@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod criterion;
 pub mod fixtures;
 pub mod load;
+pub mod modes;
 pub mod process;
 pub mod procfs;
 pub mod profile;

@@ -31,6 +31,7 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
     let mem: Option<MemoryResults> = load(results, "memory")?;
     let e2e: Option<E2eResults> = load(results, "e2e")?;
     let prof: Option<ProfileResults> = load(results, "profile")?;
+    let modes: Option<ModesResults> = load(results, "modes")?;
     let date = std::fs::read_to_string(results.join("date.txt")).unwrap_or_default();
 
     let mut md = String::new();
@@ -418,6 +419,9 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
         }
         writeln!(w)?;
     }
+    if let Some(m) = &modes {
+        write_modes(w, m)?;
+    }
     writeln!(w, "## 7. Regression gate\n")?;
     writeln!(
         w,
@@ -440,4 +444,167 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
     writeln!(w, "```sh\n{}\n```", commands.trim())?;
     std::fs::write(out, md)?;
     Ok(())
+}
+
+/// Text for one table cell: no line breaks, pipes escaped.
+fn cell(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|")
+}
+
+/// The section of `imagemap-bench modes`.
+fn write_modes(w: &mut String, m: &ModesResults) -> Result<()> {
+    writeln!(w, "## Pod creates by admission mode\n")?;
+    writeln!(
+        w,
+        "Real Pod creates ({}-byte Pod: two containers, `app` and `busybox:1.36`) with a kube client, {} in flight, \
+         into one namespace per mode of one control plane. Each round measures every mode once, in the order of the \
+         table ({} round(s), up to {} Pods per mode per round, {} s at most per run); creates/s is the mean over \
+         rounds, p50/p99 are over every create of the mode, and the ratio is against the `opted-out` namespace of the \
+         same run. 10 warm-up creates precede each run. No kubelet: Pods stay Pending and are deleted after each \
+         run. etcd, the API server, the webhook and the client share the machine's cores.\n",
+        m.pod_bytes, m.concurrency, m.rounds, m.pods_per_run, m.seconds
+    )?;
+    writeln!(
+        w,
+        "The release webhook runs with `--webhook-configuration` and leader election, so its controller scopes the \
+         registration (chart defaults, `namespaceSelector` on a label that the `webhook` namespaces carry) with \
+         match conditions; while measuring it had: {}. Policies are applied before the rounds: the compiled ones \
+         with `imagemap::policy::compile` on the namespace's maps as listed from the API server and \
+         `imagemap::policy_sync::sync`, the naive one by hand (below). Before measuring, server-side dry-run creates \
+         wait until each mode swaps (or does not) as it should. `webhook reviews` counts the reviews the webhook \
+         answered during the mode's runs, warm-ups included: it shows which modes reach the webhook at all. The \
+         webhook's own decision time averaged {:.1} µs over {:.0} reviews.\n",
+        if m.webhook_conditions.is_empty() {
+            "none".to_string()
+        } else {
+            m.webhook_conditions.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+        },
+        m.webhook_mean_decision_us,
+        m.webhook_reviews
+    )?;
+    writeln!(
+        w,
+        "| mode | in the path | maps | creates/s | ratio to opted-out | p50 | p99 | swapped / created | failed | webhook reviews |"
+    )?;
+    writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
+    for c in &m.cases {
+        if c.rounds == 0 {
+            let why = match (c.policy_accepted, &c.error) {
+                (Some(false), Some(e)) => format!("policy rejected: {}", cell(e)),
+                (_, Some(e)) => cell(e),
+                _ => "not measured".to_string(),
+            };
+            writeln!(w, "| {} | {} | {} | {why} | | | | | | |", c.case, cell(&c.how), c.maps)?;
+            continue;
+        }
+        writeln!(
+            w,
+            "| {} | {} | {} | {:.0} | **{}** | {:.2} ms | {:.2} ms | {} / {} | {} | {:.0} |",
+            c.case,
+            cell(&c.how),
+            c.maps,
+            c.creates_per_s,
+            x(c.ratio),
+            c.p50_ms,
+            c.p99_ms,
+            c.swapped,
+            c.pods,
+            c.failed,
+            c.webhook_reviews
+        )?;
+    }
+    let policies: Vec<String> = m
+        .cases
+        .iter()
+        .filter_map(|c| {
+            c.policy_accepted.map(|ok| {
+                if ok {
+                    format!("{}: accepted", c.case)
+                } else {
+                    format!("{}: **rejected** ({})", c.case, cell(c.error.as_deref().unwrap_or("")))
+                }
+            })
+        })
+        .collect();
+    if !policies.is_empty() {
+        writeln!(w, "\nPolicies and bindings as the API server took them: {}.", policies.join("; "))?;
+    }
+    for c in m.cases.iter().filter(|c| c.rounds > 0 && c.error.is_some()) {
+        writeln!(w, "\nNote: {}: {}", c.case, cell(c.error.as_deref().unwrap_or("")))?;
+    }
+    for n in &m.notes {
+        writeln!(w, "\nNote: {n}")?;
+    }
+    writeln!(
+        w,
+        "\nThe naive policy (`paramKind` ImageMap, binding `paramRef: {{selector: {{}}, parameterNotFoundAction: Allow}}` \
+         limited to its namespace, `patchType: JSONPatch`) builds a regular expression from each parameter's selector \
+         on every evaluation:\n\n```cel\n{}\n```\n",
+        m.naive_patch
+    )?;
+    writeln!(w, "<details><summary>Every run</summary>\n")?;
+    writeln!(w, "| round | mode | pods | creates/s | p50 | p99 | swapped | failed | webhook reviews |")?;
+    writeln!(w, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")?;
+    for r in &m.runs {
+        writeln!(
+            w,
+            "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {:.0} |",
+            r.round, r.case, r.pods, r.creates_per_s, r.p50_ms, r.p99_ms, r.swapped, r.failed, r.webhook_reviews
+        )?;
+    }
+    writeln!(w, "\n</details>\n")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(name: &str, accepted: Option<bool>, error: Option<&str>, rounds: usize) -> ModesCase {
+        ModesCase {
+            case: name.into(),
+            namespace: "ns".into(),
+            how: "a | b".into(),
+            maps: 1,
+            policy_accepted: accepted,
+            error: error.map(String::from),
+            rounds,
+            pods: 10 * rounds,
+            failed: 0,
+            swapped: 0,
+            webhook_reviews: 0.0,
+            creates_per_s: 100.0,
+            ratio: 1.0,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+        }
+    }
+
+    #[test]
+    fn the_modes_section_shows_rejected_policies_instead_of_figures() {
+        let m = ModesResults {
+            cases: vec![
+                case("opted-out", None, None, 1),
+                case("policy, 100 maps", Some(false), Some("estimated cost\nexceeds | budget"), 0),
+            ],
+            runs: vec![],
+            rounds: 1,
+            pods_per_run: 10,
+            concurrency: 8,
+            seconds: 30,
+            pod_bytes: 8200,
+            webhook_conditions: vec!["imagemap-scope".into()],
+            webhook_reviews: 0.0,
+            webhook_mean_decision_us: 0.0,
+            naive_patch: "x".into(),
+            notes: vec![],
+        };
+        // Through JSON, as `report` reads it.
+        let m: ModesResults = serde_json::from_slice(&serde_json::to_vec(&m).expect("json")).expect("reads back");
+        let mut md = String::new();
+        write_modes(&mut md, &m).expect("written");
+        assert!(md.contains("| opted-out | a \\| b | 1 | 100 | **1.00x** |"), "{md}");
+        assert!(md.contains("| policy rejected: estimated cost exceeds \\| budget |"), "{md}");
+        assert!(md.contains("policy, 100 maps: **rejected**"), "{md}");
+    }
 }

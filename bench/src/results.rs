@@ -225,3 +225,93 @@ pub struct ProfileResults {
     /// Top functions by inclusive instructions: (share %, function).
     pub top_inclusive: Vec<(f64, String)>,
 }
+
+/// One batch of Pod creates in one admission mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModesRun {
+    /// Round (each round measures every mode once, in order).
+    pub round: usize,
+    /// The mode ([`ModesCase::case`]).
+    pub case: String,
+    /// Pods created.
+    pub pods: usize,
+    /// Failed creates.
+    pub failed: usize,
+    /// Pods that came back with the image swapped.
+    pub swapped: usize,
+    /// Wall time, s.
+    pub seconds: f64,
+    /// Creates per second.
+    pub creates_per_s: f64,
+    /// Create latency p50, ms.
+    pub p50_ms: f64,
+    /// Create latency p99, ms.
+    pub p99_ms: f64,
+    /// Reviews the webhook answered during the run (its 10 warm-up creates included).
+    pub webhook_reviews: f64,
+}
+
+/// One admission mode over all its rounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModesCase {
+    /// `opted-out`, `webhook, no maps`...
+    pub case: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// What stands in the Pods' path.
+    pub how: String,
+    /// ImageMaps in its namespace.
+    pub maps: usize,
+    /// For the policy modes: whether the API server accepted the policy and its binding.
+    pub policy_accepted: Option<bool>,
+    /// What went wrong setting it up: the API server's message for a rejected policy, or a
+    /// dry-run Pod that did not come back as expected.
+    pub error: Option<String>,
+    /// Rounds measured (0 when the policy was rejected).
+    pub rounds: usize,
+    /// Pods created, all rounds.
+    pub pods: usize,
+    /// Failed creates, all rounds.
+    pub failed: usize,
+    /// Pods swapped, all rounds.
+    pub swapped: usize,
+    /// Webhook reviews during its runs (warm-up creates included).
+    pub webhook_reviews: f64,
+    /// Creates per second, mean over rounds.
+    pub creates_per_s: f64,
+    /// Against the opted-out mode (0 when not measured).
+    pub ratio: f64,
+    /// Create latency p50 over every create of every round, ms.
+    pub p50_ms: f64,
+    /// Create latency p99, ms.
+    pub p99_ms: f64,
+}
+
+/// Pod creates through the API server by admission mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModesResults {
+    /// Per mode, the opted-out baseline first.
+    pub cases: Vec<ModesCase>,
+    /// Every run in order.
+    pub runs: Vec<ModesRun>,
+    /// Rounds asked for.
+    pub rounds: usize,
+    /// Pods per mode per round asked for.
+    pub pods_per_run: usize,
+    /// Creates in flight.
+    pub concurrency: usize,
+    /// Time limit per run, s.
+    pub seconds: u64,
+    /// Pod size in bytes (JSON).
+    pub pod_bytes: usize,
+    /// The match conditions on the webhook registration while measuring (the controller's).
+    pub webhook_conditions: Vec<String>,
+    /// Reviews the webhook answered over the whole step (probes included).
+    pub webhook_reviews: f64,
+    /// Its mean decision time, µs (`imagemap_review_duration_seconds`).
+    pub webhook_mean_decision_us: f64,
+    /// The hand-written policy's JSON patch expression.
+    pub naive_patch: String,
+    /// Anything that did not go as planned.
+    pub notes: Vec<String>,
+}

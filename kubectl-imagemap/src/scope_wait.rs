@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use imagemap::inject::{parse_records, SWAPS_ANNOTATION};
 use imagemap::maps::{CompiledMap, Origin};
-use imagemap::policy::{MANAGED_BY, MANAGED_BY_LABEL};
+use imagemap::policy::{CONTROLLER_MARKER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL};
 use imagemap::scope::{condition_includes, SCOPE_CONDITION};
 use imagemap::types::ImageMap;
 use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingWebhookConfiguration};
@@ -101,19 +101,35 @@ fn probe_result(pod: &Pod, map_id: &str, target: &str) -> Probe {
     Probe::Waiting
 }
 
-/// In policy mode, waits (at most `timeout`) until a dry-run Pod in the map's namespace that
-/// names its selector is swapped to its target. Returns a warning for stderr when it is not, and
-/// nothing when the map is not built or no policy of ours exists (webhook mode).
+/// In policy mode with a controller (its marker policy exists), waits (at most `timeout`) until a
+/// dry-run Pod in the map's namespace that names its selector is swapped to its target. Returns
+/// a warning for stderr when it is not; a hint when the namespace's policy was applied by
+/// `kubectl imagemap policy --apply` and no controller keeps it; nothing when the map is not built
+/// or no policy of ours is in use (webhook mode).
 pub async fn wait_for_policy(cluster: &Cluster, map: &ImageMap, timeout: Duration) -> Option<String> {
+    let policies: Api<MutatingAdmissionPolicy> = Api::all(cluster.client.clone());
+    let ns = &cluster.namespace;
+    // Not served (an older cluster) or not allowed to read: webhook mode as far as we can tell.
+    if policies.get_opt(CONTROLLER_MARKER).await.ok()?.is_none() {
+        let ours = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY},{SERVES_LABEL}={ns}"));
+        let applied = !policies.list_metadata(&ours).await.ok()?.items.is_empty();
+        return applied.then(|| {
+            format!(
+                "note: namespace {ns} uses a policy applied by `kubectl imagemap policy` and no controller keeps it \
+                 in step: run `kubectl imagemap policy -n {ns} --apply` for this change to reach new Pods"
+            )
+        });
+    }
+    wait_for_swap(cluster, map, timeout).await
+}
+
+/// Waits (at most `timeout`) until a dry-run Pod naming the map's selector comes back swapped to
+/// its target, or won by another map; a warning when it does not.
+pub async fn wait_for_swap(cluster: &Cluster, map: &ImageMap, timeout: Duration) -> Option<String> {
     let compiled = CompiledMap::compile(map, Origin::Cluster).ok()?;
     let target = compiled.target.as_ref().ok()?.familiar.clone();
     let selector = map.spec.selector.clone();
     if selector == target {
-        return None;
-    }
-    let policies: Api<MutatingAdmissionPolicy> = Api::all(cluster.client.clone());
-    let ours = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")).limit(1);
-    if policies.list_metadata(&ours).await.ok()?.items.is_empty() {
         return None;
     }
     let ns = &cluster.namespace;
@@ -168,13 +184,17 @@ mod tests {
     }
 
     fn probe(image: &str, annotation: Option<&str>) -> Pod {
-        let mut pod = Pod::default();
-        pod.spec = Some(PodSpec {
-            containers: vec![Container { name: "probe".into(), image: Some(image.into()), ..Default::default() }],
+        Pod {
+            metadata: ObjectMeta {
+                annotations: annotation.map(|a| [(SWAPS_ANNOTATION.to_string(), a.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container { name: "probe".into(), image: Some(image.into()), ..Default::default() }],
+                ..Default::default()
+            }),
             ..Default::default()
-        });
-        pod.metadata.annotations = annotation.map(|a| [(SWAPS_ANNOTATION.to_string(), a.to_string())].into());
-        pod
+        }
     }
 
     #[test]

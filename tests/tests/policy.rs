@@ -47,6 +47,7 @@ fn pods() -> Vec<Value> {
     let prior = r#"[{"field":"spec.containers{gone}.image","original":"old","image":"new","imageMap":"x/y"}]"#;
     vec![
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "many"}, "spec": {
+            "automountServiceAccountToken": false,
             "containers": [
                 {"name": "a", "image": "app", "command": ["/bin/app"], "args": ["--port=1"]},
                 {"name": "b", "image": "docker.io/library/app:1.0"},
@@ -72,11 +73,12 @@ fn pods() -> Vec<Value> {
         }}),
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "annotated", "annotations": {"imagemap.tilt.dev/swaps": prior, "keep": "me"}},
-               "spec": {"containers": [{"name": "a", "image": "app:2"}]}}),
+               "spec": {"automountServiceAccountToken": false, "containers": [{"name": "a", "image": "app:2"}]}}),
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "untouched", "labels": {"x": "y"}},
-               "spec": {"containers": [{"name": "a", "image": "busybox:1.36"}, {"name": "b", "image": "gcr.io/other/db"}]}}),
+               "spec": {"automountServiceAccountToken": false,
+                        "containers": [{"name": "a", "image": "busybox:1.36"}, {"name": "b", "image": "gcr.io/other/db"}]}}),
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "already"},
-               "spec": {"containers": [{"name": "a", "image": "reg.example/app:b1"}]}}),
+               "spec": {"automountServiceAccountToken": false, "containers": [{"name": "a", "image": "reg.example/app:b1"}]}}),
     ]
 }
 
@@ -220,6 +222,7 @@ fn image_of(plane: &ControlPlane, ns: &str, image: &str) -> Option<String> {
     pod["spec"]["containers"][0]["image"].as_str().map(String::from)
 }
 
+/// Our policies, but for the controller's marker.
 fn policies(plane: &ControlPlane) -> Vec<String> {
     let out = plane.kubectl_ok([
         "get",
@@ -231,7 +234,12 @@ fn policies(plane: &ControlPlane) -> Vec<String> {
     ]);
     out.lines()
         .map(|l| l.trim_start_matches("mutatingadmissionpolicy.admissionregistration.k8s.io/").to_string())
+        .filter(|name| name != "imagemap.controller")
         .collect()
+}
+
+fn has_marker(plane: &ControlPlane) -> bool {
+    plane.kubectl(["get", "mutatingadmissionpolicy", "imagemap.controller"]).status.success()
 }
 
 #[test]
@@ -241,6 +249,9 @@ fn a_controller_in_policy_mode_keeps_the_policies_in_step_with_the_maps() {
     let dev = plane.create_namespace("dev");
     let other = plane.create_namespace("other");
     plane.kubectl_ok(["create", "namespace", "imagemap-global"]);
+    // The controller marks the cluster as kept by it (the plugin then waits for it) before any map.
+    poll(Duration::from_secs(30), Duration::from_millis(200), || has_marker(&plane).then_some(()))
+        .unwrap_or_else(|| panic!("no marker: {}", controller.log_tail(20)));
     assert!(policies(&plane).is_empty(), "no maps, no policies");
 
     // set-image waits until the policy applies: a Pod created right after it is swapped.
@@ -264,6 +275,8 @@ fn a_controller_in_policy_mode_keeps_the_policies_in_step_with_the_maps() {
     })
     .expect("the global policy serves the other namespace");
     assert_eq!(image_of(&plane, &dev, "app").as_deref(), Some("reg.example/app:2"), "local beats global");
+    // (No controller-manager on this plane: kube-system needs its default ServiceAccount made.)
+    let _ = plane.kubectl(["create", "serviceaccount", "default", "-n", "kube-system"]);
     assert_eq!(image_of(&plane, "kube-system", "app").as_deref(), Some("app"), "system namespaces are left out");
 
     // A policy edited by hand is repaired; the maps' deletion removes the policies.
@@ -278,6 +291,7 @@ fn a_controller_in_policy_mode_keeps_the_policies_in_step_with_the_maps() {
         .unwrap_or_else(|| panic!("policies left: {:?}", policies(&plane)));
     let bindings = plane.kubectl_ok(["get", "mutatingadmissionpolicybindings", "-o", "name"]);
     assert!(bindings.trim().is_empty(), "{bindings}");
+    assert!(has_marker(&plane), "the marker stays while the controller runs");
 }
 
 #[test]

@@ -35,10 +35,11 @@ use crate::types::ImageMap;
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY: &str = "imagemap";
-/// Label naming the namespace a policy serves (`*` for the global policy).
+/// Label naming the namespace a policy serves ([`SERVES_GLOBAL`] for the global policy; the
+/// values with a dot can never be a namespace).
 pub const SERVES_LABEL: &str = "imagemap.tilt.dev/serves";
 /// The global policy's [`SERVES_LABEL`] value.
-pub const SERVES_GLOBAL: &str = "_global";
+pub const SERVES_GLOBAL: &str = "global.imagemap";
 /// The field manager used when applying policies.
 pub const FIELD_MANAGER: &str = "imagemap";
 /// The opt-out label, on a namespace or a Pod, that the chart's webhook honours too.
@@ -133,6 +134,55 @@ fn compile_maps<'m>(
         out.push(namespace_policy(None, &scoped, &served)?);
     }
     Ok(out)
+}
+
+/// The policy the controller keeps while it runs in policy mode, so that the plugin knows a
+/// controller applies new builds (and waits for it) even before any map exists. It has no
+/// binding, so the API server never evaluates it.
+pub const CONTROLLER_MARKER: &str = "imagemap.controller";
+/// The marker's [`SERVES_LABEL`] value.
+pub const SERVES_CONTROLLER: &str = "controller.imagemap";
+
+/// The [`CONTROLLER_MARKER`] policy: a no-op mutation of Pod creates, with no binding.
+pub fn controller_marker() -> MutatingAdmissionPolicy {
+    MutatingAdmissionPolicy {
+        metadata: ObjectMeta {
+            name: Some(CONTROLLER_MARKER.into()),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                (SERVES_LABEL.to_string(), SERVES_CONTROLLER.to_string()),
+            ])),
+            ..Default::default()
+        },
+        spec: Some(MutatingAdmissionPolicySpec {
+            failure_policy: Some("Ignore".into()),
+            match_constraints: Some(pod_creates()),
+            mutations: Some(vec![Mutation {
+                patch_type: "JSONPatch".into(),
+                // An empty list(JSONPatch): `[]` alone is list(dyn), which is refused.
+                json_patch: Some(JSONPatch {
+                    expression: Some("[JSONPatch{op: 'test', path: '/kind', value: 'Pod'}].filter(p, false)".into()),
+                }),
+                ..Default::default()
+            }]),
+            reinvocation_policy: Some("Never".into()),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Pod `CREATE`s, the only requests a policy of ours matches.
+fn pod_creates() -> MatchResources {
+    MatchResources {
+        resource_rules: Some(vec![NamedRuleWithOperations {
+            api_groups: Some(vec![String::new()]),
+            api_versions: Some(vec!["v1".into()]),
+            operations: Some(vec!["CREATE".into()]),
+            resources: Some(vec!["pods".into()]),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
 }
 
 /// The object name of the policy (and binding) serving `namespace`, or the global one.
@@ -236,13 +286,33 @@ fn cel_list(items: impl IntoIterator<Item = String>) -> String {
 /// the written name (before the first `@`, without a `:tag` after the last `/`) and the suffix,
 /// check the suffix, look up the full string among exact maps, then the name.
 fn decision(value: &str, exact: &str, name: &str) -> String {
-    format!(
-        "cel.bind(n, cel.bind(b, {value}.split('@')[0], cel.bind(t, b.lastIndexOf(':'), \
-         t > b.lastIndexOf('/') ? b.substring(0, t) : b)), \
-         n in variables.spell && {value}.substring(n.size()).matches('{SUFFIX_PATTERN}') ? \
-         cel.bind(k, variables.spell[n], cel.bind(f, k + {value}.substring(n.size()), \
-         f in variables.{exact} ? variables.{exact}[f] : (k in variables.{name} ? variables.{name}[k] : -1))) : -1)"
+    let written = bind(
+        "b",
+        &format!("{value}.split('@')[0]"),
+        &bind("t", "b.lastIndexOf(':')", "t > b.lastIndexOf('/') ? b.substring(0, t) : b"),
+    );
+    let lookup = bind(
+        "k",
+        "variables.spell[n]",
+        &bind(
+            "f",
+            &format!("k + {value}.substring(n.size())"),
+            &format!(
+                "f in variables.{exact} ? variables.{exact}[f] : (k in variables.{name} ? variables.{name}[k] : -1)"
+            ),
+        ),
+    );
+    bind(
+        "n",
+        &written,
+        &format!("n in variables.spell && {value}.substring(n.size()).matches('{SUFFIX_PATTERN}') ? {lookup} : -1"),
     )
+}
+
+/// CEL: `body` with `name` bound to `value`, evaluated once. The API server has no `cel.bind`, so
+/// a one-element list is mapped.
+fn bind(name: &str, value: &str, body: &str) -> String {
+    format!("[{value}].map({name}, {body})[0]")
 }
 
 /// The pieces of CEL for one container list (`containers` or `initContainers`).
@@ -424,14 +494,14 @@ fn namespace_policy(
     let key = cel_string(SWAPS_ANNOTATION);
     let key_path = cel_string(&format!("/metadata/annotations/{}", escape(SWAPS_ANNOTATION)));
     patches.push(format!(
-        "(variables.records.size() == 0 ? [] : cel.bind(new, variables.records.join(','), [\
+        "(variables.records.size() == 0 ? [] : [variables.records.join(',')].map(joined, [\
          !has(object.metadata.annotations) ? \
-         JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{{key}: '[' + new + ']'}}}} : \
+         JSONPatch{{op: 'add', path: '/metadata/annotations', value: {{{key}: '[' + joined + ']'}}}} : \
          JSONPatch{{op: 'add', path: {key_path}, value: \
          ({key} in object.metadata.annotations && object.metadata.annotations[{key}].startsWith('[{{') && \
          object.metadata.annotations[{key}].endsWith('}}]')) ? \
-         object.metadata.annotations[{key}].substring(0, object.metadata.annotations[{key}].size() - 1) + ',' + new + ']' : \
-         '[' + new + ']'}}]))"
+         object.metadata.annotations[{key}].substring(0, object.metadata.annotations[{key}].size() - 1) + ',' + joined + ']' : \
+         '[' + joined + ']'}}])[0])"
     ));
 
     let name = policy_name(namespace);
@@ -443,16 +513,7 @@ fn namespace_policy(
         ])),
         ..Default::default()
     };
-    let pods = MatchResources {
-        resource_rules: Some(vec![NamedRuleWithOperations {
-            api_groups: Some(vec![String::new()]),
-            api_versions: Some(vec!["v1".into()]),
-            operations: Some(vec!["CREATE".into()]),
-            resources: Some(vec!["pods".into()]),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    };
+    let pods = pod_creates();
     let match_conditions =
         image_condition(&t).map(|expression| vec![MatchCondition { name: "imagemap-images".into(), expression }]);
     let policy = MutatingAdmissionPolicy {

@@ -12,7 +12,9 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::policy::{NamespacePolicy, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL};
+use crate::policy::{
+    controller_marker, NamespacePolicy, CONTROLLER_MARKER, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL,
+};
 
 /// Annotation holding a hash of what was compiled, so unchanged objects are not written.
 pub const COMPILED_ANNOTATION: &str = "imagemap.tilt.dev/compiled";
@@ -20,7 +22,8 @@ pub const COMPILED_ANNOTATION: &str = "imagemap.tilt.dev/compiled";
 /// Which of our existing objects may be deleted when not compiled any more.
 #[derive(Debug, Clone, Copy)]
 pub enum Prune<'a> {
-    /// Every object we manage (the controller owns them all).
+    /// Every object we manage (the controller owns them all); the controller's marker
+    /// ([`CONTROLLER_MARKER`]) is applied and kept.
     All,
     /// Only the one serving this namespace (`kubectl imagemap policy -n NS --apply`).
     Namespace(&'a str),
@@ -53,7 +56,11 @@ pub async fn sync(client: &Client, policies: &[NamespacePolicy], prune: Prune<'_
     };
     let policy_api: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
     let binding_api: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
-    let wanted: BTreeSet<String> = policies.iter().filter_map(|p| p.policy.metadata.name.clone()).collect();
+    let mut wanted: BTreeSet<String> = policies.iter().filter_map(|p| p.policy.metadata.name.clone()).collect();
+    if matches!(prune, Prune::All) {
+        apply(&policy_api, controller_marker(), &mut out).await?;
+        wanted.insert(CONTROLLER_MARKER.to_string());
+    }
     // Policies before bindings, so a binding never names a policy that is not there yet.
     for p in policies {
         apply(&policy_api, p.policy.clone(), &mut out).await?;

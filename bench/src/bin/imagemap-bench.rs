@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use imagemap_bench::results::save;
-use imagemap_bench::{cluster, criterion, load, procfs, profile, report};
+use imagemap_bench::{cluster, criterion, load, modes, procfs, profile, report};
 use imagemap_e2e::{ControlPlane, ControlPlaneOptions};
 
 #[derive(Parser)]
@@ -107,6 +107,22 @@ enum Step {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Pod creates through the API server by admission mode (webhook, compiled and naive
+    /// policies), as ratios against an opted-out namespace.
+    Modes {
+        /// Rounds; each measures every mode once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Pods per mode per round.
+        #[arg(long, default_value_t = 400)]
+        pods: usize,
+        /// Creates in flight.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Time limit per run, seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Writes the report.
     Report {
         /// The commands file bench.sh kept.
@@ -184,6 +200,26 @@ fn main() -> Result<()> {
             let opts = cluster::E2eOptions { rounds, serial, concurrent, concurrency, seconds, work: work.join("e2e") };
             let r = runtime()?.block_on(cluster::e2e(&plane, &opts))?;
             save(results, "e2e", &r)?;
+        }
+        Step::Modes { rounds, pods, concurrency, seconds } => {
+            let plane = plane()?;
+            let opts = modes::ModesOptions { rounds, pods, concurrency, seconds, work: work.join("modes") };
+            let r = runtime()?.block_on(modes::modes(&plane, &opts))?;
+            for c in &r.cases {
+                eprintln!(
+                    "  {:<32} {:>6.0}/s  {}  p50 {:.2} ms  p99 {:.2} ms  swapped {}/{}  failed {}{}",
+                    c.case,
+                    c.creates_per_s,
+                    format_args!("{:.2}x", c.ratio),
+                    c.p50_ms,
+                    c.p99_ms,
+                    c.swapped,
+                    c.pods,
+                    c.failed,
+                    c.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+                );
+            }
+            save(results, "modes", &r)?;
         }
         Step::Report { commands, notes, out } => {
             let commands = std::fs::read_to_string(&commands).unwrap_or_default();

@@ -56,7 +56,7 @@ pub async fn run(global: &Global, args: &PolicyArgs) -> Result<String> {
     if let Some(p) = &serving {
         let winner = maps.iter().find(|m| p.maps.iter().any(|id| *id == map_id(m)));
         if let Some(map) = winner {
-            if let Some(warning) = crate::scope_wait::wait_for_policy(&cluster, map, args.timeout).await {
+            if let Some(warning) = crate::scope_wait::wait_for_swap(&cluster, map, args.timeout).await {
                 eprintln!("{warning}");
             }
         }

@@ -2,11 +2,14 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use imagemap::server::{config::LogFormat, Config};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    if let Err(why) = config.check() {
+        Config::command().error(clap::error::ErrorKind::ArgumentConflict, why).exit();
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
     // Lines are written to stderr by a background thread, so a review never waits on a write.

@@ -265,6 +265,24 @@ mod tests {
     }
 
     #[test]
+    fn policy_mode_refuses_what_a_policy_cannot_do_naming_both_flags() {
+        let parse = |extra: &[&str]| {
+            let base = ["imagemap-webhook", "--tls-cert-file", "c", "--tls-private-key-file", "k", "--mode", "policy"];
+            Config::try_parse_from(base.iter().chain(extra)).expect("parses")
+        };
+        assert_eq!(parse(&["--restart-on-rebuild", "--global-namespace", "g"]).check(), Ok(()));
+        for (flag, extra) in [
+            ("--gate-unbuilt", &["--gate-unbuilt"][..]),
+            ("--imagemaps-file", &["--imagemaps-file", "m.yaml"][..]),
+            ("--no-cluster", &["--no-cluster"][..]),
+            ("--webhook-configuration", &["--webhook-configuration", "x"][..]),
+        ] {
+            let err = parse(extra).check().expect_err(flag);
+            assert!(err.contains("--mode policy") && err.contains(flag), "{err}");
+        }
+    }
+
+    #[test]
     fn defaults_match_the_documented_ones() {
         let c = Config::parse_from(["imagemap-webhook", "--tls-cert-file", "c", "--tls-private-key-file", "k"]);
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");

@@ -131,7 +131,7 @@ fn panic_message(error: tokio::task::JoinError) -> String {
 /// background task (certificate reload, map watch, controller) stops while serving.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
-    config.check().map_err(anyhow::Error::msg)?;
+    config.check().map_err(anyhow::Error::msg)?; // main checks first; kept for other callers
     let state = AppState::new(config.global_namespace.clone(), config.limits());
     let certs = tls::CertStore::load(&config.tls_cert_file, &config.tls_private_key_file)
         .context("loading the serving certificate (--tls-cert-file / --tls-private-key-file)")?;
