@@ -8,14 +8,13 @@
 
 use std::time::Duration;
 
-use imagemap::inject::{parse_records, SWAPS_ANNOTATION};
 use imagemap::maps::{CompiledMap, Origin};
-use imagemap::policy::{CONTROLLER_MARKER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL};
+use imagemap::policy::{Probe, CONTROLLER_MARKER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL};
+use imagemap::policy_sync;
 use imagemap::scope::{condition_includes, SCOPE_CONDITION};
 use imagemap::types::ImageMap;
 use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingWebhookConfiguration};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::Api;
 
 use crate::client::Cluster;
@@ -72,35 +71,6 @@ pub async fn wait(cluster: &Cluster) -> Option<String> {
     }
 }
 
-/// What a dry-run Pod naming `selector` shows about `map_id`'s target.
-#[derive(Debug, PartialEq, Eq)]
-enum Probe {
-    /// Swapped to the target.
-    Applied,
-    /// Another map wins for this selector: the policy is in, nothing more to wait for.
-    OtherMapWins,
-    /// Not (yet) swapped by this map.
-    Waiting,
-}
-
-fn probe_result(pod: &Pod, map_id: &str, target: &str) -> Probe {
-    let image = pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.as_deref());
-    if image == Some(target) {
-        return Probe::Applied;
-    }
-    let records = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SWAPS_ANNOTATION))
-        .map(|text| parse_records(text))
-        .unwrap_or_default();
-    if records.iter().any(|r| r.image_map != map_id) {
-        return Probe::OtherMapWins;
-    }
-    Probe::Waiting
-}
-
 /// In policy mode with a controller (its marker policy exists), waits (at most `timeout`) until a
 /// dry-run Pod in the map's namespace that names its selector is swapped to its target. Returns
 /// a warning for stderr when it is not; a hint when the namespace's policy was applied by
@@ -133,18 +103,10 @@ pub async fn wait_for_swap(cluster: &Cluster, map: &ImageMap, timeout: Duration)
         return None;
     }
     let ns = &cluster.namespace;
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
-    let mut probe = Pod::default();
-    probe.metadata.generate_name = Some("imagemap-probe-".into());
-    probe.spec = Some(PodSpec {
-        containers: vec![Container { name: "probe".into(), image: Some(selector.clone()), ..Default::default() }],
-        ..Default::default()
-    });
-    let dry_run = PostParams { dry_run: true, ..Default::default() };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match pods.create(&dry_run, &probe).await {
-            Ok(pod) if probe_result(&pod, &compiled.id, &target) != Probe::Waiting => return None,
+        match policy_sync::probe(&cluster.client, ns, &selector, &compiled.id, &target).await {
+            Ok(outcome) if outcome != Probe::Waiting => return None,
             Ok(_) => {}
             Err(e) => {
                 return Some(format!(
@@ -181,31 +143,6 @@ mod tests {
                 ..Default::default()
             }]),
         }
-    }
-
-    fn probe(image: &str, annotation: Option<&str>) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                annotations: annotation.map(|a| [(SWAPS_ANNOTATION.to_string(), a.to_string())].into()),
-                ..Default::default()
-            },
-            spec: Some(PodSpec {
-                containers: vec![Container { name: "probe".into(), image: Some(image.into()), ..Default::default() }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_probe_is_done_when_swapped_to_the_target_or_won_by_another_map() {
-        assert_eq!(probe_result(&probe("reg/app:2", None), "dev/app", "reg/app:2"), Probe::Applied);
-        assert_eq!(probe_result(&probe("app", None), "dev/app", "reg/app:2"), Probe::Waiting);
-        let old =
-            r#"[{"field":"spec.containers{probe}.image","original":"app","image":"reg/app:1","imageMap":"dev/app"}]"#;
-        assert_eq!(probe_result(&probe("reg/app:1", Some(old)), "dev/app", "reg/app:2"), Probe::Waiting);
-        let other = old.replace("dev/app", "dev/exact");
-        assert_eq!(probe_result(&probe("reg/app:1", Some(&other)), "dev/app", "reg/app:2"), Probe::OtherMapWins);
     }
 
     #[test]

@@ -1176,6 +1176,11 @@ fn policy_mode_registers_no_webhook_and_may_write_admission_policies() {
         "{rules:?}"
     );
     assert!(!role.to_string().contains("mutatingwebhookconfigurations"), "{role}");
+    // Restarts wait for a new build's policy to be in effect, seen with dry-run Pods.
+    assert!(
+        rules.contains(&json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "create"]})),
+        "{rules:?}"
+    );
     assert_eq!(validate_on_server(plane, &ns, &objects), objects.len(), "the API server accepts every object");
     let file = values_file(&values);
     let chart = chart_dir().display().to_string();

@@ -200,10 +200,11 @@ fn the_plugin_says_why_it_cannot_compile_too_many_maps() {
     assert!(stderr.contains("Use webhook mode"), "{stderr}");
 }
 
-/// A control plane of its own: a policy-mode controller owns every policy of ours in its
-/// cluster, so it must not share one with other tests' webhooks.
+/// A control plane of its own (with kube-controller-manager: Deployments make Pods): a
+/// policy-mode controller owns every policy of ours in its cluster, so it must not share one
+/// with other tests' webhooks.
 fn own_plane() -> ControlPlane {
-    ControlPlane::start(ControlPlaneOptions::default()).expect("control plane")
+    ControlPlane::start(ControlPlaneOptions { controller_manager: true, ..Default::default() }).expect("control plane")
 }
 
 fn policy_mode_controller(plane: &ControlPlane, extra: &[&str]) -> Webhook {
@@ -292,6 +293,41 @@ fn a_controller_in_policy_mode_keeps_the_policies_in_step_with_the_maps() {
     let bindings = plane.kubectl_ok(["get", "mutatingadmissionpolicybindings", "-o", "name"]);
     assert!(bindings.trim().is_empty(), "{bindings}");
     assert!(has_marker(&plane), "the marker stays while the controller runs");
+}
+
+/// The images of the Pods of Deployment `name` (Pods need no node to be created).
+fn deployment_images(plane: &ControlPlane, ns: &str, name: &str) -> Vec<String> {
+    let out = plane.kubectl_ok(["get", "pods", "-n", ns, "-l", &format!("app={name}"), "-o", "json"]);
+    let pods: Value = serde_json::from_str(&out).expect("json");
+    pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["spec"]["containers"][0]["image"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn a_rebuild_in_policy_mode_rolls_a_deployment_to_the_new_image_once_the_policy_has_it() {
+    let plane = own_plane();
+    let controller = policy_mode_controller(&plane, &["--restart-on-rebuild"]);
+    let ns = plane.create_namespace("rebuild");
+    let kc = plane.kubeconfig_path();
+    kubectl_imagemap_ok(kc, &["set-image", "app", "reg.example/app:1", "--create", "--selector", "app", "-n", &ns]);
+    plane.kubectl_ok(["create", "deployment", "web", "--image=app", "-n", &ns]);
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        (deployment_images(&plane, &ns, "web") == ["reg.example/app:1"]).then_some(())
+    })
+    .unwrap_or_else(|| panic!("first build: {:?}", deployment_images(&plane, &ns, "web")));
+    // The restart must wait for the recompiled policy: Pods made before it loads keep build 1
+    // and would never be restarted again for build 2.
+    kubectl_imagemap_ok(kc, &["set-image", "app", "reg.example/app:2", "-n", &ns]);
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        deployment_images(&plane, &ns, "web").contains(&"reg.example/app:2".to_string()).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!("no Pod with build 2: {:?}\n{}", deployment_images(&plane, &ns, "web"), controller.log_tail(30))
+    });
 }
 
 #[test]

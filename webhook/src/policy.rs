@@ -25,11 +25,12 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 use serde::Serialize;
 
-use crate::inject::{PULL_POLICY, SWAPS_ANNOTATION};
+use crate::inject::{parse_records, PULL_POLICY, SWAPS_ANNOTATION};
 use crate::maps::{precedence, CompiledMap, MapIndex, Origin, Scope};
 use crate::patch::escape;
 use crate::reference::Reference;
 use crate::types::ImageMap;
+use k8s_openapi::api::core::v1::Pod;
 
 /// Label on every object the compiler writes, so stale ones can be found and deleted.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -183,6 +184,38 @@ fn pod_creates() -> MatchResources {
         }]),
         ..Default::default()
     }
+}
+
+/// What a dry-run Pod naming a map's selector shows about the map's target: how the plugin and
+/// the controller know that a compiled policy is in effect.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Swapped to the target.
+    Applied,
+    /// Another map wins for this selector: the policy is in, nothing more to wait for.
+    OtherMapWins,
+    /// Not (yet) swapped by this map.
+    Waiting,
+}
+
+/// The [`Probe`] for `pod`, the API server's answer to a dry-run Pod whose first container names
+/// map `map_id`'s selector.
+pub fn probe_outcome(pod: &Pod, map_id: &str, target: &str) -> Probe {
+    let image = pod.spec.as_ref().and_then(|s| s.containers.first()).and_then(|c| c.image.as_deref());
+    if image == Some(target) {
+        return Probe::Applied;
+    }
+    let records = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SWAPS_ANNOTATION))
+        .map(|text| parse_records(text))
+        .unwrap_or_default();
+    if records.iter().any(|r| r.image_map != map_id) {
+        return Probe::OtherMapWins;
+    }
+    Probe::Waiting
 }
 
 /// The object name of the policy (and binding) serving `namespace`, or the global one.
@@ -705,6 +738,35 @@ mod tests {
         let err = compile(&maps, &PolicyOptions::default()).expect_err("too many");
         assert!(matches!(err, CompileError::TooManyMaps { maps, .. } if maps == MAX_MAPS_PER_POLICY + 1));
         assert!(err.to_string().contains("Use webhook mode"), "{err}");
+    }
+
+    fn probe(image: &str, annotation: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                annotations: annotation.map(|a| [(SWAPS_ANNOTATION.to_string(), a.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                containers: vec![k8s_openapi::api::core::v1::Container {
+                    name: "probe".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_probe_is_done_when_swapped_to_the_target_or_won_by_another_map() {
+        assert_eq!(probe_outcome(&probe("reg/app:2", None), "dev/app", "reg/app:2"), Probe::Applied);
+        assert_eq!(probe_outcome(&probe("app", None), "dev/app", "reg/app:2"), Probe::Waiting);
+        let old =
+            r#"[{"field":"spec.containers{probe}.image","original":"app","image":"reg/app:1","imageMap":"dev/app"}]"#;
+        assert_eq!(probe_outcome(&probe("reg/app:1", Some(old)), "dev/app", "reg/app:2"), Probe::Waiting);
+        let other = old.replace("dev/app", "dev/exact");
+        assert_eq!(probe_outcome(&probe("reg/app:1", Some(&other)), "dev/app", "reg/app:2"), Probe::OtherMapWins);
     }
 
     #[test]

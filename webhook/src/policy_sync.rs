@@ -7,13 +7,16 @@ use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::policy::{
-    controller_marker, NamespacePolicy, CONTROLLER_MARKER, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL,
+    controller_marker, probe_outcome, NamespacePolicy, Probe, CONTROLLER_MARKER, FIELD_MANAGER, MANAGED_BY,
+    MANAGED_BY_LABEL, SERVES_LABEL,
 };
 
 /// Annotation holding a hash of what was compiled, so unchanged objects are not written.
@@ -70,6 +73,23 @@ pub async fn sync(client: &Client, policies: &[NamespacePolicy], prune: Prune<'_
     prune_stale(&binding_api, &selector, &wanted, &mut out).await?;
     prune_stale(&policy_api, &selector, &wanted, &mut out).await?;
     Ok(out)
+}
+
+/// Creates a server-side dry-run Pod in `namespace` whose container names `image` (a map's
+/// selector) and says whether map `map_id`'s `target` is in effect there ([`probe_outcome`]).
+pub async fn probe(client: &Client, namespace: &str, image: &str, map_id: &str, target: &str) -> kube::Result<Probe> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = Pod {
+        metadata: ObjectMeta { generate_name: Some("imagemap-probe-".into()), ..Default::default() },
+        spec: Some(PodSpec {
+            containers: vec![Container { name: "probe".into(), image: Some(image.into()), ..Default::default() }],
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = pods.create(&PostParams { dry_run: true, ..Default::default() }, &pod).await?;
+    Ok(probe_outcome(&created, map_id, target))
 }
 
 /// A hash of `object` as compiled (recorded on objects to skip unchanged writes).

@@ -10,7 +10,7 @@
 //!   the map says which. Nothing is remembered between rounds: what to do is read from the
 //!   cluster each time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,7 +134,7 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
             }
         }
         if opts.restart_on_rebuild {
-            if let Err(e) = restart_outdated(&client, &state, &recorder).await {
+            if let Err(e) = restart_outdated(&client, &state, &recorder, opts.policies).await {
                 tracing::warn!(error = %e, "could not look for workloads to restart");
             }
         }
@@ -197,6 +197,31 @@ async fn keep_policies(client: &Client, state: &AppState, last: &mut Option<(Str
     }
     *last = Some((hash, Instant::now()));
     Ok(())
+}
+
+/// True when every map of `wanted` (id -> target) is in effect in `namespace`, as a dry-run Pod
+/// naming its selector shows. A probe the API server refuses (no RBAC for it) counts as in
+/// effect, with a warning: restarting as in webhook mode beats never restarting.
+async fn policy_in_effect(
+    client: &Client,
+    namespace: &str,
+    wanted: &Targets,
+    selectors: &BTreeMap<String, String>,
+) -> bool {
+    for (id, target) in wanted {
+        let Some(selector) = selectors.get(id) else { continue };
+        match policy_sync::probe(client, namespace, selector, id, target).await {
+            Ok(policy::Probe::Waiting) => {
+                tracing::debug!(map = %id, %namespace, "the policy with the new build is not in effect yet; restart deferred");
+                return false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(map = %id, %namespace, error = %e, "could not check the policy with a dry-run Pod; restarting anyway")
+            }
+        }
+    }
+    true
 }
 
 /// How often unchanged policies are written again anyway.
@@ -306,21 +331,26 @@ async fn release_gated(client: &Client, state: &AppState, opts: &Options, gated:
 
 /// Restarts, once per new target, every workload whose Pods carry an image other than their map's
 /// current target (see [`crate::rebuild`]): nothing is remembered between rounds.
-async fn restart_outdated(client: &Client, state: &AppState, recorder: &Recorder) -> kube::Result<()> {
+/// In policy mode (`policies`), a workload is restarted for a new build only once a dry-run Pod
+/// in its namespace shows the compiled policy with that build in effect: the API server loads a
+/// new policy a moment after it is written, and Pods created before that would keep the old image.
+async fn restart_outdated(client: &Client, state: &AppState, recorder: &Recorder, policies: bool) -> kube::Result<()> {
     // Cluster maps with a target now, and where their Pods can be: the maps' own namespaces, or
     // every namespace when the global namespace has maps.
-    let (targets, namespaces, everywhere) = state.with_index(|idx| {
+    let (targets, selectors, namespaces, everywhere) = state.with_index(|idx| {
         let mut targets = Targets::new();
+        let mut selectors = BTreeMap::new();
         let mut namespaces = BTreeSet::new();
         let mut everywhere = false;
         for map in idx.cluster_maps() {
             if let Ok(target) = &map.target {
                 targets.insert(map.id.clone(), target.familiar.clone());
+                selectors.insert(map.id.clone(), map.selector.full());
                 namespaces.insert(map.namespace.clone());
                 everywhere |= idx.global_namespace() == Some(map.namespace.as_str());
             }
         }
-        (targets, namespaces, everywhere)
+        (targets, selectors, namespaces, everywhere)
     });
     if targets.is_empty() {
         return Ok(());
@@ -348,6 +378,9 @@ async fn restart_outdated(client: &Client, state: &AppState, recorder: &Recorder
             }
         };
         let Some(record) = rebuild::restart_record(&recorded, &wanted) else { continue };
+        if policies && !policy_in_effect(client, &workload.namespace, &wanted, &selectors).await {
+            continue; // the next round looks again
+        }
         let now = Timestamp::now().to_string();
         match workloads::restart(client, &workload, &now, Some(&record)).await {
             Ok(()) => {
