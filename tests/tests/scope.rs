@@ -209,3 +209,48 @@ fn measure_delay_from_a_map_in_a_new_namespace_to_swaps() {
         delays.len()
     );
 }
+
+/// `/metrics` of `webhook`, fetched with curl trusting its CA.
+fn metrics_of(webhook: &Webhook) -> String {
+    let ca = webhook.dir().join("metrics-ca.pem");
+    std::fs::write(&ca, webhook.ca_pem()).expect("CA written");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            &ca.display().to_string(),
+            &format!("{}/metrics", webhook.url().replace("/mutate", "")),
+        ])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_map_that_swaps_env_values_drops_the_image_condition_and_says_so_in_a_metric() {
+    let plane = shared();
+    let (webhook, registration) = scoped_webhook(plane, "scope-env", &[]);
+    let name = registration.name().to_string();
+    let ns = registration.create_namespace("env");
+    let images = |plane: &ControlPlane| {
+        let config: Value =
+            serde_json::from_str(&plane.kubectl_ok(["get", "mutatingwebhookconfiguration", &name, "-o", "json"]))
+                .expect("json");
+        config["webhooks"][0]["matchConditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == "imagemap-images")
+    };
+    map_in(plane, &ns, "app", "env-app", "reg.io/app:1");
+    poll(Duration::from_secs(30), Duration::from_millis(200), || images(plane).then_some(())).expect("image condition");
+    assert!(metrics_of(&webhook).contains("imagemap_scope_images_condition 1"), "{}", metrics_of(&webhook));
+    let patch = r#"{"spec":{"matchInEnvVars":true}}"#;
+    plane.kubectl_ok(["patch", "imagemap", "app", "-n", &ns, "--type=merge", "-p", patch]);
+    poll(Duration::from_secs(30), Duration::from_millis(200), || (!images(plane)).then_some(()))
+        .expect("the image condition goes: env values must reach the webhook");
+    poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        metrics_of(&webhook).contains("imagemap_scope_images_condition 0").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", metrics_of(&webhook)));
+}

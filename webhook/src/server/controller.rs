@@ -148,6 +148,7 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
 /// a match condition ([`crate::scope`]); writes only when that changes.
 async fn keep_scope(client: &Client, state: &AppState, name: &str) -> kube::Result<()> {
     let (wanted, images) = state.with_index(|idx| (scope::scope_of(idx), scope::image_tokens(idx)));
+    state.metrics.scope_images(images.is_some());
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let mut config = api.get(name).await?;
     let mut changed = false;

@@ -34,6 +34,7 @@ pub struct Metrics {
     cert_reloads: Family<Labels, Counter>,
     cert_broken: Gauge,
     file_reloads: Family<Labels, Counter>,
+    scope_images: Gauge,
     watch_healthy: AtomicBool,
 }
 
@@ -52,6 +53,13 @@ impl Default for Metrics {
         let cert_reloads = Family::<Labels, Counter>::default();
         let cert_broken = Gauge::default();
         let file_reloads = Family::<Labels, Counter>::default();
+        let scope_images = Gauge::default();
+        registry.register(
+            "scope_images_condition",
+            "1 while the webhook configuration's image condition is set; 0 while the scope falls back to \
+             namespaces alone (a map swaps env values, or too many selector names)",
+            scope_images.clone(),
+        );
         registry.register("reviews", "Admission reviews answered, by outcome", reviews.clone());
         registry.register("refused_requests", "Requests refused before review, by reason", refused.clone());
         registry.register("swaps", "Fields swapped in admitted Pods", swaps.clone());
@@ -95,6 +103,7 @@ impl Default for Metrics {
             cache_age,
             cert_reloads,
             cert_broken,
+            scope_images,
             file_reloads,
             watch_healthy: AtomicBool::new(false),
         }
@@ -136,6 +145,11 @@ impl Metrics {
     pub fn cert_reload(&self, ok: bool) {
         self.cert_reloads.get_or_create(&vec![("result", if ok { "success" } else { "failure" })]).inc();
         self.cert_broken.set(i64::from(!ok));
+    }
+
+    /// Whether the scope's image condition is set (`false`: the namespace-only fallback).
+    pub fn scope_images(&self, set: bool) {
+        self.scope_images.set(i64::from(set));
     }
 
     /// Counts an `--imagemaps-file` reload attempt.
