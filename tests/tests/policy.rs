@@ -175,31 +175,6 @@ fn a_policy_applied_by_the_plugin_gives_the_same_pods_as_the_webhook() {
     assert!(!left.contains(&name), "{left}");
 }
 
-#[test]
-fn the_plugin_says_why_it_cannot_compile_too_many_maps() {
-    let plane = shared();
-    let ns = plane.create_namespace("policy-many");
-    let max = imagemap::policy::MAX_MAPS_PER_POLICY;
-    let items: Vec<Value> = (0..=max)
-        .map(|i| {
-            json!({"apiVersion": "tilt.dev/v1alpha1", "kind": "ImageMap",
-                   "metadata": {"name": format!("m{i}"), "namespace": ns}, "spec": {"selector": format!("app{i}")}})
-        })
-        .collect();
-    plane
-        .kubectl_client()
-        .apply(&json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string())
-        .expect("maps");
-    for i in 0..=max {
-        set_status(plane.kubectl_client(), &ns, &format!("m{i}"), &json!({"image": "reg.example/x:1"}))
-            .expect("status");
-    }
-    let out = kubectl_imagemap(plane.kubeconfig_path(), &["policy", "-n", &ns], None);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Use webhook mode"), "{stderr}");
-}
-
 /// A control plane of its own (with kube-controller-manager: Deployments make Pods): a
 /// policy-mode controller owns every policy of ours in its cluster, so it must not share one
 /// with other tests' webhooks.
