@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use imagemap_e2e::plugin::{kubectl_imagemap, kubectl_imagemap_ok};
+use imagemap_e2e::plugin::kubectl_imagemap_ok;
 use imagemap_e2e::webhook::{dry_run_create, set_status, swaps, ServedWebhook};
 use imagemap_e2e::{poll, shared, ControlPlane, ControlPlaneOptions, Webhook, WebhookOptions};
 use serde_json::{json, Value};
