@@ -74,6 +74,8 @@ enum Admission {
     Compiled,
     /// The hand-written policy with ImageMaps as parameters.
     Naive,
+    /// A policy that sets one field of every Pod, no lookup: the floor of any mutating policy.
+    Trivial,
 }
 
 struct Mode {
@@ -166,6 +168,15 @@ fn all_modes() -> Vec<Mode> {
             true,
         ),
         mode(
+            "trivial policy (floor)",
+            "modes-trivial",
+            "not covered; a policy that adds one field (the first container's pull policy) to every Pod, no CEL lookup: the cost of any mutating policy",
+            false,
+            Admission::Trivial,
+            vec![],
+            false,
+        ),
+        mode(
             "policy, 10 maps",
             "modes-policy-10",
             "not covered; compiled policy of `app` and 9 `gcr.io/team/svc-<i>` maps",
@@ -214,37 +225,60 @@ const NAIVE_PATCH: &str = "object.spec.containers.transformList(i, c, \
      '(:[A-Za-z0-9_.-]+)?(@sha256:[0-9a-f]{64})?$'), \
      JSONPatch{op: 'replace', path: '/spec/containers/' + string(i) + '/image', value: params.status.image})";
 
+/// The trivial policy: one field set on every Pod.
+const TRIVIAL: &str = "imagemap-bench-trivial";
+const TRIVIAL_PATCH: &str = "[JSONPatch{op: 'add', path: '/spec/containers/0/imagePullPolicy', value: 'IfNotPresent'}]";
+
+/// Applies the trivial policy, bound to `namespace` only.
+async fn apply_trivial(client: &Client, namespace: &str) -> std::result::Result<(), String> {
+    apply_hand_written(client, namespace, TRIVIAL, TRIVIAL_PATCH, false).await
+}
+
 /// Applies the hand-written policy, bound to `namespace` only, every ImageMap there a parameter.
 async fn apply_naive(client: &Client, namespace: &str) -> std::result::Result<(), String> {
+    apply_hand_written(client, namespace, NAIVE, NAIVE_PATCH, true).await
+}
+
+/// Applies policy `name` with the JSON patch `patch`, bound to `namespace` only; with
+/// `params`, every ImageMap there is a parameter.
+async fn apply_hand_written(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    patch: &str,
+    params: bool,
+) -> std::result::Result<(), String> {
+    let param_kind = params.then(|| json!({"apiVersion": "tilt.dev/v1alpha1", "kind": "ImageMap"}));
+    let param_ref = params.then(|| json!({"selector": {}, "parameterNotFoundAction": "Allow"}));
     let policy: MutatingAdmissionPolicy = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicy",
-        "metadata": {"name": NAIVE},
+        "metadata": {"name": name},
         "spec": {
-            "paramKind": {"apiVersion": "tilt.dev/v1alpha1", "kind": "ImageMap"},
+            "paramKind": param_kind,
             "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
                 "operations": ["CREATE"], "resources": ["pods"]}]},
             "failurePolicy": "Ignore",
             "reinvocationPolicy": "IfNeeded",
-            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": NAIVE_PATCH}}],
+            "mutations": [{"patchType": "JSONPatch", "jsonPatch": {"expression": patch}}],
         },
     }))
     .map_err(|e| e.to_string())?;
     let binding: MutatingAdmissionPolicyBinding = serde_json::from_value(json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingAdmissionPolicyBinding",
-        "metadata": {"name": NAIVE},
+        "metadata": {"name": name},
         "spec": {
-            "policyName": NAIVE,
-            "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
+            "policyName": name,
+            "paramRef": param_ref,
             "matchResources": {"namespaceSelector": {"matchExpressions": [
                 {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}]}},
         },
     }))
     .map_err(|e| e.to_string())?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let apply = PatchParams::apply(FIELD_MANAGER).force();
     let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
-    policies.patch(NAIVE, &params, &Patch::Apply(&policy)).await.map_err(|e| message(&e))?;
+    policies.patch(name, &apply, &Patch::Apply(&policy)).await.map_err(|e| message(&e))?;
     let bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
-    bindings.patch(NAIVE, &params, &Patch::Apply(&binding)).await.map_err(|e| message(&e))?;
+    bindings.patch(name, &apply, &Patch::Apply(&binding)).await.map_err(|e| message(&e))?;
     Ok(())
 }
 
@@ -370,6 +404,7 @@ pub async fn modes(plane: &ControlPlane, opts: &ModesOptions) -> Result<ModesRes
             Admission::Plain => None,
             Admission::Compiled => Some(apply_compiled(&client, m.namespace).await),
             Admission::Naive => Some(apply_naive(&client, m.namespace).await),
+            Admission::Trivial => Some(apply_trivial(&client, m.namespace).await),
         };
         if let Some(Err(e)) = &applied {
             eprintln!("modes: {}: the policy was not accepted: {e}", m.case);
