@@ -228,7 +228,10 @@ fn metrics_of(webhook: &Webhook) -> String {
 
 #[test]
 fn a_map_that_swaps_env_values_drops_the_image_condition_and_says_so_in_a_metric() {
-    let plane = shared();
+    // A plane of its own: an env map drops the image condition of every scoped webhook watching
+    // the cluster, which the other tests here rely on.
+    let own = ControlPlane::start(imagemap_e2e::ControlPlaneOptions::default()).expect("control plane");
+    let plane = &own;
     let (webhook, registration) = scoped_webhook(plane, "scope-env", &[]);
     let name = registration.name().to_string();
     let ns = registration.create_namespace("env");
