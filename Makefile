@@ -28,7 +28,7 @@ controlplane:
 
 ## Regenerate the CRD from the Rust types into the chart.
 crd:
-	$(CARGO) run -q -p imagemap-webhook --no-default-features --bin imagemap-crd > charts/imagemap/crds/imagemaps.tilt.dev.yaml
+	$(CARGO) run -q -p imagemap-core --bin imagemap-crd > charts/imagemap/crds/imagemaps.tilt.dev.yaml
 
 lint:
 	$(CARGO) fmt --all --check

@@ -60,7 +60,7 @@ if [ -n "$QUICK" ]; then
 else
   CRITERION_ARGS=(--warm-up-time 2 --measurement-time 5)
 fi
-run "$CARGO" bench -p imagemap-webhook --bench admission -- "${CRITERION_ARGS[@]}"
+run "$CARGO" bench -p imagemap-core --bench admission -- "${CRITERION_ARGS[@]}"
 run "$BENCH" criterion --dir target/criterion
 if command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null; then
   run "$BENCH" profile --iterations "$([ -n "$QUICK" ] && echo 30 || echo 300)"

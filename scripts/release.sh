@@ -93,7 +93,8 @@ mkdir -p "$DIST"
 DIST=$(cd "$DIST" && pwd)
 started=$SECONDS
 
-# Deterministic tar.gz of the entries $3... of folder $2 into $1.
+# Deterministic tar.gz of the entries $3... of folder $2 into $1 (entries given in byte order:
+# --sort=name orders folder contents, not the names given).
 det_tar() {
   local out=$1 dir=$2
   shift 2
@@ -130,7 +131,7 @@ build_plugin() { # ARCH
   install -m 0755 "$TARGET_DIR/$target/release/kubectl-imagemap" "$stage/kubectl-imagemap"
   install -m 0644 LICENSE "$stage/LICENSE"
   touch -d "@$EPOCH" "$stage"/*
-  det_tar "$DIST/kubectl-imagemap_linux_$arch.tar.gz" "$stage" kubectl-imagemap LICENSE
+  det_tar "$DIST/kubectl-imagemap_linux_$arch.tar.gz" "$stage" LICENSE kubectl-imagemap
   log "kubectl-imagemap_linux_$arch.tar.gz: $(size "$DIST/kubectl-imagemap_linux_$arch.tar.gz") bytes (binary $(size "$stage/kubectl-imagemap"))"
 }
 

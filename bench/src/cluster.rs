@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt, TryStreamExt};
-use imagemap::types::ImageMap;
+use imagemap_core::types::ImageMap;
 use imagemap_e2e::ControlPlane;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
@@ -18,9 +18,9 @@ use serde_json::{json, Value};
 
 use crate::fixtures::image_map;
 use crate::process::{sibling_binary, Server, Spawn};
-use crate::results::{E2eResults, E2eRun, MemoryPoint, MemoryResults};
+use crate::procfs;
+use crate::results::{CreateStats, E2eResults, E2eRun, MemoryPoint, MemoryResults};
 use crate::tls::{self, KeyType};
-use crate::{procfs, quantile};
 
 /// A kube client with the plane's admin credentials.
 pub async fn client(plane: &ControlPlane) -> Result<Client> {
@@ -392,17 +392,12 @@ pub async fn e2e(plane: &ControlPlane, opts: &E2eOptions) -> Result<E2eResults> 
                     round,
                     webhook: registered,
                     concurrency,
-                    pods: latencies.len(),
-                    failed,
-                    swapped,
-                    seconds: wall,
-                    creates_per_s: latencies.len() as f64 / wall,
-                    p50_ms: quantile(&mut latencies, 0.5),
-                    p99_ms: quantile(&mut latencies, 0.99),
+                    stats: CreateStats::new(&mut latencies, failed, swapped, wall),
                 };
+                let s = &run.stats;
                 eprintln!(
                     "  round {round} webhook {:<5} c={concurrency:<2} {} pods in {:.1} s = {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  swapped {}  failed {}",
-                    registered, run.pods, run.seconds, run.creates_per_s, run.p50_ms, run.p99_ms, run.swapped, run.failed
+                    registered, s.pods, s.seconds, s.creates_per_s, s.p50_ms, s.p99_ms, s.swapped, s.failed
                 );
                 runs.push(run);
                 delete_pods(&pods).await?;

@@ -1,4 +1,4 @@
-//! Steps 1 and 2: ratios from criterion's estimates of `webhook/benches/admission.rs`.
+//! Steps 1 and 2: ratios from criterion's estimates of `webhook/core/benches/admission.rs`.
 
 use std::path::Path;
 
@@ -17,7 +17,7 @@ pub const MAP_COUNTS: [usize; 4] = [10, 1_000, 10_000, 100_000];
 fn estimate(path: &Path, which: &str) -> Result<f64> {
     let file = path.join("new").join("estimates.json");
     let text = std::fs::read_to_string(&file).with_context(|| {
-        format!("reading {} (did `cargo bench -p imagemap-webhook --bench admission` run?)", file.display())
+        format!("reading {} (did `cargo bench -p imagemap-core --bench admission` run?)", file.display())
     })?;
     let json: Value = serde_json::from_str(&text)?;
     json[which]["point_estimate"].as_f64().with_context(|| format!("{} has no {which}.point_estimate", file.display()))

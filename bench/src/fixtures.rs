@@ -1,9 +1,9 @@
 //! The inputs every benchmark shares: Pod CREATE reviews of a given size, and ImageMap sets of a
-//! given size. One copy for the criterion bench (`webhook/benches/admission.rs` includes this
+//! given size. One copy for the criterion bench (`webhook/core/benches/admission.rs` includes this
 //! file with `#[path]`) and for `imagemap-bench`, so both measure the same bodies.
 
-use imagemap::maps::MapIndex;
-use imagemap::types::ImageMap;
+use imagemap_core::maps::MapIndex;
+use imagemap_core::types::ImageMap;
 use serde_json::{json, Value};
 
 /// The namespace of the review and of the maps that match it.

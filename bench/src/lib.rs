@@ -54,8 +54,8 @@ mod tests {
             assert!(body.len() >= kb * 1024 && body.len() < kb * 1024 + 200, "{kb} KB: {}", body.len());
         }
         let idx = fixtures::index_with(100);
-        let reviewed = imagemap::admission::review(&fixtures::review_body(8, 4, 1), &idx).expect("review");
-        assert_eq!(reviewed.outcome, imagemap::admission::Outcome::Patched);
+        let reviewed = imagemap_core::admission::review(&fixtures::review_body(8, 4, 1), &idx).expect("review");
+        assert_eq!(reviewed.outcome, imagemap_core::admission::Outcome::Patched);
     }
 
     #[test]

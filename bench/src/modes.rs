@@ -5,7 +5,7 @@
 //! The modes: the webhook registered for a namespace with no map (its controller scopes the
 //! registration with match conditions, so the API server does not call it there), with a map
 //! that cannot match, with a matching map; the matching map compiled into a
-//! MutatingAdmissionPolicy (`imagemap::policy`), also with 10 and 100 maps; and a naive
+//! MutatingAdmissionPolicy (`imagemap_core::policy`), also with 10 and 100 maps; and a naive
 //! hand-written policy that takes ImageMaps as parameters and builds a regular expression from
 //! each one's selector per evaluation.
 
@@ -14,10 +14,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use imagemap::policy::PolicyOptions;
-use imagemap::policy_sync::Prune;
-use imagemap::scope::{condition_includes, IMAGES_CONDITION, MAX_IMAGE_TOKENS, SCOPE_CONDITION};
-use imagemap::types::ImageMap;
+use imagemap_cluster::policy_sync::Prune;
+use imagemap_core::policy::PolicyOptions;
+use imagemap_core::scope::{condition_includes, IMAGES_CONDITION, MAX_IMAGE_TOKENS, SCOPE_CONDITION};
+use imagemap_core::types::ImageMap;
 use imagemap_e2e::ControlPlane;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, MutatingWebhookConfiguration,
@@ -32,7 +32,7 @@ use crate::cluster::{
     SERVED_LABEL,
 };
 use crate::fixtures::image_map;
-use crate::results::{ModesCase, ModesResults, ModesRun};
+use crate::results::{CreateStats, ModesCase, ModesResults, ModesRun};
 use crate::{quantile, ratio};
 
 /// Knobs for the modes step.
@@ -70,7 +70,7 @@ const SETTLE: Duration = Duration::from_secs(60);
 enum Admission {
     /// Nothing (or the webhook, which the registration may or may not send the Pod to).
     Plain,
-    /// The policy `imagemap::policy::compile` writes for the namespace's maps.
+    /// The policy `imagemap_core::policy::compile` writes for the namespace's maps.
     Compiled,
     /// The hand-written policy with ImageMaps as parameters.
     Naive,
@@ -152,7 +152,7 @@ fn all_modes() -> Vec<Mode> {
         mode(
             "policy, matching map",
             "modes-policy-1",
-            "not covered; the same map compiled into a MutatingAdmissionPolicy (`imagemap::policy::compile`)",
+            "not covered; the same map compiled into a MutatingAdmissionPolicy (`imagemap_core::policy::compile`)",
             false,
             Admission::Compiled,
             vec![app_map("modes-policy-1")],
@@ -210,11 +210,13 @@ async fn apply_compiled(client: &Client, namespace: &str) -> std::result::Result
     let maps: Api<ImageMap> = Api::namespaced(client.clone(), namespace);
     let listed = maps.list(&ListParams::default()).await.map_err(|e| message(&e))?.items;
     let policies =
-        imagemap::policy::compile(&listed, &PolicyOptions::default()).map_err(|e| format!("not compiled: {e}"))?;
+        imagemap_core::policy::compile(&listed, &PolicyOptions::default()).map_err(|e| format!("not compiled: {e}"))?;
     if policies.iter().all(|p| p.namespace.as_deref() != Some(namespace)) {
         return Err(format!("no policy compiled for {namespace} from {} maps", listed.len()));
     }
-    imagemap::policy_sync::sync(client, &policies, Prune::Namespace(namespace)).await.map_err(|e| message(&e))?;
+    imagemap_cluster::policy_sync::sync(client, &policies, Prune::Namespace(namespace))
+        .await
+        .map_err(|e| message(&e))?;
     Ok(())
 }
 
@@ -445,18 +447,13 @@ pub async fn modes(plane: &ControlPlane, opts: &ModesOptions) -> Result<ModesRes
             let run = ModesRun {
                 round,
                 case: m.case.to_string(),
-                pods: ms.len(),
-                failed,
-                swapped: swaps,
-                seconds: wall,
-                creates_per_s: ms.len() as f64 / wall,
-                p50_ms: quantile(&mut ms, 0.5),
-                p99_ms: quantile(&mut ms, 0.99),
+                stats: CreateStats::new(&mut ms, failed, swaps, wall),
                 webhook_reviews: reviews - reviews_before,
             };
+            let s = &run.stats;
             eprintln!(
                 "  round {round} {:<32} {} pods in {:.1} s = {:.0}/s  p50 {:.2} ms  p99 {:.2} ms  swapped {}  failed {}  webhook reviews {}",
-                m.case, run.pods, run.seconds, run.creates_per_s, run.p50_ms, run.p99_ms, run.swapped, run.failed, run.webhook_reviews
+                m.case, s.pods, s.seconds, s.creates_per_s, s.p50_ms, s.p99_ms, s.swapped, s.failed, run.webhook_reviews
             );
             runs.push(run);
             delete_pods(&apis[i]).await?;
@@ -467,7 +464,7 @@ pub async fn modes(plane: &ControlPlane, opts: &ModesOptions) -> Result<ModesRes
     webhook.stop();
 
     let mean_rate = |case: &str| {
-        let rates: Vec<f64> = runs.iter().filter(|r| r.case == case).map(|r| r.creates_per_s).collect();
+        let rates: Vec<f64> = runs.iter().filter(|r| r.case == case).map(|r| r.stats.creates_per_s).collect();
         if rates.is_empty() {
             0.0
         } else {
@@ -487,9 +484,9 @@ pub async fn modes(plane: &ControlPlane, opts: &ModesOptions) -> Result<ModesRes
             policy_accepted: accepted[i],
             error: errors[i].clone(),
             rounds: mine.len(),
-            pods: mine.iter().map(|r| r.pods).sum(),
-            failed: mine.iter().map(|r| r.failed).sum(),
-            swapped: mine.iter().map(|r| r.swapped).sum(),
+            pods: mine.iter().map(|r| r.stats.pods).sum(),
+            failed: mine.iter().map(|r| r.stats.failed).sum(),
+            swapped: mine.iter().map(|r| r.stats.swapped).sum(),
             webhook_reviews: mine.iter().map(|r| r.webhook_reviews).sum(),
             creates_per_s: rate,
             // 0 when not measured (JSON has no NaN).

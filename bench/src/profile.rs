@@ -15,10 +15,10 @@ use crate::results::ProfileResults;
 
 /// The loop measured for the handler (callgrind collects inside it only).
 #[inline(never)]
-pub fn handler_loop(body: &[u8], index: &imagemap::maps::MapIndex, iterations: usize) -> usize {
+pub fn handler_loop(body: &[u8], index: &imagemap_core::maps::MapIndex, iterations: usize) -> usize {
     let mut total = 0;
     for _ in 0..iterations {
-        total += imagemap::admission::review(black_box(body), index).map(|r| r.body.len()).unwrap_or(0);
+        total += imagemap_core::admission::review(black_box(body), index).map(|r| r.body.len()).unwrap_or(0);
     }
     total
 }

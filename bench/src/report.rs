@@ -173,14 +173,16 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
             v.iter().sum::<f64>() / v.len().max(1) as f64
         };
         let (with_rate, without_rate) =
-            (mean(true, true, &|r| r.creates_per_s), mean(false, true, &|r| r.creates_per_s));
+            (mean(true, true, &|r| r.stats.creates_per_s), mean(false, true, &|r| r.stats.creates_per_s));
         let conc = e.runs.iter().map(|r| r.concurrency).max().unwrap_or(1);
         writeln!(
             w,
             "| 6 | Pod creates/s through the API server, {conc} in flight, webhook registered | {with_rate:.0}/s | not registered {without_rate:.0}/s | {} | report | — |",
             x(with_rate / without_rate)
         )?;
-        for (q, f) in [("p50", &(|r: &E2eRun| r.p50_ms) as &dyn Fn(&E2eRun) -> f64), ("p99", &|r: &E2eRun| r.p99_ms)] {
+        for (q, f) in
+            [("p50", &(|r: &E2eRun| r.stats.p50_ms) as &dyn Fn(&E2eRun) -> f64), ("p99", &|r: &E2eRun| r.stats.p99_ms)]
+        {
             let (with, without) = (mean(true, false, f), mean(false, false, f));
             writeln!(
                 w,
@@ -194,7 +196,7 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
     }
     writeln!(
         w,
-        "| 7 | allocations per review (regression gate in `make test`) | see `webhook/tests/alloc-baseline.json` | committed baseline | | ≤ 1.2x | `cargo test -p imagemap-webhook --test alloc_gate` |\n"
+        "| 7 | allocations per review (regression gate in `make test`) | see `webhook/core/tests/alloc-baseline.json` | committed baseline | | ≤ 1.2x | `cargo test -p imagemap-core --test alloc_gate` |\n"
     )?;
 
     if let Some(c) = &crit {
@@ -409,12 +411,12 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
                 r.round,
                 if r.webhook { "registered" } else { "none" },
                 r.concurrency,
-                r.pods,
-                r.creates_per_s,
-                r.p50_ms,
-                r.p99_ms,
-                r.swapped,
-                r.failed
+                r.stats.pods,
+                r.stats.creates_per_s,
+                r.stats.p50_ms,
+                r.stats.p99_ms,
+                r.stats.swapped,
+                r.stats.failed
             )?;
         }
         writeln!(w)?;
@@ -425,9 +427,9 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
     writeln!(w, "## 7. Regression gate\n")?;
     writeln!(
         w,
-        "`webhook/tests/alloc_gate.rs` (in `make test`) counts allocations and allocated bytes per review of the \
+        "`webhook/core/tests/alloc_gate.rs` (in `make test`) counts allocations and allocated bytes per review of the \
          captured 8 KB Pod review with a counting global allocator and fails on more than 20% over \
-         `webhook/tests/alloc-baseline.json`. Allocation counts do not depend on machine load; no timing is ever \
+         `webhook/core/tests/alloc-baseline.json`. Allocation counts do not depend on machine load; no timing is ever \
          asserted. The callgrind instruction ratio above is the load-independent view of item 1.\n"
     )?;
     writeln!(w, "{}", notes.trim())?;
@@ -469,8 +471,8 @@ fn write_modes(w: &mut String, m: &ModesResults) -> Result<()> {
         "The release webhook runs with `--webhook-configuration` and leader election, so its controller scopes the \
          registration (chart defaults, `namespaceSelector` on a label that the `webhook` namespaces carry) with \
          match conditions; while measuring it had: {}. Policies are applied before the rounds: the compiled ones \
-         with `imagemap::policy::compile` on the namespace's maps as listed from the API server and \
-         `imagemap::policy_sync::sync`, the naive one by hand (below). Before measuring, server-side dry-run creates \
+         with `imagemap_core::policy::compile` on the namespace's maps as listed from the API server and \
+         `imagemap_cluster::policy_sync::sync`, the naive one by hand (below). Before measuring, server-side dry-run creates \
          wait until each mode swaps (or does not) as it should. `webhook reviews` counts the reviews the webhook \
          answered during the mode's runs, warm-ups included: it shows which modes reach the webhook at all. The \
          webhook's own decision time averaged {:.1} µs over {:.0} reviews.\n",
@@ -549,7 +551,15 @@ fn write_modes(w: &mut String, m: &ModesResults) -> Result<()> {
         writeln!(
             w,
             "| {} | {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {:.0} |",
-            r.round, r.case, r.pods, r.creates_per_s, r.p50_ms, r.p99_ms, r.swapped, r.failed, r.webhook_reviews
+            r.round,
+            r.case,
+            r.stats.pods,
+            r.stats.creates_per_s,
+            r.stats.p50_ms,
+            r.stats.p99_ms,
+            r.stats.swapped,
+            r.stats.failed,
+            r.webhook_reviews
         )?;
     }
     writeln!(w, "\n</details>\n")?;

@@ -307,7 +307,7 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub global_namespace: Option<String>,
     /// How long --apply waits for the policy to take effect.
-    #[arg(long, default_value = "30s", value_parser = imagemap::duration::parse_positive_duration)]
+    #[arg(long, default_value = "30s", value_parser = imagemap_core::duration::parse_positive_duration)]
     pub timeout: std::time::Duration,
 }
 

@@ -1,7 +1,7 @@
 //! Connecting to the cluster the way kubectl does, and errors that name the fix.
 
 use anyhow::{anyhow, Context, Result};
-use imagemap::types::ImageMap;
+use imagemap_core::types::ImageMap;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 

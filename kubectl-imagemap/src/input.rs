@@ -4,8 +4,8 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use imagemap::maps::MapIndex;
-use imagemap::mapsfile::parse_maps;
+use imagemap_core::maps::MapIndex;
+use imagemap_core::mapsfile::parse_maps;
 use serde_json::Value;
 
 use crate::client::Cluster;
@@ -41,7 +41,7 @@ pub fn parse_manifests(text: &str, name: &str) -> Result<Manifests> {
         return Ok(Manifests { docs, json: true });
     }
     let mut docs = Vec::new();
-    for (i, doc) in imagemap::yaml::documents(text).into_iter().enumerate() {
+    for (i, doc) in imagemap_core::yaml::documents(text).into_iter().enumerate() {
         docs.push(doc.with_context(|| format!("{name}: document {} is not valid YAML", i + 1))?);
     }
     Ok(Manifests { docs, json: false })

@@ -1,7 +1,7 @@
 //! Pure renderers: every output format returns a string, so output is tested without a cluster.
 
-use imagemap::maps::{CompiledMap, Origin};
-use imagemap::types::ImageMap;
+use imagemap_core::maps::{CompiledMap, Origin};
+use imagemap_core::types::ImageMap;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
@@ -155,13 +155,13 @@ pub fn json_text(v: &Value) -> String {
 
 /// YAML text.
 pub fn yaml_text(v: &Value) -> String {
-    imagemap::yaml::to_string(v).unwrap_or_default()
+    imagemap_core::yaml::to_string(v).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imagemap::types::{ImageMapSpec, ImageMapStatus};
+    use imagemap_core::types::{ImageMapSpec, ImageMapStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 
     fn now() -> Timestamp {
@@ -245,10 +245,10 @@ mod tests {
         assert_eq!(json["items"][0]["kind"], "ImageMap");
         assert_eq!(json["items"][0]["apiVersion"], "tilt.dev/v1alpha1");
         assert_eq!(json["items"][0]["spec"]["matchExact"], true);
-        let yaml: Value = imagemap::yaml::from_str(&list(&maps, Output::Yaml, now(), false)).expect("yaml");
+        let yaml: Value = imagemap_core::yaml::from_str(&list(&maps, Output::Yaml, now(), false)).expect("yaml");
         assert_eq!(yaml, json);
         assert_eq!(list(&maps, Output::Name, now(), false), "imagemap.tilt.dev/api\nimagemap.tilt.dev/web\n");
-        let one: Value = imagemap::yaml::from_str(&object(&maps[0], ObjectOutput::Yaml)).expect("yaml");
+        let one: Value = imagemap_core::yaml::from_str(&object(&maps[0], ObjectOutput::Yaml)).expect("yaml");
         assert_eq!(one["status"]["image"], "localhost:5000/my-apiserver:tilt-1");
         assert_eq!(object(&maps[1], ObjectOutput::Name), "imagemap.tilt.dev/web\n");
     }

@@ -1,18 +1,18 @@
 //! After `create`, `set-image` and `policy --apply`: wait until Pods of the namespace get the map.
 //!
 //! - A webhook whose controller scopes it to the namespaces that hold ImageMaps
-//!   (`imagemap::scope`) widens the scope within about a second of a map's creation; Pods created
+//!   (`imagemap_core::scope`) widens the scope within about a second of a map's creation; Pods created
 //!   before that are not swapped.
 //! - In policy mode (MutatingAdmissionPolicies of ours exist) the controller recompiles the
 //!   policy and the API server loads it; a server-side dry-run Pod shows when the map applies.
 
 use std::time::Duration;
 
-use imagemap::maps::{CompiledMap, Origin};
-use imagemap::policy::{Probe, CONTROLLER_MARKER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL};
-use imagemap::policy_sync;
-use imagemap::scope::{condition_includes, SCOPE_CONDITION};
-use imagemap::types::ImageMap;
+use imagemap_cluster::policy_sync;
+use imagemap_core::maps::{CompiledMap, Origin};
+use imagemap_core::policy::{Probe, CONTROLLER_MARKER, MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL};
+use imagemap_core::scope::{condition_includes, SCOPE_CONDITION};
+use imagemap_core::types::ImageMap;
 use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingWebhookConfiguration};
 use kube::api::ListParams;
 use kube::Api;

@@ -75,7 +75,8 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     )
 }
 
-/// Prints a warning when `program` is older than a file under `webhook/src`: the tests would
+/// Prints a warning when `program` is older than a source file of the webhook (its own crate,
+/// `imagemap-core` or `imagemap-cluster`): the tests would
 /// run yesterday's webhook. Not an error: the binary may be what the caller wants.
 fn warn_if_stale(program: &Path) {
     fn newest(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
@@ -96,7 +97,9 @@ fn warn_if_stale(program: &Path) {
         best
     }
     let built = std::fs::metadata(program).and_then(|m| m.modified());
-    if let (Ok(built), Some((changed, source))) = (built, newest(&workspace_root().join("webhook/src"))) {
+    let sources = ["webhook/src", "webhook/core/src", "webhook/cluster/src"];
+    let changed = sources.iter().filter_map(|dir| newest(&workspace_root().join(dir))).max_by_key(|c| c.0);
+    if let (Ok(built), Some((changed, source))) = (built, changed) {
         if changed > built {
             eprintln!(
                 "imagemap-e2e: warning: {} is older than {}; run `cargo build --workspace --bins` to test the current code",

@@ -198,7 +198,7 @@ fn the_released_chart_installs_and_version_reads_the_webhook_version_from_it() {
     let chart = chart.to_str().expect("a UTF-8 path");
     // The chart's defaults are the released image, by digest.
     let manifests = assert_ok("helm template", &plane.helm(["template", "imagemap-rel", chart, "-n", &ns]));
-    let image = format!("image: {}/imagemap-webhook@{}", r.registry.address(), r.digest());
+    let image = format!("image: \"{}/imagemap-webhook@{}\"", r.registry.address(), r.digest());
     assert!(manifests.contains(&image), "no `{image}` in the rendered chart");
     assert!(manifests.contains(&format!("app.kubernetes.io/version: \"{VERSION}\"")));
     let started = Instant::now();

@@ -119,7 +119,7 @@ async fn logs_one_line_per_decision_in_both_formats_and_every_line_before_exit()
         if format == "plain" {
             let line = decisions[0];
             let expected =
-                format!(" INFO imagemap::server::http: review uid={uid} object=dev/web outcome=\"patched\" swaps=");
+                format!(" INFO imagemap_webhook::http: review uid={uid} object=dev/web outcome=\"patched\" swaps=");
             assert!(line.contains(&expected), "{line}");
             for field in [" warnings=", " fields=\"spec.containers{web}.image:my-apiserver->", " micros="] {
                 assert!(line.contains(field), "{field} in {line}");
@@ -132,7 +132,7 @@ async fn logs_one_line_per_decision_in_both_formats_and_every_line_before_exit()
         let line = lines.iter().find(|v| v["uid"] == uid).expect("a decision line");
         assert_eq!(line["message"], "review", "{line}");
         assert_eq!(line["level"], "INFO", "{line}");
-        assert_eq!(line["target"], "imagemap::server::http", "{line}");
+        assert_eq!(line["target"], "imagemap_webhook::http", "{line}");
         assert_eq!(line["object"], "dev/web", "{line}");
         assert_eq!(line["outcome"], "patched", "{line}");
         assert!(line["swaps"].as_u64().is_some_and(|n| n > 0), "{line}");

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{mutate_head, pem_to_der, try_request_on, Client, Server, FIXTURE};
-use imagemap::server::{http::Limits, listener::Timeouts};
+use imagemap_webhook::{http::Limits, listener::Timeouts};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
@@ -78,7 +78,7 @@ async fn stalled_bodies_beyond_the_review_cap_do_not_starve_real_reviews() {
     let limits =
         Limits { max_body_bytes: 256 * 1024, body_timeout: Duration::from_secs(20), max_concurrent_reviews: 2 };
     let server = Server::start(timeouts(), limits, Duration::from_secs(1)).await;
-    let map: imagemap::types::ImageMap = serde_json::from_value(serde_json::json!({
+    let map: imagemap_core::types::ImageMap = serde_json::from_value(serde_json::json!({
         "apiVersion": "tilt.dev/v1alpha1", "kind": "ImageMap", "metadata": {"name": "api"},
         "spec": {"selector": "my-apiserver"}, "status": {"image": "localhost:5000/my-apiserver:tilt-1"}
     }))

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use imagemap::server::{http::Limits, router, AppState};
-use imagemap::types::ImageMap;
+use imagemap_core::types::ImageMap;
+use imagemap_webhook::{http::Limits, router, AppState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{request_on, Server};
-use imagemap::server::{http::Limits, listener::Timeouts};
+use imagemap_webhook::{http::Limits, listener::Timeouts};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn quick_timeouts() -> Timeouts {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{mutate_head, try_request_on, wait_closed, Client, Server, FIXTURE};
-use imagemap::server::{http::Limits, listener::Timeouts};
+use imagemap_webhook::{http::Limits, listener::Timeouts};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -219,8 +219,8 @@ fn summary(samples: &[Duration]) -> String {
     )
 }
 
-fn map_for_fixture() -> imagemap::types::ImageMap {
-    imagemap::types::ImageMap::for_selector("dev", "api", "my-apiserver")
+fn map_for_fixture() -> imagemap_core::types::ImageMap {
+    imagemap_core::types::ImageMap::for_selector("dev", "api", "my-apiserver")
         .with_image("localhost:5000/my-apiserver:tilt-1")
 }
 

@@ -69,7 +69,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let acceptor = TlsAcceptor::from(tls_config(&args)?);
     let router = Router::new().route("/mutate", post(mutate)).route("/readyz", get(|| async { "ok" }));
-    let listener = imagemap::server::listener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let listener = imagemap_webhook::listener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).keep_alive(true);
     loop {

@@ -1,7 +1,7 @@
 //! `kubectl imagemap create NAME --selector REF`
 
 use anyhow::Result;
-use imagemap::types::{ImageMap, ImageMapOverrideArgs, ImageMapOverrideCommand, ImageMapSpec};
+use imagemap_core::types::{ImageMap, ImageMapOverrideArgs, ImageMapOverrideCommand, ImageMapSpec};
 use kube::api::PostParams;
 
 use super::{override_list, validate_reference};

@@ -1,8 +1,8 @@
 //! `kubectl imagemap describe NAME`: spec, status, usability, the Pods it swapped, Events.
 
 use anyhow::Result;
-use imagemap::inject::{parse_records, SwapRecord, SWAPS_ANNOTATION};
-use imagemap::types::ImageMap;
+use imagemap_core::inject::{parse_records, SwapRecord, SWAPS_ANNOTATION};
+use imagemap_core::types::ImageMap;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
@@ -124,7 +124,7 @@ pub async fn run(global: &Global, args: &DescribeArgs) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imagemap::types::{ImageMapSpec, ImageMapStatus};
+    use imagemap_core::types::{ImageMapSpec, ImageMapStatus};
     use serde_json::json;
 
     #[test]

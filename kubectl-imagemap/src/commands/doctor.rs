@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use imagemap::types::{ImageMap, ImageMapSpec};
+use imagemap_core::types::{ImageMap, ImageMapSpec};
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -324,11 +324,11 @@ async fn check_policy(
 /// Whether the webhook's scope (the `imagemap-scope` match condition its controller keeps)
 /// includes `namespace`; `maps_here` says whether the namespace holds ImageMaps (unknown: `None`).
 fn scope_verdict(hook: &MutatingWebhook, namespace: &str, maps_here: Option<bool>) -> Verdict {
-    let condition = hook.match_conditions.iter().flatten().find(|c| c.name == imagemap::scope::SCOPE_CONDITION);
+    let condition = hook.match_conditions.iter().flatten().find(|c| c.name == imagemap_core::scope::SCOPE_CONDITION);
     let Some(condition) = condition else {
         return Verdict::Pass("not scoped: every namespace the selector allows calls the webhook".into());
     };
-    if imagemap::scope::condition_includes(&condition.expression, namespace) {
+    if imagemap_core::scope::condition_includes(&condition.expression, namespace) {
         return Verdict::Pass(format!("{namespace} holds ImageMaps and is in the webhook's scope"));
     }
     match maps_here {
@@ -534,7 +534,7 @@ mod tests {
         use k8s_openapi::api::admissionregistration::v1::MatchCondition;
         let scoped = |expression: &str| MutatingWebhook {
             match_conditions: Some(vec![MatchCondition {
-                name: imagemap::scope::SCOPE_CONDITION.into(),
+                name: imagemap_core::scope::SCOPE_CONDITION.into(),
                 expression: expression.into(),
             }]),
             ..Default::default()

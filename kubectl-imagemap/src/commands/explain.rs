@@ -2,10 +2,10 @@
 //! The winner always comes from the engine itself, so the explanation cannot disagree with it.
 
 use anyhow::{bail, Result};
-use imagemap::inject::{inject_json, parse_records, Applicable, SWAPS_ANNOTATION};
-use imagemap::manifests::inject_object;
-use imagemap::maps::{MapIndex, Scope};
-use imagemap::reference::Reference;
+use imagemap_core::inject::{inject_json, parse_records, Applicable, SWAPS_ANNOTATION};
+use imagemap_core::manifests::inject_object;
+use imagemap_core::maps::{MapIndex, Scope};
+use imagemap_core::reference::Reference;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use serde_json::{json, Value};
@@ -64,7 +64,7 @@ pub fn explain_manifests(
     index: &MapIndex,
     namespace: &str,
     docs: &[Value],
-) -> Result<String, imagemap::manifests::ManifestError> {
+) -> Result<String, imagemap_core::manifests::ManifestError> {
     let mut out = String::new();
     for doc in docs {
         let mut copy = doc.clone();
@@ -162,7 +162,7 @@ pub async fn run(global: &Global, args: &ExplainArgs) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imagemap::types::ImageMap;
+    use imagemap_core::types::ImageMap;
 
     fn map(name: &str, selector: &str, image: Option<&str>, exact: bool) -> ImageMap {
         let m = ImageMap::for_selector("dev", name, selector).with_match_exact(exact);

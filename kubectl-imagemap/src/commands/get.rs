@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use futures::StreamExt;
-use imagemap::types::ImageMap;
+use imagemap_core::types::ImageMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::watcher::{self, Event};
 use kube::Api;

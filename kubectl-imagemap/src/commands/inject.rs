@@ -2,7 +2,7 @@
 //! `--maps` no cluster is contacted at all.
 
 use anyhow::Result;
-use imagemap::manifests::inject_object;
+use imagemap_core::manifests::inject_object;
 use serde_json::{json, Value};
 
 use crate::cli::{Global, InjectArgs, ObjectOutput};

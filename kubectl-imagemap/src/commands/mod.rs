@@ -14,7 +14,7 @@ pub mod set_image;
 pub mod version;
 
 use anyhow::{bail, Result};
-use imagemap::reference::Reference;
+use imagemap_core::reference::Reference;
 
 /// Validates an image reference given on the command line, naming the flag.
 pub fn validate_reference(flag: &str, value: &str) -> Result<()> {

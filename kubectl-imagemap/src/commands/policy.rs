@@ -1,11 +1,11 @@
 //! `kubectl imagemap policy`: the namespace's ImageMaps compiled into a MutatingAdmissionPolicy
-//! and its binding (`imagemap::policy`), printed or applied, so the API server swaps images itself
+//! and its binding (`imagemap_core::policy`), printed or applied, so the API server swaps images itself
 //! with no webhook and no controller. The same objects the controller keeps in `--mode policy`.
 
 use anyhow::{anyhow, Context, Result};
-use imagemap::policy::{self, NamespacePolicy, PolicyOptions, SERVES_GLOBAL};
-use imagemap::policy_sync::{self, Prune};
-use imagemap::types::ImageMap;
+use imagemap_cluster::policy_sync::{self, Prune};
+use imagemap_core::policy::{self, NamespacePolicy, PolicyOptions, SERVES_GLOBAL};
+use imagemap_core::types::ImageMap;
 use kube::api::ListParams;
 use kube::Api;
 
@@ -101,7 +101,7 @@ fn render(p: &NamespacePolicy, output: PolicyOutput) -> Result<String> {
     Ok(match output {
         PolicyOutput::Yaml => {
             let docs: Result<Vec<String>> =
-                objects.iter().map(|o| imagemap::yaml::to_string(o).context("writing YAML")).collect();
+                objects.iter().map(|o| imagemap_core::yaml::to_string(o).context("writing YAML")).collect();
             docs?.join("---\n")
         }
         PolicyOutput::Json => {

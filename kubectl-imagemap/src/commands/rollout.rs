@@ -2,7 +2,7 @@
 //! webhook's `--restart-on-rebuild` does after a new build; recorded as an Event on the map.
 
 use anyhow::Result;
-use imagemap::workloads;
+use imagemap_cluster::workloads;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::cli::{Global, RolloutArgs};

@@ -2,7 +2,7 @@
 //! status subresource after validating every reference.
 
 use anyhow::{bail, Context, Result};
-use imagemap::types::{ImageMap, ImageMapSpec};
+use imagemap_core::types::{ImageMap, ImageMapSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::{CommandFactory, Parser};
-use imagemap::server::{config::LogFormat, Config};
+use imagemap_webhook::{config::LogFormat, Config};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -28,6 +28,6 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime
-        .block_on(imagemap::server::run(config))
+        .block_on(imagemap_webhook::run(config))
         .inspect_err(|e| tracing::error!(error = format!("{e:#}"), "exiting"))
 }

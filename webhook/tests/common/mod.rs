@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imagemap::server::{http::Limits, listener, tls, AppState};
 use imagemap_certs::{CertificateAuthority, Sans};
+use imagemap_webhook::{http::Limits, listener, tls, AppState};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -87,7 +87,7 @@ fn bound_address(log: &str) -> Option<SocketAddr> {
 /// Connections the test servers serve at once (the binary's default).
 pub const MAX_CONNECTIONS: usize = 4096;
 
-pub const FIXTURE: &str = include_str!("../fixtures/pod-create-review.json");
+pub const FIXTURE: &str = include_str!("../../core/tests/fixtures/pod-create-review.json");
 
 /// A CA and a serving pair for 127.0.0.1 written into `dir` (ca.crt, tls.crt, tls.key).
 pub fn mint(dir: &Path) -> CertificateAuthority {
@@ -143,7 +143,7 @@ impl Server {
         let listener = listener::bind(([127, 0, 0, 1], 0).into()).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let router = imagemap::server::router(state.clone());
+        let router = imagemap_webhook::router(state.clone());
         let done = tokio::spawn(listener::serve(
             listener,
             tls::server_config(store).expect("a TLS config"),

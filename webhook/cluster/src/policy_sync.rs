@@ -1,4 +1,4 @@
-//! Writing compiled policies ([`crate::policy`]) to the cluster: shared by the controller in
+//! Writing compiled policies ([`imagemap_core::policy`]) to the cluster: shared by the controller in
 //! `--mode policy` and `kubectl imagemap policy --apply`. Objects are server-side applied only
 //! when what was compiled changed (a hash annotation records it), and ours that are no longer
 //! compiled are deleted.
@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::policy::{
+use imagemap_core::policy::{
     controller_marker, probe_outcome, NamespacePolicy, Probe, CONTROLLER_MARKER, FIELD_MANAGER, MANAGED_BY,
     MANAGED_BY_LABEL, SERVES_LABEL,
 };

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::admission::Outcome;
+use imagemap_core::admission::Outcome;
 
 type Labels = Vec<(&'static str, &'static str)>;
 

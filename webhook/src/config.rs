@@ -56,7 +56,7 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "IMAGEMAP_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
-    /// Log level or filter (e.g. info, debug, imagemap=debug).
+    /// Log level or filter (e.g. info, debug, imagemap_webhook=debug).
     #[arg(long, env = "IMAGEMAP_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// How often to check the certificate files for changes.
@@ -189,7 +189,7 @@ impl Config {
     }
 }
 
-pub use crate::duration::{parse_duration, parse_positive_duration};
+pub use imagemap_core::duration::{parse_duration, parse_positive_duration};
 
 /// A count that must be at least one.
 pub fn parse_positive_count(s: &str) -> Result<usize, String> {

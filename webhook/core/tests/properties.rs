@@ -9,11 +9,11 @@
 
 use std::collections::BTreeSet;
 
-use imagemap::admission::review;
-use imagemap::inject::{inject_json, Applicable, SWAPS_ANNOTATION};
-use imagemap::maps::MapIndex;
-use imagemap::reference::Reference;
-use imagemap::types::{ImageMap, ImageMapOverrideArgs, ImageMapOverrideCommand, ImageMapSpec, ImageMapStatus};
+use imagemap_core::admission::review;
+use imagemap_core::inject::{inject_json, Applicable, SWAPS_ANNOTATION};
+use imagemap_core::maps::MapIndex;
+use imagemap_core::reference::Reference;
+use imagemap_core::types::{ImageMap, ImageMapOverrideArgs, ImageMapOverrideCommand, ImageMapSpec, ImageMapStatus};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::{json, Map, Value};
@@ -588,7 +588,7 @@ fn allowed_path() -> regex::Regex {
     .expect("regex")
 }
 
-fn patch_paths(patch: &imagemap::patch::Patch) -> Vec<String> {
+fn patch_paths(patch: &imagemap_core::patch::Patch) -> Vec<String> {
     let wire = serde_json::to_value(&patch.0).expect("a patch serializes");
     wire.as_array().into_iter().flatten().map(|op| op["path"].as_str().unwrap_or("").to_string()).collect()
 }

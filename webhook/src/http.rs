@@ -13,7 +13,7 @@ use axum::Router;
 use http_body_util::{BodyExt, Limited};
 
 use super::AppState;
-use crate::admission::{review_with, Outcome, ReviewOptions};
+use imagemap_core::admission::{review_with, Outcome, ReviewOptions};
 
 /// Limits applied to each request.
 #[derive(Debug, Clone, Copy)]
@@ -148,7 +148,7 @@ fn too_large(state: &AppState) -> Response {
     )
 }
 
-fn log_decision(r: &crate::admission::Reviewed, took: Duration) {
+fn log_decision(r: &imagemap_core::admission::Reviewed, took: Duration) {
     if r.outcome == Outcome::Skipped {
         tracing::debug!(uid = %r.uid, object = %r.object, outcome = r.outcome.as_str(), "review");
         return;

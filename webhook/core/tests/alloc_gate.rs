@@ -2,15 +2,15 @@
 //! typical 8 KB Pod review, compared with the committed baseline (`alloc-baseline.json`). Counts
 //! do not depend on machine load, so this can run in `make test`; a regression of more than 20%
 //! fails. Regenerate the baseline after a deliberate change with
-//! `IMAGEMAP_ALLOC_BASELINE=write cargo test -p imagemap-webhook --test alloc_gate`.
+//! `IMAGEMAP_ALLOC_BASELINE=write cargo test -p imagemap-core --test alloc_gate`.
 //!
 //! This file holds a single test: the counting allocator is process-wide.
 
 use std::alloc::System;
 
-use imagemap::admission::review;
-use imagemap::maps::MapIndex;
-use imagemap::types::{ImageMap, ImageMapSpec, ImageMapStatus};
+use imagemap_core::admission::review;
+use imagemap_core::maps::MapIndex;
+use imagemap_core::types::{ImageMap, ImageMapSpec, ImageMapStatus};
 use serde_json::Value;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 

@@ -12,9 +12,9 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 
 use super::AppState;
-use crate::maps::MapIndex;
-use crate::mapsfile::parse_maps;
-use crate::types::ImageMap;
+use imagemap_core::maps::MapIndex;
+use imagemap_core::mapsfile::parse_maps;
+use imagemap_core::types::ImageMap;
 
 /// A client from `--kubeconfig`, else in-cluster, else the default kubeconfig.
 pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {

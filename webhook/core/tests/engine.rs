@@ -1,8 +1,8 @@
 //! The injection engine against DESIGN §4 and §5, through the public core API.
 
-use imagemap::inject::{inject_json, Applicable, Injection, SWAPS_ANNOTATION};
-use imagemap::maps::{MapIndex, Scope};
-use imagemap::types::ImageMap;
+use imagemap_core::inject::{inject_json, Applicable, Injection, SWAPS_ANNOTATION};
+use imagemap_core::maps::{MapIndex, Scope};
+use imagemap_core::types::ImageMap;
 use serde_json::{json, Value};
 
 const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

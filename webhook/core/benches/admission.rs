@@ -7,11 +7,11 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use imagemap::admission::review;
+use imagemap_core::admission::review;
 
 /// The bodies and map sets, shared with `imagemap-bench` (bench/).
 #[allow(dead_code)]
-#[path = "../../bench/src/fixtures.rs"]
+#[path = "../../../bench/src/fixtures.rs"]
 mod fixtures;
 use fixtures::{baseline, index_with, review_body};
 

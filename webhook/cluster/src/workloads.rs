@@ -1,7 +1,7 @@
 //! Cluster calls around restarting the workloads whose Pods a map swapped, the way
 //! `kubectl rollout restart` does (a Pod-template annotation). Shared by the webhook's
 //! `--restart-on-rebuild` controller and `kubectl imagemap rollout`; what to restart is decided
-//! by the pure [`crate::rebuild`].
+//! by the pure [`imagemap_core::rebuild`].
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -12,8 +12,8 @@ use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, Post
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::inject::{parse_records, SwapRecord, SWAPS_ANNOTATION};
-use crate::rebuild::{render_record, Targets, Workload, WorkloadKind, RESTARTED_FOR_ANNOTATION};
+use imagemap_core::inject::{parse_records, SwapRecord, SWAPS_ANNOTATION};
+use imagemap_core::rebuild::{render_record, Targets, Workload, WorkloadKind, RESTARTED_FOR_ANNOTATION};
 
 /// The annotation `kubectl rollout restart` sets on the Pod template.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";

@@ -6,7 +6,7 @@
 //!   are built the images are swapped in and the gate removed; after `--gate-timeout` the gate is
 //!   removed with the images unchanged and a Warning Event; a Pod whose map is gone is released.
 //! - A Deployment, StatefulSet or DaemonSet whose swapped Pods carry an image other than their
-//!   map's current target is restarted once for that target ([`crate::rebuild`]), and an Event on
+//!   map's current target is restarted once for that target ([`imagemap_core::rebuild`]), and an Event on
 //!   the map says which. Nothing is remembered between rounds: what to do is read from the
 //!   cluster each time.
 
@@ -28,11 +28,12 @@ use kube::{Api, Client};
 
 use super::leader::Elector;
 use super::AppState;
-use crate::gate::{release, Release, GATED_AT_ANNOTATION, GATED_LABEL};
-use crate::rebuild::{self, Targets};
-use crate::scope;
-use crate::workloads;
-use crate::{policy, policy_sync};
+use imagemap_cluster::policy_sync;
+use imagemap_cluster::workloads;
+use imagemap_core::gate::{release, Release, GATED_AT_ANNOTATION, GATED_LABEL};
+use imagemap_core::policy;
+use imagemap_core::rebuild::{self, Targets};
+use imagemap_core::scope;
 
 /// Controller settings.
 #[derive(Debug, Clone)]
@@ -145,7 +146,7 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
 }
 
 /// Keeps every webhook of the configuration `name` scoped to the namespaces the maps need, with
-/// a match condition ([`crate::scope`]); writes only when that changes.
+/// a match condition ([`imagemap_core::scope`]); writes only when that changes.
 async fn keep_scope(client: &Client, state: &AppState, name: &str) -> kube::Result<()> {
     let (wanted, images) = state.with_index(|idx| (scope::scope_of(idx), scope::image_tokens(idx)));
     state.metrics.scope_images(images.is_some());
@@ -176,14 +177,29 @@ async fn keep_scope(client: &Client, state: &AppState, name: &str) -> kube::Resu
     Ok(())
 }
 
+/// What [`keep_policies`] last wrote: the index version it compiled, the compiled hash, and when.
+struct Written {
+    maps_version: u64,
+    hash: String,
+    at: Instant,
+}
+
 /// Keeps the compiled admission policies in step with the maps (`--mode policy`). A compile
 /// error (too many maps) leaves every object as it is, with a log line that says why.
-/// `last` is what was last written and when: the same policies are written again only after
-/// [`POLICY_RESYNC`], which repairs hand edits and deletions.
-async fn keep_policies(client: &Client, state: &AppState, last: &mut Option<(String, Instant)>) -> anyhow::Result<()> {
-    let compiled = state.with_index(policy::compile_index)?;
+/// `last` is what was last written: the maps are compiled again only when the index changed, and
+/// the same policies are written again only after [`POLICY_RESYNC`], which repairs hand edits
+/// and deletions.
+async fn keep_policies(client: &Client, state: &AppState, last: &mut Option<Written>) -> anyhow::Result<()> {
+    let fresh = |w: &Written| w.at.elapsed() < POLICY_RESYNC;
+    let current = state.maps_version.load(Ordering::Acquire);
+    if last.as_ref().is_some_and(|w| w.maps_version == current && fresh(w)) {
+        return Ok(());
+    }
+    let (maps_version, compiled) = state.with_versioned_index(policy::compile_index);
+    let compiled = compiled?;
     let hash = policy_sync::compiled_hash(&compiled);
-    if last.as_ref().is_some_and(|(h, at)| *h == hash && at.elapsed() < POLICY_RESYNC) {
+    if let Some(w) = last.as_mut().filter(|w| w.hash == hash && fresh(w)) {
+        w.maps_version = maps_version;
         return Ok(());
     }
     *last = None;
@@ -196,7 +212,7 @@ async fn keep_policies(client: &Client, state: &AppState, last: &mut Option<(Str
             "admission policies brought in step with the ImageMaps"
         );
     }
-    *last = Some((hash, Instant::now()));
+    *last = Some(Written { maps_version, hash, at: Instant::now() });
     Ok(())
 }
 
@@ -331,7 +347,7 @@ async fn release_gated(client: &Client, state: &AppState, opts: &Options, gated:
 }
 
 /// Restarts, once per new target, every workload whose Pods carry an image other than their map's
-/// current target (see [`crate::rebuild`]): nothing is remembered between rounds.
+/// current target (see [`imagemap_core::rebuild`]): nothing is remembered between rounds.
 /// In policy mode (`policies`), a workload is restarted for a new build only once a dry-run Pod
 /// in its namespace shows the compiled policy with that build in effect: the API server loads a
 /// new policy a moment after it is written, and Pods created before that would keep the old image.
