@@ -120,7 +120,13 @@ fn a_pod_created_before_its_first_build_waits_unscheduled_then_runs_the_build() 
     // Held: gated, not scheduled, no container started.
     std::thread::sleep(Duration::from_secs(3));
     let pod = json(&plane.kubectl_ok(["get", "pod", "early", "-n", &ns, "-o", "json"]));
-    assert_eq!(pod["spec"]["schedulingGates"][0]["name"], "tilt.dev/imagemap");
+    assert_eq!(
+        pod["spec"]["schedulingGates"][0]["name"],
+        "tilt.dev/imagemap",
+        "the Pod is not gated: {}\nthe webhook's log:\n{}",
+        pod["metadata"],
+        served.webhook().log_tail(60)
+    );
     assert!(pod["spec"]["nodeName"].is_null(), "not scheduled while gated: {}", pod["spec"]["nodeName"]);
     let scheduled = pod["status"]["conditions"]
         .as_array()
