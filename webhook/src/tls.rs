@@ -157,24 +157,10 @@ fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     Ok((read(cert)?, read(key)?))
 }
 
-/// A PEM error in words (the library prints marker lines as byte arrays).
-fn describe_pem_error(e: &pem::Error) -> String {
-    match e {
-        pem::Error::MissingSectionEnd { end_marker } => {
-            format!("the {} block has no END line", String::from_utf8_lossy(end_marker))
-        }
-        pem::Error::IllegalSectionStart { line } => {
-            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
-        }
-        pem::Error::Base64Decode(detail) => format!("the block is not valid base64 ({detail})"),
-        other => other.to_string(),
-    }
-}
-
 fn certified_key(cert_path: &Path, key_path: &Path, cert: &[u8], key: &[u8]) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_slice_iter(cert)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::BrokenCertificate { path: cert_path.to_path_buf(), detail: describe_pem_error(&e) })?;
+    let chain = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>().map_err(|e| {
+        TlsError::BrokenCertificate { path: cert_path.to_path_buf(), detail: imagemap_cluster::pem::describe_error(&e) }
+    })?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert_path.to_path_buf()));
     }
@@ -182,7 +168,7 @@ fn certified_key(cert_path: &Path, key_path: &Path, cert: &[u8], key: &[u8]) -> 
     let der = match PrivateKeyDer::from_pem_slice(key) {
         Ok(der) => der,
         Err(pem::Error::NoItemsFound) => return Err(no_key(String::new())),
-        Err(e) => return Err(no_key(format!(": {}", describe_pem_error(&e)))),
+        Err(e) => return Err(no_key(format!(": {}", imagemap_cluster::pem::describe_error(&e)))),
     };
     let signing = any_supported_type(&der).map_err(|e| no_key(format!(": {e}")))?;
     let certified = CertifiedKey::new(chain, signing);

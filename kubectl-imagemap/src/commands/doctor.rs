@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::Api;
-use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -407,25 +407,11 @@ enum ProbeError {
 fn ca_certificates(ca_pem: &[u8]) -> std::result::Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_slice_iter(ca_pem)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| format!("caBundle holds a broken PEM block: {}", describe_pem_error(&e)))?;
+        .map_err(|e| format!("caBundle holds a broken PEM block: {}", imagemap_cluster::pem::describe_error(&e)))?;
     if certs.is_empty() {
         return Err("caBundle holds no PEM certificate".into());
     }
     Ok(certs)
-}
-
-/// A PEM error in words (the library prints marker lines as byte arrays).
-fn describe_pem_error(e: &pem::Error) -> String {
-    match e {
-        pem::Error::MissingSectionEnd { end_marker } => {
-            format!("the {} block has no END line", String::from_utf8_lossy(end_marker))
-        }
-        pem::Error::IllegalSectionStart { line } => {
-            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
-        }
-        pem::Error::Base64Decode(detail) => format!("the block is not valid base64 ({detail})"),
-        other => other.to_string(),
-    }
 }
 
 /// Connects to `url` trusting only `ca_pem`; returns days until the leaf certificate expires
