@@ -15,11 +15,11 @@ build:
 release:
 	VERSION="$(VERSION)" DIST="$(or $(DIST),dist)" REGISTRY="$(or $(REGISTRY),localhost:5000)" bash scripts/release.sh
 
-## The release tests (krew install, signature, SBOM, reproducibility, the chart): slow, so not in
-## `make test`.
+## The release tests (krew install, signature, SBOM, reproducibility, the chart): slow (four
+## release builds), so a target of their own; CI (`.ci/run`) runs them after `make test`.
 release-test: controlplane build
 	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
-	  $(CARGO) test -p imagemap-e2e --test release -- --ignored --test-threads=1
+	  $(CARGO) test -p imagemap-e2e --test release -- --ignored --test-threads=1 --nocapture
 
 ## The control-plane binaries (etcd, kube-apiserver, kube-controller-manager, helm), cached
 ## outside the repository under ~/.cache/imagemap.

@@ -54,6 +54,12 @@ build_binary() {
   local flags=(-C target-feature=+crt-static "--remap-path-prefix=$PWD=/src" "--remap-path-prefix=$cargo_home=/cargo")
   (
     unset RUSTFLAGS CARGO_BUILD_RUSTFLAGS
+    # Build scripts (ring's, through cc) rerun when these change, and a rerun rebuilds every
+    # crate above them: the caller's values (a `cargo test` sets the CARGO_* ones, a release sets
+    # SOURCE_DATE_EPOCH) must not decide whether `make image` and `make release` share a build.
+    unset CARGO_MANIFEST_DIR CARGO_MANIFEST_PATH CARGO_MANIFEST_LINKS CARGO_PKG_NAME CARGO_PKG_VERSION \
+      CARGO_PKG_VERSION_MAJOR CARGO_PKG_VERSION_MINOR CARGO_PKG_VERSION_PATCH CARGO_PKG_VERSION_PRE OUT_DIR
+    export SOURCE_DATE_EPOCH=$EPOCH
     IFS=$'\x1f'
     export CARGO_ENCODED_RUSTFLAGS="${flags[*]}"
     if [ "$TARGET" = aarch64-unknown-linux-gnu ]; then

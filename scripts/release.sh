@@ -115,6 +115,9 @@ build_plugin() { # ARCH
   log "building kubectl-imagemap $VERSION for $target"
   (
     unset RUSTFLAGS CARGO_BUILD_RUSTFLAGS
+    # As scripts/image.sh: the caller's CARGO_* values must not make build scripts rerun.
+    unset CARGO_MANIFEST_DIR CARGO_MANIFEST_PATH CARGO_MANIFEST_LINKS CARGO_PKG_NAME CARGO_PKG_VERSION \
+      CARGO_PKG_VERSION_MAJOR CARGO_PKG_VERSION_MINOR CARGO_PKG_VERSION_PATCH CARGO_PKG_VERSION_PRE OUT_DIR
     IFS=$'\x1f'
     export CARGO_ENCODED_RUSTFLAGS="${flags[*]}" IMAGEMAP_VERSION=$VERSION
     # C code (ring) without the build's paths in it.

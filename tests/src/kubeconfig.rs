@@ -29,7 +29,7 @@ pub fn render(name: &str, server: &str, ca_pem: &str, cert_pem: &str, key_pem: &
         "current-context": name,
         "preferences": {},
     });
-    Ok(serde_yaml::to_string(&config)?)
+    Ok(serde_saphyr::to_string(&config)?)
 }
 
 /// Writes [`render`]'s output to `path`, readable by the owner only (it holds a private key).
@@ -44,7 +44,7 @@ mod tests {
     #[test]
     fn embeds_base64_data() {
         let text = render("e2e", "https://127.0.0.1:6443", "CA", "CERT", "KEY").expect("render");
-        let value: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+        let value: serde_json::Value = serde_saphyr::from_str(&text).expect("yaml");
         assert_eq!(value["current-context"], "e2e");
         assert_eq!(value["clusters"][0]["cluster"]["server"], "https://127.0.0.1:6443");
         assert_eq!(value["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");

@@ -109,7 +109,7 @@ fn parse_manifests(yaml: &str) -> Vec<Value> {
     }
     docs.iter()
         .map(|doc| {
-            serde_yaml::from_str::<Value>(doc).unwrap_or_else(|e| panic!("helm rendered invalid YAML ({e}):\n{doc}"))
+            serde_saphyr::from_str::<Value>(doc).unwrap_or_else(|e| panic!("helm rendered invalid YAML ({e}):\n{doc}"))
         })
         .filter(|v| !v.is_null())
         .collect()
@@ -433,7 +433,7 @@ fn every_value_is_in_the_schema_and_the_readme() {
         std::fs::read_to_string(chart_dir().join(file))
             .unwrap_or_else(|e| panic!("reading charts/imagemap/{file}: {e}"))
     };
-    let values: Value = serde_yaml::from_str(&read("values.yaml")).expect("values.yaml is YAML");
+    let values: Value = serde_saphyr::from_str(&read("values.yaml")).expect("values.yaml is YAML");
     let schema: Value = serde_json::from_str(&read("values.schema.json")).expect("values.schema.json is JSON");
     let mut missing = Vec::new();
     undocumented("", &values, &schema, &read("README.md"), &mut missing);
@@ -756,7 +756,7 @@ fn every_mode_and_option_renders_objects_the_api_server_accepts() {
                 assert_eq!(hook["objectSelector"]["matchExpressions"][1], json!({"key": "app", "operator": "Exists"}));
                 // The maps ConfigMap holds a List of complete ImageMaps (the webhook's file format).
                 let maps = &one(&objects, "ConfigMap")["data"]["imagemaps.yaml"];
-                let maps: Value = serde_yaml::from_str(maps.as_str().expect("maps text")).expect("maps YAML");
+                let maps: Value = serde_saphyr::from_str(maps.as_str().expect("maps text")).expect("maps YAML");
                 assert_eq!(maps["kind"], "List");
                 assert_eq!(maps["items"][0]["apiVersion"], "tilt.dev/v1alpha1");
                 assert_eq!(maps["items"][0]["kind"], "ImageMap");

@@ -73,7 +73,7 @@ fn create_get_list_set_image_describe_and_delete() {
     let all = ok(plane, &["list", "-A"]);
     assert!(all.starts_with("NAMESPACE"), "{all}");
     assert!(all.contains(&ns), "{all}");
-    let yaml: Value = serde_yaml::from_str(&ok(plane, &["get", "-n", &ns, "-o", "yaml"])).expect("yaml");
+    let yaml: Value = serde_saphyr::from_str(&ok(plane, &["get", "-n", &ns, "-o", "yaml"])).expect("yaml");
     assert_eq!(yaml["kind"], "List");
 
     let desc = ok(plane, &["describe", "app", "-n", &ns]);
@@ -94,7 +94,7 @@ fn create_dry_runs_print_without_storing() {
     let plane = shared();
     let ns = plane.create_namespace("plugin-dry");
     let yaml = ok(plane, &["create", "app", "--selector", "app", "--dry-run=client", "-o", "yaml", "-n", &ns]);
-    let obj: Value = serde_yaml::from_str(&yaml).expect("yaml");
+    let obj: Value = serde_saphyr::from_str(&yaml).expect("yaml");
     assert_eq!(obj["spec"]["selector"], "app");
     let json = ok(plane, &["create", "app", "--selector", "app", "--dry-run=server", "-o", "json", "-n", &ns]);
     let obj: Value = serde_json::from_str(&json).expect("json");
@@ -169,7 +169,7 @@ fn inject_and_explain_use_the_cluster_maps() {
     let out = run_with(plane.kubeconfig_path(), &["inject", "-f", "-", "-n", &ns], Some(&manifests));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    let docs: Vec<Value> = text.split("---\n").map(|d| serde_yaml::from_str(d).expect("yaml")).collect();
+    let docs: Vec<Value> = text.split("---\n").map(|d| serde_saphyr::from_str(d).expect("yaml")).collect();
     assert_eq!(docs.len(), 2);
     assert_eq!(docs[0]["spec"]["template"]["spec"]["containers"][0]["image"], "reg.io/web:7");
     assert_eq!(docs[0]["spec"]["template"]["spec"]["containers"][1]["image"], "worker");

@@ -481,7 +481,7 @@ fn a_map_stored_before_validation_existed_is_skipped_with_a_warning_and_a_metric
         .expect("a dedicated control plane");
     let crd_path = imagemap_e2e::binaries::workspace_root().join(imagemap_e2e::controlplane::IMAGEMAP_CRD_FILE);
     let crd_yaml = std::fs::read_to_string(&crd_path).expect("the CRD file");
-    let mut old_crd: Value = serde_yaml::from_str(&crd_yaml).expect("the CRD is YAML");
+    let mut old_crd: Value = serde_saphyr::from_str(&crd_yaml).expect("the CRD is YAML");
     without_validations(&mut old_crd);
     let apply_crd = |crd: &str| {
         let out = plane

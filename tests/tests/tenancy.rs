@@ -154,7 +154,7 @@ fn rendered_configuration(plane: &ControlPlane, namespace: &str, values: &[&str]
     assert!(out.status.success(), "helm template: {}", text(&out.stderr));
     text(&out.stdout)
         .split("\n---")
-        .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
+        .filter_map(|doc| serde_saphyr::from_str::<Value>(doc).ok())
         .find(|v| v["kind"] == "MutatingWebhookConfiguration")
         .expect("the chart renders a MutatingWebhookConfiguration")
 }
