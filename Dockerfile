@@ -35,7 +35,7 @@ COPY kubectl-imagemap kubectl-imagemap
 COPY certs certs
 COPY tests tests
 COPY bench bench
-COPY scripts/image.sh scripts/image.sh
+COPY scripts/image.sh scripts/build-env.sh scripts/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     bash scripts/image.sh binary >/tmp/binary-path \

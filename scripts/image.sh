@@ -25,6 +25,7 @@
 # crane pushes the OCI layout as is. Prints the image size, then REGISTRY/IMAGE:TAG@sha256:...
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/build-env.sh
 
 CARGO=${CARGO:-cargo}
 REGISTRY=${REGISTRY:-localhost:5000}
@@ -46,22 +47,11 @@ BIN_PATH=/usr/local/bin/imagemap-webhook
 log() { printf 'image: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-# Builds the release binary (Cargo.toml's profile: fat LTO, one codegen unit) and prints its path.
-# The flags are set, not added to: other RUSTFLAGS would give other bytes. Host tools (build
-# scripts, proc macros) do not get them, since the target is named.
+# Builds the release binary (Cargo.toml's profile: fat LTO, one codegen unit) and prints its path,
+# in the environment scripts/build-env.sh sets (the plugin's release build uses the same).
 build_binary() {
-  local cargo_home=${CARGO_HOME:-$HOME/.cargo}
-  local flags=(-C target-feature=+crt-static "--remap-path-prefix=$PWD=/src" "--remap-path-prefix=$cargo_home=/cargo")
   (
-    unset RUSTFLAGS CARGO_BUILD_RUSTFLAGS
-    # Build scripts (ring's, through cc) rerun when these change, and a rerun rebuilds every
-    # crate above them: the caller's values (a `cargo test` sets the CARGO_* ones, a release sets
-    # SOURCE_DATE_EPOCH) must not decide whether `make image` and `make release` share a build.
-    unset CARGO_MANIFEST_DIR CARGO_MANIFEST_PATH CARGO_MANIFEST_LINKS CARGO_PKG_NAME CARGO_PKG_VERSION \
-      CARGO_PKG_VERSION_MAJOR CARGO_PKG_VERSION_MINOR CARGO_PKG_VERSION_PATCH CARGO_PKG_VERSION_PRE OUT_DIR
-    export SOURCE_DATE_EPOCH=$EPOCH
-    IFS=$'\x1f'
-    export CARGO_ENCODED_RUSTFLAGS="${flags[*]}"
+    release_build_env
     if [ "$TARGET" = aarch64-unknown-linux-gnu ]; then
       local cc=${AARCH64_CC:-aarch64-linux-gnu-gcc}
       command -v "$cc" >/dev/null || die "no $cc: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"

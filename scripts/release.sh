@@ -32,6 +32,7 @@
 # aarch64-unknown-linux-gnu; Debian gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, musl-tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/build-env.sh
 ROOT=$PWD
 
 CARGO=${CARGO:-cargo}
@@ -105,23 +106,15 @@ det_tar() {
 ## The plugin: static musl binaries, built as scripts/image.sh builds the webhook (flags set, not
 ## added to; paths remapped), with the release version compiled in.
 build_plugin() { # ARCH
-  local arch=$1 target cargo_home=${CARGO_HOME:-$HOME/.cargo}
+  local arch=$1 target
   case "$arch" in
     amd64) target=x86_64-unknown-linux-musl ;;
     arm64) target=aarch64-unknown-linux-musl ;;
   esac
-  local flags=(-C target-feature=+crt-static -C strip=symbols "--remap-path-prefix=$ROOT=/src"
-    "--remap-path-prefix=$cargo_home=/cargo")
   log "building kubectl-imagemap $VERSION for $target"
   (
-    unset RUSTFLAGS CARGO_BUILD_RUSTFLAGS
-    # As scripts/image.sh: the caller's CARGO_* values must not make build scripts rerun.
-    unset CARGO_MANIFEST_DIR CARGO_MANIFEST_PATH CARGO_MANIFEST_LINKS CARGO_PKG_NAME CARGO_PKG_VERSION \
-      CARGO_PKG_VERSION_MAJOR CARGO_PKG_VERSION_MINOR CARGO_PKG_VERSION_PATCH CARGO_PKG_VERSION_PRE OUT_DIR
-    IFS=$'\x1f'
-    export CARGO_ENCODED_RUSTFLAGS="${flags[*]}" IMAGEMAP_VERSION=$VERSION
-    # C code (ring) without the build's paths in it.
-    export CFLAGS="-ffile-prefix-map=$ROOT=/src -ffile-prefix-map=$cargo_home=/cargo"
+    release_build_env -C strip=symbols
+    export IMAGEMAP_VERSION=$VERSION
     if [ "$arch" = arm64 ]; then
       local cc=${AARCH64_CC:-aarch64-linux-gnu-gcc}
       command -v "$cc" >/dev/null || die "no $cc: apt-get install gcc-aarch64-linux-gnu"

@@ -299,9 +299,27 @@ fn context_problems(dockerfile: &str) -> Result<Vec<String>> {
             if repo.join(word).is_file() && !build_dir.join(word).is_file() {
                 problems.push(format!("RUN names {word}, which is not in the context"));
             }
+            if build_dir.join(word).is_file() && word.ends_with(".sh") {
+                for sourced in sourced_scripts(&std::fs::read_to_string(repo.join(word))?) {
+                    if !build_dir.join(&sourced).is_file() {
+                        problems.push(format!("{word} sources {sourced}, which is not in the context"));
+                    }
+                }
+            }
         }
     }
     Ok(problems)
+}
+
+/// The files a shell script sources (`. path` or `source path` at the start of a line), relative
+/// to the repository, as scripts/image.sh does after changing to it.
+fn sourced_scripts(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix(". ").or_else(|| l.trim_start().strip_prefix("source ")))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -322,6 +340,15 @@ fn a_missing_member_or_script_is_caught() -> Result<()> {
         let problems = context_problems(&without)?;
         ensure!(!problems.is_empty(), "a Dockerfile without `{dropped}` passed the check");
     }
+    // The script's own build environment (scripts/build-env.sh, sourced) is needed too.
+    let copy = text.lines().find(|l| l.starts_with("COPY scripts/image.sh ")).context("no COPY of scripts/image.sh")?;
+    let without_env = text.replace(copy, "COPY scripts/image.sh scripts/image.sh");
+    ensure!(without_env != text, "the Dockerfile does not copy scripts/build-env.sh with scripts/image.sh");
+    let problems = context_problems(&without_env)?;
+    ensure!(
+        problems.iter().any(|p| p.contains("sources scripts/build-env.sh")),
+        "a Dockerfile without scripts/build-env.sh passed the check: {problems:?}"
+    );
     Ok(())
 }
 
