@@ -8,6 +8,7 @@ pub(crate) mod controller;
 pub mod http;
 pub(crate) mod leader;
 pub mod listener;
+pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod store;
 pub mod tls;

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::{CommandFactory, Parser};
-use imagemap_webhook::{config::LogFormat, Config};
+use imagemap_webhook::{config::LogFormat, logging::LogWriter, Config};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -12,14 +12,15 @@ fn main() -> anyhow::Result<()> {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .map_err(|e| anyhow::anyhow!("invalid --log-level {:?}: {e}", config.log_level))?;
-    // Lines are written to stderr by a background thread, so a review never waits on a write.
-    // Not lossy: a burst waits for room rather than losing lines. The guard is declared before
-    // the runtime so it is dropped after it: every line is written before exit (SIGTERM, error).
-    let (writer, _flush) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    // Lines are written to stderr by a background thread in batches (see `logging`), so a
+    // review never waits on a write. Not lossy: a burst waits for room rather than losing lines.
+    // The guard is declared before the runtime so it is dropped after it: every line is written
+    // before exit (SIGTERM, error).
+    let log = LogWriter::start(std::io::stderr());
+    let _flush = log.guard;
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(log.lines)
         .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         // Flat objects: the message and fields next to timestamp, level and target.
