@@ -18,6 +18,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which of the two processes this is (docs/security.md): the admission server only reads
+/// ImageMaps; the controller holds every write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Answer admission reviews on `POST /mutate` (the Pods behind the webhook's Service). Reads
+    /// ImageMaps and nothing else.
+    Serve,
+    /// Leader-elected writer: scopes the webhook configuration, releases gated Pods, restarts
+    /// workloads, keeps policies in step. Serves only `/healthz`, `/readyz` and `/metrics`.
+    Controller,
+}
+
+/// Which maps may replace a container's `command` and `args` (`--allow-overrides`).
+pub use imagemap_core::guards::Overrides;
+
 /// What the process does with the maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -32,6 +47,10 @@ pub enum Mode {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "imagemap-webhook", version)]
 pub struct Config {
+    /// `serve`: answer admission reviews (reads ImageMaps only). `controller`: the writer
+    /// (scope, gate, restarts, policies), not called by the API server.
+    #[arg(long, env = "IMAGEMAP_ROLE", value_enum, default_value = "serve")]
+    pub role: Role,
     /// Address and port to serve HTTPS on.
     #[arg(long, env = "IMAGEMAP_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
@@ -77,9 +96,29 @@ pub struct Config {
     /// Idle keep-alive connections are closed after this long.
     #[arg(long, value_parser = parse_positive_duration, default_value = "90s")]
     pub idle_timeout: Duration,
-    /// Largest request body accepted, in bytes (larger ones get 413 before buffering).
-    #[arg(long, default_value_t = 7 * 1024 * 1024)]
+    /// Largest request body accepted, in bytes (larger ones get 413 before buffering). The
+    /// default is the API server's own request limit (3 MiB): it never sends more.
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Request-body bytes buffered at once across every connection; past it, reading waits
+    /// (bounds memory under clients that stall mid-body).
+    #[arg(long, default_value_t = 32 * 1024 * 1024, value_parser = parse_positive_count)]
+    pub max_buffered_body_bytes: usize,
+    /// Only targets under one of these prefixes are injected (repeatable), e.g.
+    /// `localhost:5000/` or `registry.example.com/team/`; a prefix without `/` names a registry
+    /// host. A map whose target is elsewhere is unusable: Pods are left as written, with a
+    /// warning. Empty: any registry.
+    #[arg(long = "allowed-registry", env = "IMAGEMAP_ALLOWED_REGISTRIES", value_delimiter = ',')]
+    pub allowed_registries: Vec<String>,
+    /// Which maps may replace `command`/`args`: `none`; `local` (maps of the Pod's own
+    /// namespace only, not global maps); `all`. A map whose overrides are not allowed is
+    /// unusable where they are not (left as written, with a warning).
+    #[arg(long, env = "IMAGEMAP_ALLOW_OVERRIDES", default_value = "all")]
+    pub allow_overrides: Overrides,
+    /// Namespaces never swapped (repeatable), besides kube-system, kube-public,
+    /// kube-node-lease and this process's own namespace ($POD_NAMESPACE).
+    #[arg(long = "protected-namespace", env = "IMAGEMAP_PROTECTED_NAMESPACES", value_delimiter = ',')]
+    pub protected_namespaces: Vec<String>,
     /// Reviews decided at once (counted once their body has arrived); more get 503 immediately.
     #[arg(long, default_value_t = 512)]
     pub max_concurrent_reviews: usize,
@@ -131,6 +170,7 @@ impl Config {
     /// Request limits from the flags.
     pub fn limits(&self) -> Limits {
         Limits {
+            max_buffered_body_bytes: self.max_buffered_body_bytes.max(self.max_body_bytes),
             max_body_bytes: self.max_body_bytes,
             body_timeout: self.body_timeout,
             max_concurrent_reviews: self.max_concurrent_reviews.max(1),
@@ -286,7 +326,9 @@ mod tests {
     fn defaults_match_the_documented_ones() {
         let c = Config::parse_from(["imagemap-webhook", "--tls-cert-file", "c", "--tls-private-key-file", "k"]);
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
-        assert_eq!(c.max_body_bytes, 7 * 1024 * 1024);
+        assert_eq!(c.max_body_bytes, 3 * 1024 * 1024);
+        assert_eq!(c.role, Role::Serve);
+        assert_eq!(c.allow_overrides, Overrides::All);
         assert!(!c.no_cluster);
     }
 }

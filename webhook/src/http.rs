@@ -20,6 +20,8 @@ use imagemap_core::admission::{review_with, Outcome, ReviewOptions};
 pub struct Limits {
     /// Largest accepted body in bytes.
     pub max_body_bytes: usize,
+    /// Body bytes buffered at once across all requests (`--max-buffered-body-bytes`).
+    pub max_buffered_body_bytes: usize,
     /// Time allowed to receive the body.
     pub body_timeout: Duration,
     /// Reviews processed at once.
@@ -28,7 +30,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 7 * 1024 * 1024, body_timeout: Duration::from_secs(10), max_concurrent_reviews: 512 }
+        Limits {
+            max_body_bytes: 3 * 1024 * 1024,
+            max_buffered_body_bytes: 32 * 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            max_concurrent_reviews: 512,
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod duration;
 pub mod gate;
+pub mod guards;
 pub mod inject;
 mod json_scan;
 pub(crate) mod json_writer;
