@@ -196,8 +196,30 @@ impl Config {
         }
     }
 
+    /// The admin guards from the flags: `--allowed-registry`, `--allow-overrides`, and the
+    /// protected namespaces (the flag's, the system ones, and `$POD_NAMESPACE`: imagemap never
+    /// swaps its own Pods).
+    pub fn guards(&self) -> imagemap_core::guards::Guards {
+        let mut protected = self.protected_namespaces.clone();
+        if let Ok(own) = std::env::var("POD_NAMESPACE") {
+            protected.push(own);
+        }
+        imagemap_core::guards::Guards::new(self.allowed_registries.clone(), self.allow_overrides, &protected)
+    }
+
     /// Flags that cannot go together, with the reason.
     pub fn check(&self) -> Result<(), String> {
+        for prefix in &self.allowed_registries {
+            if prefix.is_empty() || prefix.starts_with('/') || prefix.chars().any(char::is_whitespace) {
+                return Err(format!(
+                    "--allowed-registry {prefix:?} is not a registry prefix (e.g. localhost:5000/ or registry.example.com/team/)"
+                ));
+            }
+        }
+        match self.role {
+            Role::Serve => self.check_serve()?,
+            Role::Controller => self.check_controller()?,
+        }
         if self.mode != Mode::Policy {
             return Ok(());
         }
@@ -213,6 +235,32 @@ impl Config {
         }
         if self.webhook_configuration.is_some() {
             return conflict("--webhook-configuration", "no webhook is registered in policy mode");
+        }
+        Ok(())
+    }
+
+    /// The admission server only reads: the flags that make it write belong to the controller.
+    fn check_serve(&self) -> Result<(), String> {
+        let writes = [
+            ("--restart-on-rebuild", self.restart_on_rebuild),
+            ("--webhook-configuration", self.webhook_configuration.is_some()),
+            ("--mode policy", self.mode == Mode::Policy),
+        ];
+        match writes.iter().find(|(_, on)| *on) {
+            Some((flag, _)) => Err(format!(
+                "{flag} is a controller job: run it in a second process with --role controller (the admission server only reads ImageMaps)"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The controller writes to the cluster and reads only the cluster's maps.
+    fn check_controller(&self) -> Result<(), String> {
+        if self.no_cluster {
+            return Err("--role controller cannot be used with --no-cluster: the controller acts on the cluster".into());
+        }
+        if self.imagemaps_file.is_some() {
+            return Err("--role controller cannot be used with --imagemaps-file: give the file to the --role serve process".into());
         }
         Ok(())
     }

@@ -41,8 +41,17 @@ impl Default for Limits {
 
 /// The webhook's routes; unknown paths get 404 and wrong methods 405.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/mutate", post(mutate))
+    routes(state, true)
+}
+
+/// The controller's routes (`--role controller`): health and metrics, no `/mutate`.
+pub fn controller_router(state: Arc<AppState>) -> Router {
+    routes(state, false)
+}
+
+fn routes(state: Arc<AppState>, reviews: bool) -> Router {
+    let routes = if reviews { Router::new().route("/mutate", post(mutate)) } else { Router::new() };
+    routes
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -6,7 +6,6 @@
 pub mod config;
 pub(crate) mod controller;
 pub mod http;
-pub(crate) mod leader;
 pub mod listener;
 pub mod logging;
 pub(crate) mod metrics;
@@ -16,9 +15,10 @@ pub mod tls;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+use imagemap_core::guards::Guards;
 use imagemap_core::maps::MapIndex;
 
-pub use config::Config;
+pub use config::{Config, Role};
 pub use http::router;
 
 /// State shared by every request and background task.
@@ -52,10 +52,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// New state with an empty index.
+    /// New state with an empty index and no admin guards.
     pub fn new(global_namespace: Option<String>, limits: http::Limits) -> Arc<Self> {
+        AppState::guarded(global_namespace, limits, Guards::default())
+    }
+
+    /// New state with an empty index whose maps are bound by `guards`.
+    pub fn guarded(global_namespace: Option<String>, limits: http::Limits, guards: Guards) -> Arc<Self> {
         Arc::new(AppState {
-            index: RwLock::new(MapIndex::new(global_namespace)),
+            index: RwLock::new(MapIndex::new(global_namespace).with_guards(guards)),
             synced: AtomicBool::new(false),
             cert_loaded: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
@@ -141,12 +146,14 @@ fn panic_message(error: tokio::task::JoinError) -> String {
     }
 }
 
-/// Runs the webhook until SIGTERM/SIGINT: loads certificates and maps, then serves. Fails if a
-/// background task (certificate reload, map watch, controller) stops while serving.
+/// Runs the process until SIGTERM/SIGINT: loads certificates and maps, then serves. With
+/// `--role serve` it answers admission reviews and only reads ImageMaps; with `--role
+/// controller` it runs the controller and serves only health and metrics. Fails if a background
+/// task (certificate reload, map watch, controller) stops while serving.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     config.check().map_err(anyhow::Error::msg)?; // main checks first; kept for other callers
-    let state = AppState::new(config.global_namespace.clone(), config.limits());
+    let state = AppState::guarded(config.global_namespace.clone(), config.limits(), config.guards());
     let certs = tls::CertStore::load(&config.tls_cert_file, &config.tls_private_key_file)
         .context("loading the serving certificate (--tls-cert-file / --tls-private-key-file)")?;
     state.cert_loaded.store(true, Ordering::Release);
@@ -168,11 +175,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         let client = store::client(config.kubeconfig.as_deref()).await?;
         tasks.spawn("the ImageMap watch", store::watch_cluster(client.clone(), state.clone()));
-        if config.gate_unbuilt
-            || config.restart_on_rebuild
-            || config.webhook_configuration.is_some()
-            || config.mode == config::Mode::Policy
-        {
+        if config.role == Role::Controller {
             controller = true;
             tasks.spawn(CONTROLLER_TASK, controller::run(client, state.clone(), config.controller_options()));
         }
@@ -181,16 +184,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = listener::bind(config.listen).with_context(|| format!("binding --listen {}", config.listen))?;
     // The bound address (with --listen PORT 0, the port chosen): launchers read it back.
     let address = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(listen = %config.listen, %address, "serving HTTPS");
+    let routes = match config.role {
+        Role::Serve => router(state.clone()),
+        Role::Controller => http::controller_router(state.clone()),
+    };
+    tracing::info!(listen = %config.listen, %address, role = ?config.role, "serving HTTPS");
     let shutdown = listener::shutdown_signal(state.clone(), config.shutdown_delay);
-    let serving = listener::serve(
-        listener,
-        tls_config,
-        router(state.clone()),
-        config.timeouts(),
-        config.max_connections,
-        shutdown,
-    );
+    let serving = listener::serve(listener, tls_config, routes, config.timeouts(), config.max_connections, shutdown);
     tokio::pin!(serving);
     loop {
         tokio::select! {

@@ -94,14 +94,15 @@ impl Backoff {
 
 fn apply(event: Event<ImageMap>, buffer: &mut Option<MapIndex>, state: &AppState) {
     match event {
-        Event::Init => *buffer = Some(MapIndex::new(None)),
+        // The fresh list is compiled under the same guards as the live index.
+        Event::Init => *buffer = Some(state.with_index(MapIndex::empty_like)),
         Event::InitApply(map) => {
-            if let Err(e) = buffer.get_or_insert_with(|| MapIndex::new(None)).upsert(&map) {
+            if let Err(e) = buffer.get_or_insert_with(|| state.with_index(MapIndex::empty_like)).upsert(&map) {
                 tracing::warn!(error = %e, "skipping ImageMap with an invalid selector");
             }
         }
         Event::InitDone => {
-            let fresh = buffer.take().unwrap_or_default();
+            let fresh = buffer.take().unwrap_or_else(|| state.with_index(MapIndex::empty_like));
             state.update_index(|idx| idx.replace_cluster_with(fresh));
             let count = state.with_index(|idx| idx.len());
             if !state.synced.swap(true, Ordering::AcqRel) {

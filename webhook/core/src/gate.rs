@@ -26,11 +26,13 @@ fn is_image_field(field: &str) -> bool {
     (field.starts_with("spec.containers{") || field.starts_with("spec.initContainers{")) && field.ends_with("}.image")
 }
 
-/// The maps a Pod must wait for: unusable matches on image fields that nothing swapped.
+/// The maps a Pod must wait for: not-yet-built matches on image fields that nothing swapped (a
+/// map refused by a guard or with an invalid target never becomes usable by waiting).
 pub fn waiting_for(injection: &Injection) -> Vec<String> {
     let mut maps: Vec<String> = injection
         .unusable
         .iter()
+        .filter(|u| u.reason == crate::maps::Unusable::NotBuilt)
         .filter(|u| is_image_field(&u.field) && !injection.swaps.iter().any(|s| s.record.field == u.field))
         .map(|u| u.image_map.clone())
         .collect();

@@ -247,26 +247,33 @@ impl<'a> Run<'a> {
             if (kind == Kind::Env && !map.match_in_env_vars) || !map.matches(reference) {
                 continue;
             }
-            match &map.target {
-                Err(reason) => {
-                    let warning = format!("ImageMap {} matches {value} but {reason}; left unchanged", map.id);
-                    push_unique(&mut self.out.warnings, warning);
-                    self.out.unusable.push(UnusableHit {
-                        field: field.to_string(),
-                        value: value.to_string(),
-                        image_map: map.id.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-                Ok(target) => match best {
-                    Some((b, bs, _)) if precedence((b, bs), (map, scope)).is_le() => outranked.push((map, scope)),
-                    Some(prev) => {
-                        outranked.push((prev.0, prev.1));
-                        best = Some((map, scope, target));
+            let overrides_refused = (kind == Kind::Container && map.has_overrides())
+                .then(|| self.maps.index.guards())
+                .filter(|g| !g.overrides_allowed(scope == Scope::Local))
+                .map(|g| Unusable::OverridesNotAllowed { setting: g.overrides.as_str() });
+            let reason = match (&map.target, overrides_refused) {
+                (Err(reason), _) => reason.clone(),
+                (Ok(_), Some(refused)) => refused,
+                (Ok(target), None) => {
+                    match best {
+                        Some((b, bs, _)) if precedence((b, bs), (map, scope)).is_le() => outranked.push((map, scope)),
+                        Some(prev) => {
+                            outranked.push((prev.0, prev.1));
+                            best = Some((map, scope, target));
+                        }
+                        None => best = Some((map, scope, target)),
                     }
-                    None => best = Some((map, scope, target)),
-                },
-            }
+                    continue;
+                }
+            };
+            let warning = format!("ImageMap {} matches {value} but {reason}; left unchanged", map.id);
+            push_unique(&mut self.out.warnings, warning);
+            self.out.unusable.push(UnusableHit {
+                field: field.to_string(),
+                value: value.to_string(),
+                image_map: map.id.clone(),
+                reason,
+            });
         }
         outranked.sort_by(|a, b| precedence(*a, *b));
         Decision { winner: best, outranked: outranked.into_iter().map(|(m, _)| m.id.clone()).collect() }

@@ -5,6 +5,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::guards::Guards;
 use crate::reference::{Reference, ReferenceError};
 use crate::types::ImageMap;
 
@@ -38,6 +39,18 @@ pub enum Unusable {
         /// Why it does not parse.
         error: ReferenceError,
     },
+    /// The target is outside every `--allowed-registry` prefix.
+    RegistryNotAllowed {
+        /// The target.
+        image: String,
+        /// The allowed prefixes, comma-separated.
+        allowed: String,
+    },
+    /// The map overrides `command`/`args` where `--allow-overrides` does not let it.
+    OverridesNotAllowed {
+        /// The `--allow-overrides` setting.
+        setting: &'static str,
+    },
 }
 
 impl std::fmt::Display for Unusable {
@@ -45,6 +58,12 @@ impl std::fmt::Display for Unusable {
         match self {
             Unusable::NotBuilt => f.write_str("has no built image yet (status.image is empty)"),
             Unusable::InvalidTarget { error, .. } => write!(f, "has an invalid status image: {error}"),
+            Unusable::RegistryNotAllowed { image, allowed } => {
+                write!(f, "targets {image}, which is not under an allowed registry (--allowed-registry {allowed})")
+            }
+            Unusable::OverridesNotAllowed { setting } => {
+                write!(f, "overrides command or args, which --allow-overrides {setting} does not allow for this Pod")
+            }
         }
     }
 }
@@ -96,8 +115,14 @@ pub struct InvalidMap {
 }
 
 impl CompiledMap {
-    /// Compiles an ImageMap; fails only when the selector does not parse.
+    /// Compiles an ImageMap with no admin guards; fails only when the selector does not parse.
     pub fn compile(map: &ImageMap, origin: Origin) -> Result<CompiledMap, InvalidMap> {
+        CompiledMap::compile_guarded(map, origin, &Guards::default())
+    }
+
+    /// Compiles an ImageMap under `guards`: a target outside the allowed registries makes the
+    /// map unusable ([`Unusable::RegistryNotAllowed`]).
+    pub fn compile_guarded(map: &ImageMap, origin: Origin, guards: &Guards) -> Result<CompiledMap, InvalidMap> {
         let name = map.metadata.name.clone().unwrap_or_default();
         let namespace = map.metadata.namespace.clone().unwrap_or_default();
         let id = if namespace.is_empty() { name.clone() } else { format!("{namespace}/{name}") };
@@ -117,6 +142,13 @@ impl CompiledMap {
             Reference::parse(target_text)
                 .map(|reference| Target { familiar: reference.familiar(), reference })
                 .map_err(|error| Unusable::InvalidTarget { image: target_text.to_string(), error })
+                .and_then(|target| {
+                    if guards.registry_allowed(&target.reference) {
+                        Ok(target)
+                    } else {
+                        Err(Unusable::RegistryNotAllowed { image: target.familiar, allowed: guards.allowed_list() })
+                    }
+                })
         };
         Ok(CompiledMap {
             id,
@@ -130,6 +162,11 @@ impl CompiledMap {
             args: map.spec.override_args.as_ref().map(|o| o.args.clone()),
             target,
         })
+    }
+
+    /// True when the map replaces `command` or `args`.
+    pub fn has_overrides(&self) -> bool {
+        self.command.is_some() || self.args.is_some()
     }
 
     /// True when this map's selector matches `reference` (names equal; full strings when exact).
@@ -163,6 +200,7 @@ pub struct MapIndex {
     cluster_keys: HashMap<(String, String), String>,
     invalid: HashMap<(String, String), InvalidMap>,
     global_namespace: Option<String>,
+    guards: Guards,
     cluster_len: usize,
     file_len: usize,
     env_maps: usize,
@@ -185,6 +223,22 @@ impl MapIndex {
     /// An empty index; maps in `global_namespace` apply to every namespace.
     pub fn new(global_namespace: Option<String>) -> Self {
         MapIndex { global_namespace: global_namespace.filter(|g| !g.is_empty()), ..Default::default() }
+    }
+
+    /// Applies admin guards to every map compiled from now on (call before adding maps).
+    pub fn with_guards(mut self, guards: Guards) -> Self {
+        self.guards = guards;
+        self
+    }
+
+    /// An empty index with the same global namespace and guards (to build a fresh list into).
+    pub fn empty_like(&self) -> MapIndex {
+        MapIndex::new(self.global_namespace.clone()).with_guards(self.guards.clone())
+    }
+
+    /// The admin guards.
+    pub fn guards(&self) -> &Guards {
+        &self.guards
     }
 
     /// The `--global-namespace`, if any.
@@ -221,7 +275,7 @@ impl MapIndex {
     pub fn upsert(&mut self, map: &ImageMap) -> Result<(), InvalidMap> {
         let key = (map.metadata.namespace.clone().unwrap_or_default(), map.metadata.name.clone().unwrap_or_default());
         self.remove(&key.0, &key.1);
-        match CompiledMap::compile(map, Origin::Cluster) {
+        match CompiledMap::compile_guarded(map, Origin::Cluster, &self.guards) {
             Ok(compiled) => {
                 let name = compiled.selector.name().to_string();
                 self.by_namespace
@@ -291,7 +345,7 @@ impl MapIndex {
         self.file_len = 0;
         let mut invalid = Vec::new();
         for map in maps {
-            match CompiledMap::compile(map, Origin::File) {
+            match CompiledMap::compile_guarded(map, Origin::File, &self.guards) {
                 Ok(c) => {
                     self.env_maps += usize::from(c.match_in_env_vars);
                     self.file.entry(c.selector.name().to_string()).or_default().push(Arc::new(c));
@@ -303,8 +357,12 @@ impl MapIndex {
         invalid
     }
 
-    /// The maps that may apply to `name` (a normalized repository name) in `namespace`.
+    /// The maps that may apply to `name` (a normalized repository name) in `namespace`; none in
+    /// a protected namespace.
     pub fn candidates(&self, namespace: &str, name: &str) -> Candidates<'_> {
+        if self.guards.is_protected(namespace) {
+            return Candidates::default();
+        }
         let local = self.by_namespace.get(namespace).and_then(|n| n.get(name));
         let global = self
             .global_namespace
@@ -426,6 +484,36 @@ pub(crate) mod tests {
         assert_eq!(c.target, Err(Unusable::NotBuilt));
         let c = CompiledMap::compile(&map("a", "m", "app", "Bad Image"), Origin::Cluster).expect("valid");
         assert!(matches!(c.target, Err(Unusable::InvalidTarget { .. })));
+    }
+
+    #[test]
+    fn a_target_outside_the_allowed_registries_is_unusable_naming_the_flag() {
+        let guards = Guards::new(vec!["localhost:5000/".into()], crate::guards::Overrides::All, &[]);
+        let mut idx = MapIndex::new(None).with_guards(guards);
+        idx.upsert(&map("a", "evil", "app", "evil.example/app:1")).expect("valid");
+        idx.upsert(&map("a", "good", "good", "localhost:5000/good:1")).expect("valid");
+        let evil = idx.candidates("a", "docker.io/library/app").iter().next().expect("indexed").0.clone();
+        let reason = evil.target.expect_err("unusable");
+        assert!(matches!(reason, Unusable::RegistryNotAllowed { .. }));
+        assert!(reason.to_string().contains("--allowed-registry localhost:5000/"), "{reason}");
+        let good = idx.candidates("a", "docker.io/library/good").iter().next().expect("indexed").0.clone();
+        assert!(good.target.is_ok());
+        let fresh = idx.empty_like();
+        assert_eq!(fresh.guards(), idx.guards());
+    }
+
+    #[test]
+    fn protected_namespaces_have_no_candidates() {
+        let mut idx = MapIndex::new(Some("global".into())).with_guards(Guards::new(
+            vec![],
+            Default::default(),
+            &["imagemap".into()],
+        ));
+        idx.upsert(&map("global", "m", "app", "x:1")).expect("valid");
+        idx.upsert(&map("kube-system", "m", "app", "x:1")).expect("valid");
+        assert_eq!(idx.candidates("kube-system", "docker.io/library/app").iter().count(), 0);
+        assert_eq!(idx.candidates("imagemap", "docker.io/library/app").iter().count(), 0);
+        assert_eq!(idx.candidates("team", "docker.io/library/app").iter().count(), 1);
     }
 
     #[test]
