@@ -372,8 +372,10 @@ pub async fn modes(plane: &ControlPlane, opts: &ModesOptions) -> Result<ModesRes
     }
     eprintln!("modes: {} namespaces, {total_maps} ImageMaps", modes.len());
 
-    // The webhook, scoping its own registration.
-    let extra: Vec<String> = [
+    // The admission server, and the controller scoping its registration.
+    let controller_args: Vec<String> = [
+        "--role",
+        "controller",
         "--webhook-configuration",
         CONFIGURATION,
         "--leader-election-namespace",
@@ -383,7 +385,8 @@ pub async fn modes(plane: &ControlPlane, opts: &ModesOptions) -> Result<ModesRes
     ]
     .map(String::from)
     .to_vec();
-    let webhook = start_webhook(plane, &opts.work, "webhook-modes", &extra).await?;
+    let _controller = start_webhook(plane, &opts.work, "controller-modes", &controller_args).await?;
+    let webhook = start_webhook(plane, &opts.work, "webhook-modes", &[]).await?;
     wait_cache(&webhook, total_maps, SETTLE).await?;
     let ca_pem = std::fs::read_to_string(&webhook.certs.ca)?;
     let config_json =

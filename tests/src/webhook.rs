@@ -117,6 +117,10 @@ pub struct WebhookOptions {
     pub global_namespace: Option<String>,
     /// More flags, e.g. `["--log-level", "debug", "--log-format", "json"]`.
     pub extra_args: Vec<String>,
+    /// When set, a second process runs beside the admission server with `--role controller`,
+    /// these flags and the same `--global-namespace`: the controller, as the chart runs it
+    /// (e.g. `["--restart-on-rebuild", "--leader-election-namespace", NS]`).
+    pub controller_args: Option<Vec<String>>,
 }
 
 /// One run of the binary, with the watchdog that kills it if the test process dies. A new run
@@ -142,6 +146,8 @@ pub struct Webhook {
     ca_pem: String,
     runs: usize,
     log_path: PathBuf,
+    /// The `--role controller` process started beside it ([`WebhookOptions::controller_args`]).
+    controller: Option<Box<Webhook>>,
 }
 
 /// What a webhook process needs to serve HTTPS on loopback: a temporary folder holding a CA and
@@ -197,10 +203,28 @@ impl Webhook {
             args.push(ns.clone());
         }
         args.extend(opts.extra_args.iter().cloned());
+        let controller = match &opts.controller_args {
+            Some(controller_args) => {
+                let mut extra = vec!["--role".to_string(), "controller".to_string()];
+                extra.extend(controller_args.iter().cloned());
+                let options = WebhookOptions {
+                    global_namespace: opts.global_namespace.clone(),
+                    extra_args: extra,
+                    controller_args: None,
+                };
+                Some(Box::new(Webhook::start(plane, options)?))
+            }
+            None => None,
+        };
         let log_path = dir.path().join("webhook.log");
-        let mut webhook = Webhook { run: None, dir, program, args, port, ca_pem, runs: 0, log_path };
+        let mut webhook = Webhook { run: None, dir, program, args, port, ca_pem, runs: 0, log_path, controller };
         webhook.spawn()?;
         Ok(webhook)
+    }
+
+    /// The `--role controller` process started beside this one, if any.
+    pub fn controller(&self) -> Option<&Webhook> {
+        self.controller.as_deref()
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -250,24 +274,32 @@ impl Webhook {
     }
 
     /// SIGTERM (graceful: readiness fails, in-flight reviews finish), SIGKILL after a grace
-    /// period. The port and certificates are kept for [`Webhook::restart`].
+    /// period; the controller beside it too. The port and certificates are kept for
+    /// [`Webhook::restart`].
     pub fn stop(&mut self) {
         if let Some(mut run) = self.run.take() {
             run.process.stop(STOP_GRACE);
         }
+        if let Some(controller) = self.controller.as_mut() {
+            controller.stop();
+        }
     }
 
-    /// SIGKILL, no grace: the webhook is down, as after a crash. See [`Webhook::restart`].
+    /// SIGKILL, no grace: the admission server is down, as after a crash (a controller beside
+    /// it keeps running). See [`Webhook::restart`].
     pub fn kill(&mut self) {
         if let Some(mut run) = self.run.take() {
             run.process.stop(Duration::ZERO);
         }
     }
 
-    /// Stops the webhook if it runs, then starts it again with the same flags, port and
-    /// certificates, and waits until it is ready.
+    /// Stops the webhook if it runs (and a controller beside it), then starts them again with
+    /// the same flags, port and certificates, and waits until they are ready.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
+        if let Some(controller) = self.controller.as_mut() {
+            controller.spawn()?;
+        }
         self.spawn()
     }
 
@@ -301,14 +333,22 @@ impl Webhook {
         &self.log_path
     }
 
-    /// The last `lines` lines of the current run's log.
+    /// The last `lines` lines of the current run's log (and of the controller's beside it).
     pub fn log_tail(&self, lines: usize) -> String {
-        crate::process::tail(&self.log_path, lines)
+        let own = crate::process::tail(&self.log_path, lines);
+        match &self.controller {
+            Some(c) => format!("{own}\n--- controller ({}):\n{}", c.log_path.display(), c.log_tail(lines)),
+            None => own,
+        }
     }
 
-    /// The whole log of the current run.
+    /// The whole log of the current run (then the controller's, when one runs beside it).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        let own = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        match &self.controller {
+            Some(c) => format!("{own}\n{}", c.log()),
+            None => own,
+        }
     }
 
     /// The webhook's folder (ca.crt, tls.crt, tls.key, logs).

@@ -10,6 +10,8 @@ use serde_json::Value;
 
 const GATE: &str = "tilt.dev/imagemap";
 
+/// An admission server that gates unbuilt Pods, with a controller beside it that releases them
+/// and restarts workloads after a rebuild.
 fn controller_args(lease_ns: &str, extra: &[&str]) -> WebhookOptions {
     let mut args: Vec<String> = [
         "--gate-unbuilt",
@@ -23,7 +25,7 @@ fn controller_args(lease_ns: &str, extra: &[&str]) -> WebhookOptions {
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    WebhookOptions { extra_args: args, ..Default::default() }
+    WebhookOptions { extra_args: vec!["--gate-unbuilt".into()], controller_args: Some(args), ..Default::default() }
 }
 
 fn plugin(plane: &ControlPlane, args: &[&str]) -> String {

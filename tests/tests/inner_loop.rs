@@ -21,10 +21,14 @@ fn json(text: &str) -> Value {
 fn webhook(cluster: &Cluster, name: &str) -> ServedWebhook {
     let args = ["--gate-unbuilt", "--restart-on-rebuild", "--controller-interval", "300ms"];
     let lease_ns = cluster.plane.create_namespace(&format!("{name}-lease"));
-    let mut extra: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    extra.extend(["--leader-election-namespace".to_string(), lease_ns]);
-    ServedWebhook::start(&cluster.plane, name, WebhookOptions { extra_args: extra, ..Default::default() })
-        .expect("webhook")
+    let mut controller: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    controller.extend(["--leader-election-namespace".to_string(), lease_ns]);
+    let options = WebhookOptions {
+        extra_args: vec!["--gate-unbuilt".into()],
+        controller_args: Some(controller),
+        ..Default::default()
+    };
+    ServedWebhook::start(&cluster.plane, name, options).expect("webhook")
 }
 
 /// Builds and pushes `REGISTRY/repo:tag`, an image that prints `marker` and then waits; returns

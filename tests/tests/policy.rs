@@ -184,10 +184,18 @@ fn own_plane() -> ControlPlane {
 
 fn policy_mode_controller(plane: &ControlPlane, extra: &[&str]) -> Webhook {
     let lease_ns = plane.create_namespace("policy-lease");
-    let mut args: Vec<String> =
-        ["--mode", "policy", "--leader-election-namespace", &lease_ns, "--controller-interval", "300ms"]
-            .map(String::from)
-            .to_vec();
+    let mut args: Vec<String> = [
+        "--role",
+        "controller",
+        "--mode",
+        "policy",
+        "--leader-election-namespace",
+        &lease_ns,
+        "--controller-interval",
+        "300ms",
+    ]
+    .map(String::from)
+    .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
     Webhook::start(plane, WebhookOptions { extra_args: args, ..Default::default() }).expect("controller")
 }
@@ -311,7 +319,10 @@ fn policy_mode_refuses_flags_it_cannot_honour() {
     for (flag, why) in [("--gate-unbuilt", "cannot hold Pods"), ("--no-cluster", "written to the cluster")] {
         let err = Webhook::start(
             plane,
-            WebhookOptions { extra_args: vec!["--mode".into(), "policy".into(), flag.into()], ..Default::default() },
+            WebhookOptions {
+                extra_args: ["--role", "controller", "--mode", "policy", flag].map(String::from).to_vec(),
+                ..Default::default()
+            },
         )
         .expect_err("refused");
         assert!(format!("{err:#}").contains(why), "{flag}: {err:#}");

@@ -19,8 +19,11 @@ fn scoped_webhook(plane: &ControlPlane, prefix: &str, extra: &[&str]) -> (Webhoo
         ["--webhook-configuration", &name, "--leader-election-namespace", &lease_ns, "--controller-interval", "300ms"]
             .map(String::from)
             .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let webhook = Webhook::start(plane, WebhookOptions { extra_args: args, ..Default::default() }).expect("webhook");
+    // `extra` (e.g. --global-namespace) goes to both processes.
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    args.extend(extra.iter().cloned());
+    let options = WebhookOptions { extra_args: extra, controller_args: Some(args), ..Default::default() };
+    let webhook = Webhook::start(plane, options).expect("webhook");
     let labels = BTreeMap::from([(SERVED_LABEL.to_string(), name.clone())]);
     let registration = register(plane, &name, &webhook.url(), webhook.ca_pem(), &labels).expect("registered");
     (webhook, registration)

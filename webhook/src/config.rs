@@ -139,10 +139,14 @@ pub struct Config {
     /// Release gated Pods unchanged (with an Event) after this long.
     #[arg(long, value_parser = parse_positive_duration, default_value = "10m")]
     pub gate_timeout: Duration,
-    /// When a map's image changes, restart the Deployments, StatefulSets and DaemonSets whose
-    /// Pods it swapped (like `kubectl rollout restart`).
-    #[arg(long, env = "IMAGEMAP_RESTART_ON_REBUILD")]
+    /// Converge (`--role controller`): restart the Deployment, StatefulSet or DaemonSet of every
+    /// stale Pod (one the maps would change now: never swapped, or an older build), once per map
+    /// and build, like `kubectl rollout restart`; bare Pods and Jobs get a Warning Event.
+    #[arg(long = "converge", visible_alias = "restart-on-rebuild", env = "IMAGEMAP_CONVERGE")]
     pub restart_on_rebuild: bool,
+    /// The label that opts a namespace or a Pod out (any value): never swapped, never restarted.
+    #[arg(long, env = "IMAGEMAP_OPT_OUT_LABEL", default_value = "imagemap.tilt.dev/disabled")]
+    pub opt_out_label: String,
     /// Namespace of the controller's leader-election Lease (default: $POD_NAMESPACE, else default).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub leader_election_namespace: String,
@@ -186,7 +190,8 @@ impl Config {
         super::controller::Options {
             gate_unbuilt: self.gate_unbuilt,
             gate_timeout: self.gate_timeout,
-            restart_on_rebuild: self.restart_on_rebuild,
+            converge: self.restart_on_rebuild,
+            opt_out_label: self.opt_out_label.clone(),
             webhook_configuration: self.webhook_configuration.clone(),
             policies: self.mode == Mode::Policy,
             lease_namespace: self.leader_election_namespace.clone(),
@@ -242,7 +247,7 @@ impl Config {
     /// The admission server only reads: the flags that make it write belong to the controller.
     fn check_serve(&self) -> Result<(), String> {
         let writes = [
-            ("--restart-on-rebuild", self.restart_on_rebuild),
+            ("--converge", self.restart_on_rebuild),
             ("--webhook-configuration", self.webhook_configuration.is_some()),
             ("--mode policy", self.mode == Mode::Policy),
         ];

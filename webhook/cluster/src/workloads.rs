@@ -13,7 +13,7 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use imagemap_core::inject::{parse_records, SwapRecord, SWAPS_ANNOTATION};
-use imagemap_core::rebuild::{render_record, Targets, Workload, WorkloadKind, RESTARTED_FOR_ANNOTATION};
+use imagemap_core::rebuild::{render_record, selects, Targets, Workload, WorkloadKind, RESTARTED_FOR_ANNOTATION};
 
 /// The annotation `kubectl rollout restart` sets on the Pod template.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -85,11 +85,23 @@ fn api(client: &Client, workload: &Workload) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), &workload.namespace, &resource)
 }
 
-/// The workload's [`RESTARTED_FOR_ANNOTATION`] text, `Ok(None)` when absent; `Err` with 404
-/// when the workload is gone.
-pub async fn restarted_for(client: &Client, workload: &Workload) -> kube::Result<Option<String>> {
+/// What a workload's Pod template says of earlier restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restarts {
+    /// The [`RESTARTED_FOR_ANNOTATION`] text, if any.
+    pub record: Option<String>,
+    /// The [`RESTARTED_AT`] time (RFC 3339), if any.
+    pub at: Option<String>,
+}
+
+/// The workload's [`Restarts`]; `Err` with 404 when the workload is gone.
+pub async fn restarts(client: &Client, workload: &Workload) -> kube::Result<Restarts> {
     let object = api(client, workload).get(&workload.name).await?;
-    Ok(object.data["spec"]["template"]["metadata"]["annotations"][RESTARTED_FOR_ANNOTATION].as_str().map(String::from))
+    let annotations = &object.data["spec"]["template"]["metadata"]["annotations"];
+    Ok(Restarts {
+        record: annotations[RESTARTED_FOR_ANNOTATION].as_str().map(String::from),
+        at: annotations[RESTARTED_AT].as_str().map(String::from),
+    })
 }
 
 /// Restarts one workload by stamping its Pod template with `now` (RFC 3339), and with `record`
@@ -133,6 +145,72 @@ pub async fn record_event(
         ..Default::default()
     };
     Api::<Event>::namespaced(client.clone(), &namespace).create(&PostParams::default(), &event).await.map(drop)
+}
+
+/// Who owns a Pod, as far as the controller trusts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A Deployment (through its ReplicaSet), StatefulSet or DaemonSet, verified: each owner in
+    /// the chain exists with the uid the reference names, and its selector selects the Pod.
+    Workload(Workload),
+    /// No controller, or one that cannot be restarted safely (a Job, a bare ReplicaSet, another
+    /// kind): `kind/name`, or `Pod` for a bare Pod.
+    Unrestartable(String),
+    /// The ownerReference names an object that is gone, has another uid, or does not select the
+    /// Pod: nothing a Pod author wrote is acted on.
+    Untrusted(String),
+}
+
+/// Resolves the controller of `pod` (see [`Owner`]). Reads the ReplicaSet and the workload.
+pub async fn owner_of(client: &Client, pod: &Pod) -> kube::Result<Owner> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let labels = json!(pod.metadata.labels.clone().unwrap_or_default());
+    let Some(owner) = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)) else {
+        return Ok(Owner::Unrestartable("Pod".into()));
+    };
+    let described = format!("{}/{}", owner.kind, owner.name);
+    let kind = match owner.kind.as_str() {
+        "ReplicaSet" if owner.api_version == "apps/v1" => {
+            let rs = get_dynamic::<ReplicaSet>(client, &namespace, &owner.name).await?;
+            let Some(rs) = rs.filter(|rs| verified(rs, &owner.uid, &labels)) else {
+                return Ok(Owner::Untrusted(described));
+            };
+            let Some(deployment) = rs.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))
+            else {
+                return Ok(Owner::Unrestartable(described));
+            };
+            if deployment.kind != "Deployment" || deployment.api_version != "apps/v1" {
+                return Ok(Owner::Unrestartable(format!("{}/{}", deployment.kind, deployment.name)));
+            }
+            let object = get_dynamic::<Deployment>(client, &namespace, &deployment.name).await?;
+            if !object.is_some_and(|d| verified(&d, &deployment.uid, &labels)) {
+                return Ok(Owner::Untrusted(format!("Deployment/{}", deployment.name)));
+            }
+            return Ok(Owner::Workload(Workload { namespace, kind: WorkloadKind::Deployment, name: deployment.name.clone() }));
+        }
+        "StatefulSet" if owner.api_version == "apps/v1" => WorkloadKind::StatefulSet,
+        "DaemonSet" if owner.api_version == "apps/v1" => WorkloadKind::DaemonSet,
+        _ => return Ok(Owner::Unrestartable(described)),
+    };
+    let workload = Workload { namespace, kind, name: owner.name.clone() };
+    match api(client, &workload).get_opt(&workload.name).await? {
+        Some(object) if verified(&object, &owner.uid, &labels) => Ok(Owner::Workload(workload)),
+        _ => Ok(Owner::Untrusted(described)),
+    }
+}
+
+/// `K` by name in `namespace` as a dynamic object, `None` when absent.
+async fn get_dynamic<K>(client: &Client, namespace: &str, name: &str) -> kube::Result<Option<DynamicObject>>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let resource = ApiResource::erase::<K>(&());
+    Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource).get_opt(name).await
+}
+
+/// The object has the uid an ownerReference names and its selector selects `labels`.
+fn verified(object: &DynamicObject, uid: &str, labels: &serde_json::Value) -> bool {
+    object.metadata.uid.as_deref() == Some(uid) && selects(&object.data["spec"]["selector"], labels)
 }
 
 /// An object reference to an ImageMap, for Events.

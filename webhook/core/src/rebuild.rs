@@ -188,3 +188,53 @@ mod tests {
         assert!(err.to_string().contains(RESTARTED_FOR_ANNOTATION), "{err}");
     }
 }
+
+/// True when the label selector `selector` (a `LabelSelector` as JSON: `matchLabels`,
+/// `matchExpressions` with `In`, `NotIn`, `Exists`, `DoesNotExist`) selects `labels` (an object
+/// of strings). An empty selector selects nothing here: a workload that owns a Pod always has
+/// one, and an owner whose selector does not select the Pod is not trusted as its owner.
+pub fn selects(selector: &serde_json::Value, labels: &serde_json::Value) -> bool {
+    let match_labels = selector["matchLabels"].as_object();
+    let expressions = selector["matchExpressions"].as_array();
+    if match_labels.is_none_or(|m| m.is_empty()) && expressions.is_none_or(|e| e.is_empty()) {
+        return false;
+    }
+    let label = |key: &str| labels[key].as_str();
+    let labels_match = match_labels.into_iter().flatten().all(|(k, v)| v.as_str().is_some() && label(k) == v.as_str());
+    labels_match
+        && expressions.into_iter().flatten().all(|e| {
+            let key = e["key"].as_str().unwrap_or_default();
+            let values: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+            match e["operator"].as_str() {
+                Some("In") => label(key).is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => label(key).is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => label(key).is_some(),
+                Some("DoesNotExist") => label(key).is_none(),
+                _ => false,
+            }
+        })
+}
+
+#[cfg(test)]
+mod selector_tests {
+    use super::selects;
+    use serde_json::json;
+
+    #[test]
+    fn match_labels_and_expressions_select_like_kubernetes() {
+        let labels = json!({"app": "api", "tier": "web"});
+        assert!(selects(&json!({"matchLabels": {"app": "api"}}), &labels));
+        assert!(!selects(&json!({"matchLabels": {"app": "db"}}), &labels));
+        let exprs = |op: &str, values: &[&str]| json!({"matchExpressions": [{"key": "tier", "operator": op, "values": values}]});
+        assert!(selects(&exprs("In", &["web", "x"]), &labels));
+        assert!(!selects(&exprs("NotIn", &["web"]), &labels));
+        assert!(selects(&exprs("Exists", &[]), &labels));
+        assert!(!selects(&exprs("DoesNotExist", &[]), &labels));
+        assert!(!selects(&exprs("Bogus", &[]), &labels));
+    }
+
+    #[test]
+    fn an_empty_selector_selects_nothing() {
+        assert!(!selects(&json!({}), &json!({"app": "api"})));
+    }
+}

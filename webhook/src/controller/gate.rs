@@ -10,11 +10,16 @@ use kube::{Api, Client};
 
 use super::{publish, Options};
 use crate::AppState;
-use imagemap_core::gate::{release, Release, GATED_AT_ANNOTATION};
+use imagemap_core::gate::{release, Release, GATED_AT_ANNOTATION, GATE};
 
 pub(super) async fn release_gated(client: &Client, state: &AppState, opts: &Options, gated: &Store<Pod>, recorder: &Recorder) {
     let now = Timestamp::now();
     for pod in gated.state() {
+        // The label is only a hint anyone can write: a Pod is patched only while it still carries
+        // our scheduling gate.
+        if !pod.spec.as_ref().and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|g| g.iter().any(|g| g.name == GATE)) {
+            continue;
+        }
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let gated_at = pod
@@ -70,6 +75,11 @@ pub(super) async fn release_gated(client: &Client, state: &AppState, opts: &Opti
         match api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch.into_json_patch())).await {
             Ok(_) => {
                 tracing::info!(pod = %format!("{namespace}/{name}"), reason = event.1, message = %event.2, "released gated Pod");
+                state.metrics.controller.gate_released(match event.1 {
+                    "ImageMapSwapped" => "swapped",
+                    "ImageMapGateTimeout" => "timeout",
+                    _ => "map_gone",
+                });
                 let reference = ObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Pod".into()),

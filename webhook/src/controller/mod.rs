@@ -18,14 +18,15 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector;
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 
+mod converge;
 mod gate;
 pub(crate) mod leader;
+pub(crate) mod metrics;
 mod policies;
-mod restarts;
 mod scope;
 
 use crate::AppState;
@@ -39,8 +40,10 @@ pub struct Options {
     pub gate_unbuilt: bool,
     /// Release gated Pods unchanged after this long.
     pub gate_timeout: Duration,
-    /// Restart workloads when their map's image changes.
-    pub restart_on_rebuild: bool,
+    /// Restart the workloads of stale Pods (`--converge`).
+    pub converge: bool,
+    /// The label that opts a Pod or a namespace out (never swapped, never restarted).
+    pub opt_out_label: String,
     /// Keep this MutatingWebhookConfiguration scoped to where maps are.
     pub webhook_configuration: Option<String>,
     /// Keep the compiled MutatingAdmissionPolicies in step with the maps (`--mode policy`).
@@ -64,23 +67,14 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         client.clone(),
         Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(opts.identity.clone()) },
     );
-    // Gated Pods come from a label-selected watch, not a list per round.
-    let (gated, gated_watch) = if opts.gate_unbuilt {
-        let (reader, writer) = reflector::store::<Pod>();
-        let config = watcher::Config::default().labels(&format!("{GATED_LABEL}=true"));
-        let stream = reflector::reflector(writer, watcher::watcher(Api::<Pod>::all(client.clone()), config))
-            .default_backoff()
-            .for_each(|event| {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "the watch of gated Pods failed; retrying");
-                }
-                std::future::ready(())
-            });
-        (Some(reader), Some(tokio::spawn(stream)))
-    } else {
-        (None, None)
-    };
-    let _stop_watch = AbortOnDrop(gated_watch);
+    // Pods come from watches, not a list per round: the gated ones (by label) for the gate,
+    // every Pod for convergence.
+    let gated = opts.gate_unbuilt.then(|| {
+        watch_pods(&client, watcher::Config::default().labels(&format!("{GATED_LABEL}=true")), "gated Pods")
+    });
+    let all_pods = opts.converge.then(|| watch_pods(&client, watcher::Config::default(), "Pods"));
+    let _stop_watches = [gated.as_ref(), all_pods.as_ref()].map(|w| AbortOnDrop(w.map(|(_, task)| task.abort_handle())));
+    let mut reported = converge::Reported::default();
     let mut leading = false;
     let mut policies_written = None;
     let mut tick = tokio::time::interval(opts.interval);
@@ -114,6 +108,7 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         if now_leading != leading {
             tracing::info!(identity = %opts.identity, lease = %opts.lease_name, leading = now_leading, "controller leadership changed");
             leading = now_leading;
+            state.metrics.controller.set_leading(leading);
             policies_written = None;
         }
         if !leading || !state.synced.load(Ordering::Acquire) {
@@ -131,19 +126,33 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
                 tracing::warn!(error = %e, "could not bring the admission policies in step with the ImageMaps");
             }
         }
-        if opts.restart_on_rebuild {
-            if let Err(e) = restarts::restart_outdated(&client, &state, &recorder, opts.policies).await {
-                tracing::warn!(error = %e, "could not look for workloads to restart");
-            }
+        if let Some((pods, _)) = &all_pods {
+            converge::converge(&client, &state, &opts, pods, &recorder, &mut reported).await;
         }
-        if let Some(gated) = &gated {
+        if let Some((gated, _)) = &gated {
             gate::release_gated(&client, &state, &opts, gated, &recorder).await;
         }
     }
 }
 
-/// Aborts a spawned task when dropped (the controller's watch ends with the controller).
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+/// A reflector of the Pods `config` selects, cluster-wide, without their managed fields; the
+/// task that feeds it retries with backoff and logs failures as `what`.
+fn watch_pods(client: &Client, config: watcher::Config, what: &'static str) -> (Store<Pod>, tokio::task::JoinHandle<()>) {
+    let (reader, writer) = reflector::store::<Pod>();
+    let stream = watcher::watcher(Api::<Pod>::all(client.clone()), config)
+        .default_backoff()
+        .modify(|pod| pod.metadata.managed_fields = None);
+    let task = reflector::reflector(writer, stream).for_each(move |event| {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "the watch of {what} failed; retrying");
+        }
+        std::future::ready(())
+    });
+    (reader, tokio::spawn(task))
+}
+
+/// Aborts a spawned task when dropped (the controller's watches end with the controller).
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

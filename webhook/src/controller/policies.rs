@@ -38,7 +38,9 @@ pub(super) async fn keep_policies(client: &Client, state: &AppState, last: &mut 
         return Ok(());
     }
     *last = None;
-    let synced = policy_sync::sync(client, &compiled, policy_sync::Prune::All).await?;
+    let synced = policy_sync::sync(client, &compiled, policy_sync::Prune::All).await;
+    state.metrics.controller.policy_applied(synced.is_ok());
+    let synced = synced?;
     if !synced.is_noop() {
         tracing::info!(
             applied = %synced.applied.join(","),

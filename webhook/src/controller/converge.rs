@@ -1,0 +1,224 @@
+//! `--converge`: every Pod runs the build its maps name. A running Pod is stale when the engine,
+//! applied now to it as written, would change it ([`imagemap_core::stale`]): never swapped
+//! (created before the map's build, or admitted while the webhook was down, busy or out of
+//! scope) or swapped to an older build. The workload that owns a stale Pod (verified by uid and
+//! selector, [`workloads::owner_of`]) is restarted once per (map, target), recorded on its Pod
+//! template ([`rebuild::restart_record`]), and not more often than [`MIN_RESTART_INTERVAL`];
+//! a bare Pod or a Job cannot be restarted safely and gets a Warning Event instead.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client};
+
+use super::policies::policy_in_effect;
+use super::{publish, Options};
+use crate::AppState;
+use imagemap_cluster::workloads::{self, Owner};
+use imagemap_core::gate::GATE;
+use imagemap_core::rebuild::{self, Targets, Workload};
+use imagemap_core::stale::{stale_fields, StaleField};
+
+/// A workload is not restarted again sooner than this after its last restart (a burst of map
+/// changes restarts it once the burst is over, not once per change).
+pub const MIN_RESTART_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the job remembers between rounds: only what it already reported (an Event per bare Pod
+/// and target, not one per round). What to restart is read from the cluster each round.
+#[derive(Default)]
+pub(super) struct Reported(HashSet<(String, String)>);
+
+/// The stale fields of the Pods in `pods` that the controller may act on: running or pending,
+/// not being deleted, not held by our gate (the gate job releases those), not opted out (Pod or
+/// namespace label `opts.opt_out_label`), in a namespace that is not protected.
+async fn stale_pods(
+    client: &Client,
+    state: &AppState,
+    opts: &Options,
+    pods: &Store<Pod>,
+) -> Vec<(std::sync::Arc<Pod>, Vec<StaleField>)> {
+    let mut found = Vec::new();
+    state.with_index(|idx| {
+        for pod in pods.state() {
+            if !is_candidate(&pod, &opts.opt_out_label) {
+                continue;
+            }
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            let Ok(json) = serde_json::to_value(&*pod) else { continue };
+            let stale = stale_fields(&json, idx, namespace);
+            if !stale.is_empty() {
+                found.push((pod, stale));
+            }
+        }
+    });
+    // Namespaces opted out by label are read only for namespaces with stale Pods.
+    let mut opted_out: HashMap<String, bool> = HashMap::new();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut kept = Vec::new();
+    for (pod, stale) in found {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        if !opted_out.contains_key(&namespace) {
+            let out = match namespaces.get_metadata_opt(&namespace).await {
+                Ok(ns) => ns.and_then(|n| n.metadata.labels).is_some_and(|l| l.contains_key(&opts.opt_out_label)),
+                Err(e) => {
+                    tracing::warn!(%namespace, error = %e, "could not read a namespace's labels; its Pods wait for the next round");
+                    true
+                }
+            };
+            opted_out.insert(namespace.clone(), out);
+        }
+        if opted_out.get(&namespace) == Some(&false) {
+            kept.push((pod, stale));
+        }
+    }
+    kept
+}
+
+fn is_candidate(pod: &Pod, opt_out_label: &str) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let gated = pod.spec.as_ref().and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|g| g.iter().any(|g| g.name == GATE));
+    let opted_out = pod.metadata.labels.as_ref().is_some_and(|l| l.contains_key(opt_out_label));
+    pod.metadata.deletion_timestamp.is_none()
+        && !matches!(phase, Some("Succeeded" | "Failed"))
+        && !gated
+        && !opted_out
+}
+
+/// One round: finds the stale Pods, restarts their workloads (once per map and target) and
+/// reports those that cannot be restarted. Sets `imagemap_stale_pods`.
+pub(super) async fn converge(
+    client: &Client,
+    state: &AppState,
+    opts: &Options,
+    pods: &Store<Pod>,
+    recorder: &Recorder,
+    reported: &mut Reported,
+) {
+    let stale = stale_pods(client, state, opts, pods).await;
+    let mut per_namespace: BTreeMap<String, usize> = BTreeMap::new();
+    let mut wanted: BTreeMap<Workload, Targets> = BTreeMap::new();
+    let mut owners: HashMap<String, Owner> = HashMap::new();
+    for (pod, fields) in &stale {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        *per_namespace.entry(namespace.clone()).or_default() += 1;
+        let key = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone());
+        let owner = match key.as_ref().and_then(|k| owners.get(k)) {
+            Some(owner) => owner.clone(),
+            None => match workloads::owner_of(client, pod).await {
+                Ok(owner) => {
+                    if let Some(k) = key {
+                        owners.insert(k, owner.clone());
+                    }
+                    owner
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %pod_name(pod), error = %e, "could not resolve a stale Pod's owner; retrying");
+                    continue;
+                }
+            },
+        };
+        match owner {
+            Owner::Workload(workload) => {
+                let targets = wanted.entry(workload).or_default();
+                targets.extend(fields.iter().map(|f| (f.image_map.clone(), f.wanted.clone())));
+            }
+            Owner::Unrestartable(kind) => report_unrestartable(pod, fields, &kind, recorder, reported).await,
+            Owner::Untrusted(owner) => {
+                tracing::debug!(pod = %pod_name(pod), %owner, "a stale Pod's owner does not own it; not restarted")
+            }
+        }
+    }
+    state.metrics.controller.set_stale_pods(&per_namespace);
+    for (workload, targets) in wanted {
+        restart_once(client, state, opts, recorder, &workload, &targets).await;
+    }
+}
+
+fn pod_name(pod: &Pod) -> String {
+    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// Restarts `workload` unless it was already restarted for every target of `wanted`, or less
+/// than [`MIN_RESTART_INTERVAL`] ago, or (policy mode) the new build's policy is not in effect.
+async fn restart_once(
+    client: &Client,
+    state: &AppState,
+    opts: &Options,
+    recorder: &Recorder,
+    workload: &Workload,
+    wanted: &Targets,
+) {
+    let what = format!("{}/{workload}", workload.namespace);
+    let restarts = match workloads::restarts(client, workload).await {
+        Ok(r) => r,
+        Err(kube::Error::Api(s)) if s.code == 404 => return,
+        Err(e) => {
+            tracing::warn!(workload = %what, error = %e, "could not read a workload to restart");
+            return;
+        }
+    };
+    let recorded = rebuild::parse_record(restarts.record.as_deref()).unwrap_or_else(|e| {
+        tracing::warn!(workload = %what, error = %e, "rewriting the record of restarts");
+        Targets::new()
+    });
+    let Some(record) = rebuild::restart_record(&recorded, wanted) else { return };
+    let recent = restarts.at.as_deref().and_then(|t| t.parse::<Timestamp>().ok()).is_some_and(|at| {
+        Timestamp::now().as_second() - at.as_second() < MIN_RESTART_INTERVAL.as_secs() as i64
+    });
+    if recent {
+        tracing::debug!(workload = %what, "restarted moments ago; the next round looks again");
+        return;
+    }
+    if opts.policies {
+        let selectors = state.with_index(|idx| {
+            idx.cluster_maps().map(|m| (m.id.clone(), m.selector.full())).collect::<BTreeMap<_, _>>()
+        });
+        if !policy_in_effect(client, &workload.namespace, wanted, &selectors).await {
+            return; // the next round looks again
+        }
+    }
+    let now = Timestamp::now().to_string();
+    match workloads::restart(client, workload, &now, Some(&record)).await {
+        Ok(()) => {
+            state.metrics.controller.restarted();
+            for (id, target) in wanted {
+                tracing::info!(map = %id, workload = %what, image = %target, "restarted a workload running a stale image");
+                let Some((map_ns, map_name)) = id.split_once('/') else { continue };
+                let note = format!("restarted {what}: image is now {target}");
+                let map = workloads::image_map_ref(map_ns, map_name);
+                publish(recorder, &map, EventType::Normal, "Restarted", note).await;
+            }
+        }
+        Err(e) => tracing::warn!(workload = %what, error = %e, "could not restart; retrying"),
+    }
+}
+
+/// A Warning Event on a stale Pod that cannot be restarted, once per Pod and target.
+async fn report_unrestartable(pod: &Pod, fields: &[StaleField], owner: &str, recorder: &Recorder, reported: &mut Reported) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let fresh: Vec<&StaleField> =
+        fields.iter().filter(|f| reported.0.insert((uid.clone(), format!("{}={}", f.field, f.wanted)))).collect();
+    if fresh.is_empty() {
+        return;
+    }
+    let what: Vec<String> =
+        fresh.iter().map(|f| format!("{} is {} but ImageMap {} names {} ({})", f.field, f.current, f.image_map, f.wanted, f.reason.describe())).collect();
+    let note = format!(
+        "{}; owned by {owner}, which imagemap does not restart: recreate the Pod to run the current build",
+        what.join("; ")
+    );
+    tracing::info!(pod = %pod_name(pod), %note, "stale Pod cannot be restarted");
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        namespace: pod.metadata.namespace.clone(),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    };
+    publish(recorder, &reference, EventType::Warning, "ImageMapStale", note).await;
+}
