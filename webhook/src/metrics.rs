@@ -36,6 +36,11 @@ pub struct Metrics {
     file_reloads: Family<Labels, Counter>,
     scope_images: Gauge,
     watch_healthy: AtomicBool,
+    body_budget_bytes: Gauge,
+    body_budget_waiting: Gauge,
+    body_budget_waits: Counter,
+    /// The controller's metrics (`--role controller`).
+    pub controller: crate::controller::metrics::ControllerMetrics,
 }
 
 impl Default for Metrics {
@@ -88,6 +93,28 @@ impl Default for Metrics {
             cert_broken.clone(),
         );
         registry.register("imagemaps_file_reloads", "--imagemaps-file reloads, by result", file_reloads.clone());
+        let body_budget_bytes = Gauge::default();
+        let body_budget_waiting = Gauge::default();
+        let body_budget_waits = Counter::default();
+        registry.register(
+            "body_budget_bytes",
+            "Request-body bytes buffered against --max-buffered-body-bytes now",
+            body_budget_bytes.clone(),
+        );
+        registry.register(
+            "body_budget_waiting",
+            "Requests whose body reading waits for --max-buffered-body-bytes now",
+            body_budget_waiting.clone(),
+        );
+        registry.register(
+            "body_budget_waits",
+            "Requests whose body reading waited for --max-buffered-body-bytes",
+            body_budget_waits.clone(),
+        );
+        let controller = crate::controller::metrics::ControllerMetrics::register(&mut registry);
+        let build_info = Family::<Labels, Gauge>::default();
+        registry.register("build_info", "1, labelled with the version of the running binary", build_info.clone());
+        build_info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))]).set(1);
         let reviews_by_outcome =
             OUTCOMES.map(|outcome| reviews.get_or_create(&vec![("outcome", outcome.as_str())]).clone());
         Metrics {
@@ -106,6 +133,10 @@ impl Default for Metrics {
             scope_images,
             file_reloads,
             watch_healthy: AtomicBool::new(false),
+            body_budget_bytes,
+            body_budget_waiting,
+            body_budget_waits,
+            controller,
         }
     }
 }
@@ -155,6 +186,17 @@ impl Metrics {
     /// Counts an `--imagemaps-file` reload attempt.
     pub fn file_reload(&self, ok: bool) {
         self.file_reloads.get_or_create(&vec![("result", if ok { "success" } else { "failure" })]).inc();
+    }
+
+    /// Counts a request that starts waiting for the body budget.
+    pub fn body_budget_wait(&self) {
+        self.body_budget_waits.inc();
+    }
+
+    /// Sets the body budget gauges: bytes drawn from it and requests waiting for it.
+    pub fn set_body_budget(&self, bytes: usize, waiting: usize) {
+        self.body_budget_bytes.set(bytes as i64);
+        self.body_budget_waiting.set(waiting as i64);
     }
 
     /// The metrics in Prometheus text format.
