@@ -137,7 +137,9 @@ mod tests {
     fn prefixes_with_a_slash_compare_the_start_of_the_name() {
         let g = guards(&["localhost:5000/", "registry.example.com/team/"]);
         assert!(g.registry_allowed(&r("localhost:5000/app:t")));
-        assert!(g.registry_allowed(&r("registry.example.com/team/api@sha256:0000000000000000000000000000000000000000000000000000000000000000")));
+        assert!(g.registry_allowed(&r(
+            "registry.example.com/team/api@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        )));
         assert!(!g.registry_allowed(&r("registry.example.com/other/api:1")));
         assert!(!g.registry_allowed(&r("localhost:50001/app:t")));
         assert!(!g.registry_allowed(&r("app:t")));
