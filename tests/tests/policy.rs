@@ -175,6 +175,59 @@ fn a_policy_applied_by_the_plugin_gives_the_same_pods_as_the_webhook() {
     assert!(!left.contains(&name), "{left}");
 }
 
+/// Applies `maps` (name, spec, status image) in `ns`.
+fn apply_chain_maps(plane: &ControlPlane, ns: &str, maps: &[(&str, Value, &str)]) {
+    for (name, spec, image) in maps {
+        let map = json!({"apiVersion": "tilt.dev/v1alpha1", "kind": "ImageMap",
+                         "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        plane.kubectl_client().apply(&map.to_string()).expect("map applied");
+        set_status(plane.kubectl_client(), ns, name, &json!({"image": image})).expect("status set");
+    }
+}
+
+#[test]
+fn a_policy_never_chains_one_maps_output_into_another_maps_selector() {
+    let plane = shared();
+    let served = ServedWebhook::start(plane, "policy-chain", WebhookOptions::default()).expect("webhook");
+    // (maps, the Pod's image, what it must become): each field is matched once, against its
+    // original value, whatever the API server's reinvocation does.
+    let cases = [
+        (
+            vec![
+                ("exact", json!({"selector": "app:dev", "matchExact": true}), "app:tilt-exact"),
+                ("name", json!({"selector": "app"}), "app:tilt-name"),
+            ],
+            "app:dev",
+            "app:tilt-exact",
+        ),
+        (
+            vec![
+                ("short", json!({"selector": "app"}), "localhost:5000/app:tilt-1"),
+                ("long", json!({"selector": "localhost:5000/app"}), "localhost:5000/app:tilt-2"),
+            ],
+            "app",
+            "localhost:5000/app:tilt-1",
+        ),
+    ];
+    for (maps, image, expected) in cases {
+        let hooked = served.create_namespace("chain-hooked");
+        let policied = plane.create_namespace("chain-policied");
+        apply_chain_maps(plane, &hooked, &maps);
+        apply_chain_maps(plane, &policied, &maps);
+        kubectl_imagemap_ok(plane.kubeconfig_path(), &["policy", "-n", &policied, "--apply"]);
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chain"},
+                         "spec": {"automountServiceAccountToken": false, "containers": [{"name": "a", "image": image}]}});
+        poll(Duration::from_secs(30), Duration::from_millis(200), || {
+            (admitted(plane, &hooked, &pod)["spec"]["containers"][0]["image"] == expected).then_some(())
+        })
+        .expect("the webhook has the maps");
+        let by_webhook = admitted(plane, &hooked, &pod);
+        let by_policy = admitted(plane, &policied, &pod);
+        assert_eq!(by_policy["spec"]["containers"][0]["image"], expected, "{image}: {by_policy}");
+        assert_eq!(by_policy, by_webhook, "{image}: the policy and the webhook differ");
+    }
+}
+
 /// A control plane of its own (with kube-controller-manager: Deployments make Pods): a
 /// policy-mode controller owns every policy of ours in its cluster, so it must not share one
 /// with other tests' webhooks.

@@ -28,6 +28,9 @@ pub enum Prune<'a> {
     /// Every object we manage (the controller owns them all); the controller's marker
     /// ([`CONTROLLER_MARKER`]) is applied and kept.
     All,
+    /// Like [`Prune::All`], but these names are kept as they are (namespaces whose policy did
+    /// not compile this time keep the one they have).
+    AllExcept(&'a BTreeSet<String>),
     /// Only the one serving this namespace (`kubectl imagemap policy -n NS --apply`).
     Namespace(&'a str),
 }
@@ -54,15 +57,18 @@ impl Synced {
 pub async fn sync(client: &Client, policies: &[NamespacePolicy], prune: Prune<'_>) -> kube::Result<Synced> {
     let mut out = Synced::default();
     let selector = match prune {
-        Prune::All => format!("{MANAGED_BY_LABEL}={MANAGED_BY}"),
+        Prune::All | Prune::AllExcept(_) => format!("{MANAGED_BY_LABEL}={MANAGED_BY}"),
         Prune::Namespace(ns) => format!("{MANAGED_BY_LABEL}={MANAGED_BY},{SERVES_LABEL}={ns}"),
     };
     let policy_api: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
     let binding_api: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
     let mut wanted: BTreeSet<String> = policies.iter().filter_map(|p| p.policy.metadata.name.clone()).collect();
-    if matches!(prune, Prune::All) {
+    if let Prune::All | Prune::AllExcept(_) = prune {
         apply(&policy_api, controller_marker(), &mut out).await?;
         wanted.insert(CONTROLLER_MARKER.to_string());
+    }
+    if let Prune::AllExcept(keep) = prune {
+        wanted.extend(keep.iter().cloned());
     }
     // Policies before bindings, so a binding never names a policy that is not there yet.
     for p in policies {

@@ -24,6 +24,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 use serde::Serialize;
 
+use crate::guards::Guards;
 use crate::inject::{parse_records, PULL_POLICY, SWAPS_ANNOTATION};
 use crate::maps::{precedence, CompiledMap, MapIndex, Origin, Scope};
 use crate::patch::escape;
@@ -97,25 +98,47 @@ pub struct PolicyOptions {
     pub global_namespace: Option<String>,
 }
 
+/// What [`compile_index`] made: a policy per namespace that compiled, and why others did not.
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    /// The policies that compiled (the global one last).
+    pub policies: Vec<NamespacePolicy>,
+    /// The namespaces that did not: each keeps the policy it had, and the others still update.
+    pub failed: Vec<CompileError>,
+}
+
+impl Compiled {
+    /// The object names of the policies that failed to compile (to keep what the cluster has).
+    pub fn failed_names(&self) -> BTreeSet<String> {
+        self.failed.iter().map(|CompileError::TooManyMaps { namespace, .. }| policy_name_of(namespace)).collect()
+    }
+}
+
 /// Compiles every namespace's usable maps (plus the global namespace's) into policies; the
 /// global policy comes last when the global namespace has usable maps. Namespaces whose maps are
 /// all unusable get no policy. Invalid maps (selector does not parse) are skipped, as the engine
-/// skips them.
+/// skips them. The first namespace that cannot be compiled is the error.
 pub fn compile(maps: &[ImageMap], options: &PolicyOptions) -> Result<Vec<NamespacePolicy>, CompileError> {
     let compiled: Vec<CompiledMap> =
         maps.iter().filter_map(|m| CompiledMap::compile(m, Origin::Cluster).ok()).collect();
-    compile_maps(compiled.iter(), options.global_namespace.as_deref())
+    let out = compile_maps(compiled.iter(), options.global_namespace.as_deref(), &Guards::default());
+    match out.failed.into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(out.policies),
+    }
 }
 
-/// [`compile`] for the maps of an index (its cluster maps and global namespace).
-pub fn compile_index(index: &MapIndex) -> Result<Vec<NamespacePolicy>, CompileError> {
-    compile_maps(index.cluster_maps(), index.global_namespace())
+/// [`compile`] for the maps of an index (its cluster maps, global namespace and admin guards),
+/// namespace by namespace: one that cannot compile does not hold up the others.
+pub fn compile_index(index: &MapIndex) -> Compiled {
+    compile_maps(index.cluster_maps(), index.global_namespace(), index.guards())
 }
 
 fn compile_maps<'m>(
     maps: impl IntoIterator<Item = &'m CompiledMap>,
     global_ns: Option<&str>,
-) -> Result<Vec<NamespacePolicy>, CompileError> {
+    guards: &Guards,
+) -> Compiled {
     let global_ns = global_ns.filter(|g| !g.is_empty());
     let mut by_namespace: BTreeMap<&str, Vec<&CompiledMap>> = BTreeMap::new();
     for map in maps {
@@ -124,21 +147,43 @@ fn compile_maps<'m>(
         }
     }
     let global: Vec<&CompiledMap> = global_ns.and_then(|g| by_namespace.get(g)).cloned().unwrap_or_default();
-    let mut out = Vec::new();
+    // A map may override command/args only where --allow-overrides lets it; elsewhere it is
+    // unusable, as in the engine.
+    let allowed = |m: &CompiledMap, scope: Scope| !m.has_overrides() || guards.overrides_allowed(scope == Scope::Local);
+    let mut out = Compiled::default();
     for (namespace, local) in &by_namespace {
-        if Some(*namespace) == global_ns {
+        if Some(*namespace) == global_ns || guards.is_protected(namespace) {
             continue;
         }
-        let scoped: Vec<(&CompiledMap, Scope)> =
-            local.iter().map(|m| (*m, Scope::Local)).chain(global.iter().map(|m| (*m, Scope::Global))).collect();
-        out.push(namespace_policy(Some(namespace), &scoped, &[])?);
+        let scoped: Vec<(&CompiledMap, Scope)> = local
+            .iter()
+            .map(|m| (*m, Scope::Local))
+            .chain(global.iter().map(|m| (*m, Scope::Global)))
+            .filter(|(m, scope)| allowed(m, *scope))
+            .collect();
+        if scoped.is_empty() {
+            continue;
+        }
+        match namespace_policy(Some(namespace), &scoped, &[]) {
+            Ok(policy) => out.policies.push(policy),
+            Err(e) => out.failed.push(e),
+        }
     }
-    if !global.is_empty() {
-        let served: Vec<&str> = out.iter().filter_map(|p| p.namespace.as_deref()).collect();
-        let scoped: Vec<(&CompiledMap, Scope)> = global.iter().map(|m| (*m, Scope::Global)).collect();
-        out.push(namespace_policy(None, &scoped, &served)?);
+    let scoped: Vec<(&CompiledMap, Scope)> =
+        global.iter().map(|m| (*m, Scope::Global)).filter(|(m, scope)| allowed(m, *scope)).collect();
+    if !scoped.is_empty() {
+        // Namespaces with a policy of their own (compiled now, or kept after a failure) and the
+        // protected ones are not served by the global policy.
+        let mut served: Vec<String> = out.policies.iter().filter_map(|p| p.namespace.clone()).collect();
+        served.extend(out.failed.iter().map(|CompileError::TooManyMaps { namespace, .. }| namespace.clone()));
+        served.extend(guards.protected_namespaces.iter().cloned());
+        let served: Vec<&str> = served.iter().map(String::as_str).collect();
+        match namespace_policy(None, &scoped, &served) {
+            Ok(policy) => out.policies.push(policy),
+            Err(e) => out.failed.push(e),
+        }
     }
-    Ok(out)
+    out
 }
 
 /// The policy the controller keeps while it runs in policy mode, so that the plugin knows a
@@ -229,6 +274,14 @@ pub fn policy_name(namespace: Option<&str>) -> String {
         None => "imagemap.global".to_string(),
     }
 }
+
+/// [`policy_name`] of a [`CompileError`]'s namespace (`(global)` for the global policy).
+fn policy_name_of(namespace: &str) -> String {
+    policy_name(Some(namespace).filter(|ns| *ns != GLOBAL_SCOPE))
+}
+
+/// How a [`CompileError`] names the global policy.
+const GLOBAL_SCOPE: &str = "(global)";
 
 /// The decision tables of one policy: which map wins for each written name, by kind of field.
 #[derive(Default)]
@@ -377,17 +430,31 @@ impl ContainerList {
 
     fn image_swapped(&self) -> String {
         let d = format!("variables.{}[i]", self.images);
-        format!("{d} >= 0 && variables.targets[{d}] != c.image")
+        let field = format!("'spec.{}{{' + c.name + '}}.image'", self.field);
+        format!("{d} >= 0 && variables.targets[{d}] != c.image && !{}", recorded(&field, "c.image"))
     }
 
     fn env_swapped(&self) -> String {
         let d = format!("variables.{}[i][j]", self.env);
-        format!("{d} >= 0 && variables.targets[{d}] != e.value")
+        let field = format!("'spec.{}{{' + c.name + '}}.env{{' + {ESCAPED_ENV_NAME} + '}}'", self.field);
+        format!("{d} >= 0 && variables.targets[{d}] != e.value && !{}", recorded(&field, "e.value"))
     }
 
     fn path(&self) -> String {
         format!("'/spec/{}/' + string(i)", self.field)
     }
+}
+
+/// CEL: the env var's name as the swap record writes it (JSON-escaped).
+const ESCAPED_ENV_NAME: &str = r#"e.name.replace('\\', '\\\\').replace('"', '\\"')"#;
+
+/// CEL: true when the swaps annotation records that `field` (a CEL string expression) was
+/// swapped to `value`: a value one of our maps wrote is never matched again (no chaining on
+/// reinvocation, DESIGN §4), as the engine leaves a recorded value alone.
+fn recorded(field: &str, value: &str) -> String {
+    format!(
+        "variables.recorded.exists(r, r.contains('\"field\":\"' + {field} + '\"') && r.contains('\"image\":\"' + {value} + '\"'))"
+    )
 }
 
 /// The override of one list field (`command` or `args`) as patches, for container `c` at `path`.
@@ -438,6 +505,15 @@ fn namespace_policy(
         variables.push(("args", values));
     }
     let mut variables: Vec<(String, String)> = variables.into_iter().map(|(n, e)| (n.to_string(), e)).collect();
+    // The records already on the Pod (one string each), for [`recorded`].
+    let key = cel_string(SWAPS_ANNOTATION);
+    variables.push((
+        "recorded".to_string(),
+        format!(
+            "has(object.metadata.annotations) && {key} in object.metadata.annotations ? \
+             object.metadata.annotations[{key}].split('}},{{') : ['']"
+        ),
+    ));
     let image_decision = decision("c.image", "imageExact", "imageName");
     let env_decision = decision("e.value", "envExact", "envName");
     for list in [&CONTAINERS, &INIT_CONTAINERS] {
@@ -509,7 +585,8 @@ fn namespace_policy(
         records.push(list.guard(format!("{}.transformList(i, c, ({record}).join(','))", list.list())));
     }
     let vd = "variables.imagesOfVolumes[i]";
-    let volume_swapped = format!("{vd} >= 0 && variables.targets[{vd}] != v.image.reference");
+    let volume_recorded = recorded("'spec.volumes{' + v.name + '}.image.reference'", "v.image.reference");
+    let volume_swapped = format!("{vd} >= 0 && variables.targets[{vd}] != v.image.reference && !{volume_recorded}");
     patches.push(format!(
         "(has(object.spec.volumes) ? object.spec.volumes.transformList(i, v, {volume_swapped}, \
          [JSONPatch{{op: 'replace', path: '/spec/volumes/' + string(i) + '/image/reference', value: variables.targets[{vd}]}}, \
@@ -543,7 +620,7 @@ fn namespace_policy(
         .find(|(_, size)| *size > MAX_EXPRESSION_CHARS);
     if let Some((variable, size)) = too_long {
         return Err(CompileError::TooManyMaps {
-            namespace: namespace.unwrap_or("(global)").to_string(),
+            namespace: namespace.unwrap_or(GLOBAL_SCOPE).to_string(),
             maps: maps.len(),
             variable: variable.to_string(),
             size,
@@ -587,9 +664,9 @@ fn namespace_policy(
     let namespaces = match namespace {
         Some(ns) => requirement("kubernetes.io/metadata.name", "In", Some(vec![ns.to_string()])),
         None => {
-            let mut others: Vec<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
+            let mut others: BTreeSet<String> = SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
             others.extend(served_elsewhere.iter().map(|s| s.to_string()));
-            requirement("kubernetes.io/metadata.name", "NotIn", Some(others))
+            requirement("kubernetes.io/metadata.name", "NotIn", Some(others.into_iter().collect()))
         }
     };
     let binding = MutatingAdmissionPolicyBinding {
@@ -740,7 +817,48 @@ mod tests {
         let selector = policies[1].binding.spec.as_ref().and_then(|s| s.match_resources.as_ref()).expect("match");
         let names = &selector.namespace_selector.as_ref().and_then(|s| s.match_expressions.as_ref()).expect("exprs")[0];
         assert_eq!(names.operator, "NotIn");
-        assert_eq!(names.values.as_deref().expect("values"), ["kube-system", "kube-public", "kube-node-lease", "dev"]);
+        assert_eq!(names.values.as_deref().expect("values"), ["dev", "kube-node-lease", "kube-public", "kube-system"]);
+    }
+
+    #[test]
+    fn guards_bind_the_compiled_policies_and_a_failing_namespace_does_not_hold_up_the_others() {
+        use crate::guards::{Guards, Overrides};
+        let guards = Guards::new(vec!["localhost:5000/".into()], Overrides::None, &["imagemap-system".into()]);
+        let mut idx = MapIndex::new(Some("shared".into())).with_guards(guards);
+        for m in [
+            built("dev", "ok", "app", "localhost:5000/app:1"),
+            built("dev", "elsewhere", "other", "evil.example/other:1"),
+            built("dev", "overrides", "tool", "localhost:5000/tool:1").with_args(&["--x"]),
+            built("imagemap-system", "own", "imagemap", "localhost:5000/imagemap:1"),
+            built("shared", "g", "base", "localhost:5000/base:1"),
+        ] {
+            idx.upsert(&m).expect("valid");
+        }
+        // Too many maps in one namespace: it fails alone.
+        for i in 0..2500 {
+            idx.upsert(&built("big", &format!("m{i}"), &format!("app{i}"), "localhost:5000/x:1")).expect("valid");
+        }
+        let out = compile_index(&idx);
+        let names: Vec<String> = out.policies.iter().filter_map(|p| p.policy.metadata.name.clone()).collect();
+        assert_eq!(names, ["imagemap.ns.dev", "imagemap.global"]);
+        assert_eq!(out.policies[0].maps, ["dev/ok", "shared/g"], "refused maps are left out");
+        assert_eq!(out.failed_names(), BTreeSet::from(["imagemap.ns.big".to_string()]));
+        let global = out.policies[1].binding.spec.as_ref().and_then(|s| s.match_resources.as_ref()).expect("match");
+        let not_in = &global.namespace_selector.as_ref().and_then(|s| s.match_expressions.as_ref()).expect("exprs")[0];
+        let values = not_in.values.clone().unwrap_or_default();
+        assert!(values.contains(&"big".to_string()) && values.contains(&"imagemap-system".to_string()), "{values:?}");
+    }
+
+    #[test]
+    fn a_recorded_value_is_never_matched_again() {
+        let maps = [built("dev", "exact", "app:dev", "app:tilt-exact").with_match_exact(true), built("dev", "name", "app", "app:tilt-name")];
+        let policies = compile(&maps, &PolicyOptions::default()).expect("compiles");
+        let mutation = policies[0].policy.spec.as_ref().and_then(|s| s.mutations.as_ref()).expect("mutations")[0]
+            .json_patch
+            .as_ref()
+            .and_then(|p| p.expression.clone())
+            .expect("expression");
+        assert!(mutation.contains(r#"variables.recorded.exists(r, r.contains('"field":"' + 'spec.containers{' + c.name + '}.image' + '"')"#), "{mutation}");
     }
 
     #[test]

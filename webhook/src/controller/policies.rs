@@ -19,8 +19,9 @@ pub(super) struct Written {
     at: Instant,
 }
 
-/// Keeps the compiled admission policies in step with the maps (`--mode policy`). A compile
-/// error (too many maps) leaves every object as it is, with a log line that says why.
+/// Keeps the compiled admission policies in step with the maps (`--mode policy`). A namespace
+/// that cannot be compiled (too many maps) keeps the policy it has, with a log line that says
+/// why; the others still update.
 /// `last` is what was last written: the maps are compiled again only when the index changed, and
 /// the same policies are written again only after [`POLICY_RESYNC`], which repairs hand edits
 /// and deletions.
@@ -31,14 +32,17 @@ pub(super) async fn keep_policies(client: &Client, state: &AppState, last: &mut 
         return Ok(());
     }
     let (maps_version, compiled) = state.with_versioned_index(policy::compile_index);
-    let compiled = compiled?;
-    let hash = policy_sync::compiled_hash(&compiled);
+    for error in &compiled.failed {
+        tracing::warn!(error = %error, "a namespace's policy was not recompiled; it keeps the one it has");
+    }
+    let keep = compiled.failed_names();
+    let hash = policy_sync::compiled_hash(&(&compiled.policies, &keep));
     if let Some(w) = last.as_mut().filter(|w| w.hash == hash && fresh(w)) {
         w.maps_version = maps_version;
         return Ok(());
     }
     *last = None;
-    let synced = policy_sync::sync(client, &compiled, policy_sync::Prune::All).await;
+    let synced = policy_sync::sync(client, &compiled.policies, policy_sync::Prune::AllExcept(&keep)).await;
     state.metrics.controller.policy_applied(synced.is_ok());
     let synced = synced?;
     if !synced.is_noop() {
