@@ -369,7 +369,7 @@ fn a_rebuild_in_policy_mode_rolls_a_deployment_to_the_new_image_once_the_policy_
 #[test]
 fn policy_mode_refuses_flags_it_cannot_honour() {
     let plane = shared();
-    for (flag, why) in [("--gate-unbuilt", "cannot hold Pods"), ("--no-cluster", "written to the cluster")] {
+    for (flag, why) in [("--gate-unbuilt", "cannot hold Pods"), ("--no-cluster", "acts on the cluster")] {
         let err = Webhook::start(
             plane,
             WebhookOptions {

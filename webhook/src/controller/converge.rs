@@ -15,7 +15,7 @@ use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 
-use super::policies::policy_in_effect;
+use super::policies::swaps_in_effect;
 use super::{publish, Options};
 use crate::AppState;
 use imagemap_cluster::workloads::{self, Owner};
@@ -134,7 +134,7 @@ pub(super) async fn converge(
     }
     state.metrics.controller.set_stale_pods(&per_namespace);
     for (workload, targets) in wanted {
-        restart_once(client, state, opts, recorder, &workload, &targets).await;
+        restart_once(client, state, recorder, &workload, &targets).await;
     }
 }
 
@@ -143,11 +143,11 @@ fn pod_name(pod: &Pod) -> String {
 }
 
 /// Restarts `workload` unless it was already restarted for every target of `wanted`, or less
-/// than [`MIN_RESTART_INTERVAL`] ago, or (policy mode) the new build's policy is not in effect.
+/// than [`MIN_RESTART_INTERVAL`] ago, or a new Pod would not be swapped yet (webhook down, or
+/// the new build's policy not loaded).
 async fn restart_once(
     client: &Client,
     state: &AppState,
-    opts: &Options,
     recorder: &Recorder,
     workload: &Workload,
     wanted: &Targets,
@@ -173,13 +173,14 @@ async fn restart_once(
         tracing::debug!(workload = %what, "restarted moments ago; the next round looks again");
         return;
     }
-    if opts.policies {
-        let selectors = state.with_index(|idx| {
-            idx.cluster_maps().map(|m| (m.id.clone(), m.selector.full())).collect::<BTreeMap<_, _>>()
-        });
-        if !policy_in_effect(client, &workload.namespace, wanted, &selectors).await {
-            return; // the next round looks again
-        }
+    // A restart must give Pods the new build: a dry-run Pod shows whether the webhook answers
+    // (or, in policy mode, whether the new build's policy is loaded). While it does not, the next
+    // round looks again, so Pods missed during an outage are restarted once it is over.
+    let selectors = state
+        .with_index(|idx| idx.all_maps().map(|m| (m.id.clone(), m.selector.full())).collect::<BTreeMap<_, _>>());
+    if !swaps_in_effect(client, &workload.namespace, wanted, &selectors).await {
+        tracing::debug!(workload = %what, "new Pods would not be swapped yet; restart deferred");
+        return;
     }
     let now = Timestamp::now().to_string();
     match workloads::restart(client, workload, &now, Some(&record)).await {

@@ -58,9 +58,10 @@ pub(super) async fn keep_policies(client: &Client, state: &AppState, last: &mut 
 }
 
 /// True when every map of `wanted` (id -> target) is in effect in `namespace`, as a dry-run Pod
-/// naming its selector shows. A probe the API server refuses (no RBAC for it) counts as in
-/// effect, with a warning: restarting as in webhook mode beats never restarting.
-pub(super) async fn policy_in_effect(
+/// naming its selector shows: the webhook answers, or the policy with the new build is loaded.
+/// A probe the API server refuses (no RBAC for it) counts as in effect, with a warning:
+/// restarting beats never restarting.
+pub(super) async fn swaps_in_effect(
     client: &Client,
     namespace: &str,
     wanted: &Targets,
