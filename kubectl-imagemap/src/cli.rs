@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Manage ImageMaps: which freshly built image a Pod's image reference means.
 ///
 /// An ImageMap says "selector X now means image Y"; the imagemap webhook swaps Y into every Pod
-/// created in the map's namespace. Use `set-image` from your build tool after a push.
+/// created in the map's namespace. Use `build` to run your build and record its result, or
+/// `set-image` from your build tool after a push.
 #[derive(Debug, Parser)]
 #[command(
     name = "kubectl-imagemap",
@@ -110,9 +111,27 @@ pub enum Command {
     Describe(DescribeArgs),
     /// Publish a build result: set an ImageMap's status image.
     #[command(
-        after_help = "Examples:\n  kubectl imagemap set-image app localhost:5000/app:tilt-8f2c\n  kubectl imagemap set-image app localhost:5000/app:t --from-cluster registry:5000/app:t --build-start-time now\n  kubectl imagemap set-image app localhost:5000/app:t --create --selector app"
+        after_help = "Under the registry the cluster advertises (`kubectl imagemap registry`), IMAGE is how your \
+                      machine pushed it and the name the node pulls is filled in.\n\n\
+                      Examples:\n  kubectl imagemap set-image app localhost:5000/app:tilt-8f2c\n  kubectl imagemap set-image app localhost:5000/app:t --from-cluster registry:5000/app:t --build-start-time now\n  kubectl imagemap set-image app localhost:5000/app:t --create --selector app\n  kubectl imagemap set-image app --from-build-output metadata.json"
     )]
     SetImage(SetImageArgs),
+    /// Build and publish in one step: run your build command with the target in EXPECTED_REF,
+    /// then record the pushed image, pinned by digest, and the build's start time.
+    #[command(
+        after_help = "The target is the registry the cluster advertises (or --registry) plus the selector's name \
+                      with '/', ':' and '@' replaced by '_' (as Tilt names builds), with a fresh tag. COMMAND gets \
+                      EXPECTED_REF, EXPECTED_REGISTRY, EXPECTED_IMAGE and EXPECTED_TAG, and must push there (or \
+                      write what it pushed to --ref-file). COMMAND's output goes to stderr. If COMMAND fails, the \
+                      map is not changed and its exit code is the plugin's.\n\n\
+                      Examples:\n  kubectl imagemap build app --create -- sh -c 'crane append --oci-empty-base -f app.tar -t $EXPECTED_REF'\n  kubectl imagemap build app -- sh -c 'docker buildx build --push -t $EXPECTED_REF .'\n  kubectl imagemap build api --selector gcr.io/team/api --registry localhost:5000 -- ./build.sh\n  kubectl imagemap build app --ref-file /tmp/ref -- ko build --push=true --image-refs /tmp/ref ./cmd/app"
+    )]
+    Build(BuildArgs),
+    /// Show the registry the cluster advertises (kube-public/local-registry-hosting), or set it.
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap registry\n  kubectl imagemap registry set --host localhost:5000 --from-runtime registry:5000"
+    )]
+    Registry(RegistryArgs),
     /// Delete ImageMaps.
     #[command(after_help = "Example:\n  kubectl imagemap delete app other")]
     Delete(DeleteArgs),
@@ -210,8 +229,13 @@ pub struct DescribeArgs {
 pub struct SetImageArgs {
     /// Name of the ImageMap.
     pub name: String,
-    /// The built image, as pushed.
-    pub image: String,
+    /// The built image, as pushed (not with --from-build-output).
+    #[arg(required_unless_present = "from_build_output", conflicts_with = "from_build_output")]
+    pub image: Option<String>,
+    /// Read the pushed image from a build tool's report: `docker buildx build --metadata-file`
+    /// JSON or `skaffold build --file-output` JSON (the entry for the map's selector).
+    #[arg(long, value_name = "FILE")]
+    pub from_build_output: Option<PathBuf>,
     /// The image as the cluster pulls it (injected instead of IMAGE when set).
     #[arg(long)]
     pub from_cluster: Option<String>,
@@ -230,6 +254,67 @@ pub struct SetImageArgs {
     /// Print the updated object.
     #[arg(short, long, value_enum)]
     pub output: Option<ObjectOutput>,
+}
+
+/// `build`
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Name of the ImageMap.
+    pub name: String,
+    /// The image reference Pods use (default: the map's selector; with --create and no map: NAME).
+    #[arg(long)]
+    pub selector: Option<String>,
+    /// Create the ImageMap if it does not exist, once the build succeeded.
+    #[arg(long)]
+    pub create: bool,
+    /// Push under this registry (HOST[:PORT][/PATH]) instead of the one the cluster advertises.
+    #[arg(long, value_name = "HOST")]
+    pub registry: Option<String>,
+    /// Read the pushed reference from this file after COMMAND (for builders that choose their
+    /// own name or tag) instead of expecting EXPECTED_REF; the file is removed before COMMAND runs.
+    #[arg(long, value_name = "PATH")]
+    pub ref_file: Option<PathBuf>,
+    /// Print the updated object.
+    #[arg(short, long, value_enum)]
+    pub output: Option<ObjectOutput>,
+    /// The build command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `registry`
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// `set`, or nothing to show.
+    #[command(subcommand)]
+    pub action: Option<RegistryAction>,
+}
+
+/// `registry set`
+#[derive(Debug, Subcommand)]
+pub enum RegistryAction {
+    /// Advertise a registry: write kube-public/local-registry-hosting.
+    #[command(
+        after_help = "Examples:\n  kubectl imagemap registry set --host localhost:5000\n  kubectl imagemap registry set --host localhost:5001 --from-runtime kind-registry:5000 --from-cluster-network kind-registry:5000"
+    )]
+    Set(RegistrySetArgs),
+}
+
+/// `registry set`
+#[derive(Debug, Args)]
+pub struct RegistrySetArgs {
+    /// How your machine pushes to the registry (HOST[:PORT][/PATH]), e.g. localhost:5000.
+    #[arg(long)]
+    pub host: String,
+    /// How the node's container runtime pulls from it (default: --host).
+    #[arg(long, value_name = "HOST")]
+    pub from_runtime: Option<String>,
+    /// How Pods reach it.
+    #[arg(long, value_name = "HOST")]
+    pub from_cluster_network: Option<String>,
+    /// A URL that explains how to use the registry.
+    #[arg(long, value_name = "URL")]
+    pub help_url: Option<String>,
 }
 
 /// `delete`
@@ -320,6 +405,9 @@ pub struct DoctorArgs {
     /// Skip the final check that creates a temporary ImageMap and a dry-run Pod.
     #[arg(long)]
     pub no_dry_run: bool,
+    /// Skip the check of the advertised registry (kube-public/local-registry-hosting).
+    #[arg(long)]
+    pub no_registry: bool,
 }
 
 /// The chart's MutatingWebhookConfiguration name for a release called `imagemap`.

@@ -21,6 +21,8 @@ async fn main() -> ExitCode {
         Command::List(a) | Command::Get(a) => commands::get::run(&cli.global, a).await,
         Command::Describe(a) => commands::describe::run(&cli.global, a).await,
         Command::SetImage(a) => commands::set_image::run(&cli.global, a).await,
+        Command::Build(a) => commands::build::run(&cli.global, a).await,
+        Command::Registry(a) => commands::registry::run(&cli.global, a).await,
         Command::Delete(a) => commands::delete::run(&cli.global, a).await,
         Command::Inject(a) => commands::inject::run(&cli.global, a).await,
         Command::Explain(a) => commands::explain::run(&cli.global, a).await,

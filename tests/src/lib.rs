@@ -14,6 +14,7 @@
 
 pub mod binaries;
 pub mod controlplane;
+pub mod helm;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod net;
@@ -23,6 +24,7 @@ pub mod pki;
 pub mod plugin;
 pub mod process;
 pub mod registry;
+pub mod registry_hosting;
 pub mod wait;
 pub mod webhook;
 

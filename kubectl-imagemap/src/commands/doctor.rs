@@ -111,11 +111,55 @@ pub async fn run(global: &Global, args: &DoctorArgs) -> Result<String> {
             check_dry_run(&cluster, &mut r).await;
         }
     }
+    if !args.no_registry {
+        check_registry(&cluster, &mut r).await;
+    }
     if r.failed > 0 {
         bail!("{} check(s) failed", r.failed);
     }
     println!("all checks passed");
     Ok(String::new())
+}
+
+/// The advertised registry (kube-public/local-registry-hosting): none is fine (a WARN: builds
+/// need --registry); a malformed one fails; a well-formed one must answer the registry API.
+async fn check_registry(cluster: &Cluster, r: &mut Report) {
+    match super::registry::advertised(cluster).await {
+        Ok(None) => r.add(
+            "registry",
+            Verdict::Warn(format!(
+                "the cluster advertises no registry; `kubectl imagemap build` needs --registry, or run `{}`",
+                super::registry::SET_HINT
+            )),
+        ),
+        // Malformed: builds cannot use it.
+        Err(e) if e.downcast_ref::<imagemap_core::registry::RegistryError>().is_some() => r.add(
+            "registry",
+            Verdict::Fail(format!("{e:#}"), format!("rewrite the advertisement: `{}`", super::registry::SET_HINT)),
+        ),
+        // Unreadable (RBAC): only builds that rely on it are affected.
+        Err(e) => r.add("registry", Verdict::Warn(format!("cannot read the advertised registry: {e:#}"))),
+        Ok(Some(hosting)) => {
+            r.add("registry", registry_verdict(&hosting, super::registry::ping(&hosting.host, Some(&hosting)).await))
+        }
+    }
+}
+
+fn registry_verdict(
+    hosting: &imagemap_core::registry::LocalRegistryHosting,
+    ping: std::result::Result<String, String>,
+) -> Verdict {
+    match ping {
+        Ok(answer) => Verdict::Pass(format!(
+            "advertised host {} (the node pulls from {}): {answer}",
+            hosting.host,
+            hosting.runtime_host()
+        )),
+        Err(e) => Verdict::Fail(
+            format!("advertised host {}: {e}", hosting.host),
+            "start the registry, or advertise the one you use: `kubectl imagemap registry set --host HOST`".into(),
+        ),
+    }
 }
 
 async fn check_crd(cluster: &Cluster, r: &mut Report) {
@@ -504,6 +548,25 @@ mod tests {
         let e = ca_certificates(cut.as_bytes()).expect_err("no END line");
         assert_eq!(e, "caBundle holds a broken PEM block: the CERTIFICATE block has no END line");
         assert_eq!(ca_certificates(b"not PEM").expect_err("empty"), "caBundle holds no PEM certificate");
+    }
+
+    #[test]
+    fn the_registry_check_fails_when_the_advertised_host_does_not_answer() {
+        let hosting =
+            imagemap_core::registry::LocalRegistryHosting { host: "localhost:5000".into(), ..Default::default() };
+        let v = registry_verdict(&hosting, Ok("http://localhost:5000/v2/ answers as a registry".into()));
+        assert_eq!(
+            v,
+            Verdict::Pass(
+                "advertised host localhost:5000 (the node pulls from localhost:5000): http://localhost:5000/v2/ answers as a registry"
+                    .into()
+            )
+        );
+        let v = registry_verdict(&hosting, Err("http://localhost:5000/v2/ does not answer: refused".into()));
+        assert!(
+            matches!(&v, Verdict::Fail(d, fix) if d.contains("does not answer") && fix.contains("registry set")),
+            "{v:?}"
+        );
     }
 
     #[test]

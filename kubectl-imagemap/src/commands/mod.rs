@@ -1,5 +1,6 @@
 //! One module per subcommand. Each returns the text for standard output; errors go to stderr.
 
+pub mod build;
 pub mod completion;
 pub mod create;
 pub mod delete;
@@ -9,6 +10,7 @@ pub mod explain;
 pub mod get;
 pub mod inject;
 pub mod policy;
+pub mod registry;
 pub mod rollout;
 pub mod set_image;
 pub mod version;

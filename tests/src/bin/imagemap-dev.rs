@@ -240,20 +240,18 @@ fn serve(state: &Path, mode: Mode) -> Result<()> {
          \n\
          Registry: {registry}\n\
          \n\
-         Build an image (busybox and a marker file), push it, record it, and run it by its plain name:\n\
+         Build an image (busybox and a marker file) with `kubectl imagemap build`: it runs the build command with\n\
+         the target in $EXPECTED_REF (under the registry the cluster advertises: `kubectl imagemap registry`),\n\
+         then records the pushed image, pinned by digest. A Deployment naming the plain image runs it:\n\
          \x20 mkdir -p /tmp/app/bin && cp /bin/busybox /tmp/app/bin/ && echo 'hello from build 1' > /tmp/app/marker\n\
-         \x20 tar -C /tmp/app -cf /tmp/app.tar bin marker\n\
-         \x20 crane append --oci-empty-base -f /tmp/app.tar -t {registry}/app:tilt-1\n\
-         \x20 crane mutate {registry}/app:tilt-1 --entrypoint /bin/busybox,sh,-c,'trap exit TERM; cat /marker; while true; do sleep 1; done' -t {registry}/app:tilt-1\n\
-         \x20 kubectl imagemap set-image app {registry}/app:tilt-1 --create --selector app\n\
+         \x20 BUILD='tar -C /tmp/app -cf /tmp/app.tar bin marker && crane append --oci-empty-base -f /tmp/app.tar -t $EXPECTED_REF && crane mutate $EXPECTED_REF --entrypoint \"/bin/busybox,sh,-c,trap exit TERM; cat /marker; while true; do sleep 1; done\" -t $EXPECTED_REF'\n\
+         \x20 kubectl imagemap build app --create -- sh -c \"$BUILD\"\n\
          \x20 kubectl create deployment x --image=app\n\
          \x20 kubectl rollout status deployment/x && kubectl logs -l app=x --prefix\n\
          \n\
          Rebuild (new marker, new tag) and the Deployment rolls to it:\n\
-         \x20 echo 'hello from build 2' > /tmp/app/marker && tar -C /tmp/app -cf /tmp/app.tar bin marker\n\
-         \x20 crane append --oci-empty-base -f /tmp/app.tar -t {registry}/app:tilt-2\n\
-         \x20 crane mutate {registry}/app:tilt-2 --entrypoint /bin/busybox,sh,-c,'trap exit TERM; cat /marker; while true; do sleep 1; done' -t {registry}/app:tilt-2\n\
-         \x20 kubectl imagemap set-image app {registry}/app:tilt-2\n\
+         \x20 echo 'hello from build 2' > /tmp/app/marker\n\
+         \x20 kubectl imagemap build app -- sh -c \"$BUILD\"\n\
          \x20 sleep 2; kubectl rollout status deployment/x && kubectl logs -l app=x --prefix\n\
          \n\
          Stop everything with: make dev-down\n",
@@ -295,16 +293,29 @@ fn start(mode: Mode) -> Result<Dev> {
         format!("starting the registry on localhost:{port} (is the port taken? {REGISTRY_PORT_ENV} picks another)")
     })?;
     let node = Node::start(&plane, &registry)?;
+    imagemap_e2e::registry_hosting::publish(&plane, &registry, imagemap_e2e::registry_hosting::HELP_URL)?;
     let lease_ns = "imagemap-system";
     plane.kubectl_ok(["create", "namespace", lease_ns]);
+    // Two processes, as the chart runs them: the admission server only reads ImageMaps; the
+    // controller (restarts, gate releases, the webhook's scope, policies) does every write.
     let common = ["--restart-on-rebuild", "--leader-election-namespace", lease_ns];
-    let extra: &[&str] = match mode {
+    let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let options = match mode {
         // Only the namespaces that hold ImageMaps call the webhook.
-        Mode::Webhook => &["--gate-unbuilt", "--webhook-configuration", CONFIGURATION],
-        Mode::Policy => &["--mode", "policy"],
+        Mode::Webhook => WebhookOptions {
+            extra_args: strings(&["--gate-unbuilt"]),
+            controller_args: Some(strings(
+                &[&common[..], &["--gate-unbuilt", "--webhook-configuration", CONFIGURATION]].concat(),
+            )),
+            ..Default::default()
+        },
+        // No admission server: the API server applies the compiled policies itself.
+        Mode::Policy => WebhookOptions {
+            extra_args: strings(&[&["--role", "controller", "--mode", "policy"], &common[..]].concat()),
+            ..Default::default()
+        },
     };
-    let extra_args = common.iter().chain(extra).map(|s| s.to_string()).collect();
-    let webhook = Webhook::start(&plane, WebhookOptions { extra_args, ..Default::default() })?;
+    let webhook = Webhook::start(&plane, options)?;
     if mode == Mode::Webhook {
         register(&plane, &webhook)?;
     }

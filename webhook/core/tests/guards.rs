@@ -45,7 +45,7 @@ fn an_allowed_target_is_swapped_as_usual() {
 fn overrides_from_a_global_map_are_refused_when_only_local_ones_are_allowed() {
     let guards = Guards::new(vec![], Overrides::Local, &[]);
     let global = with_args(ImageMap::for_selector("global", "app", "app").with_image("localhost:5000/app:1"));
-    let out = run(guards.clone(), &[global.clone()], "dev");
+    let out = run(guards.clone(), std::slice::from_ref(&global), "dev");
     assert!(out.patch.is_empty());
     assert!(out.warnings.join("\n").contains("--allow-overrides local"), "{:?}", out.warnings);
     // The same map applies to Pods of its own namespace.

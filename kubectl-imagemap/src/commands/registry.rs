@@ -1,0 +1,255 @@
+//! `kubectl imagemap registry [set]`: the registry the cluster advertises in
+//! `kube-public/local-registry-hosting` (KEP 1755), and the registry calls the plugin makes
+//! (`/v2/` for doctor, manifest digests for `build`).
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use imagemap_core::registry::{LocalRegistryHosting, HOSTING_CONFIG_MAP, HOSTING_KEY, HOSTING_NAMESPACE};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+use serde_json::json;
+
+use crate::cli::{Global, RegistryAction, RegistryArgs, RegistrySetArgs};
+use crate::client::Cluster;
+
+/// How long a registry call may take.
+const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The field manager of `registry set`.
+const FIELD_MANAGER: &str = "kubectl-imagemap";
+
+/// How to advertise a registry, for messages.
+pub const SET_HINT: &str =
+    "kubectl imagemap registry set --host HOST[:PORT] [--from-runtime HOST] [--from-cluster-network HOST]";
+
+/// What the cluster advertises: `None` when the ConfigMap does not exist; an error (naming the
+/// fix) when it cannot be read or is malformed.
+pub async fn advertised(cluster: &Cluster) -> Result<Option<LocalRegistryHosting>> {
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), HOSTING_NAMESPACE);
+    let what = format!("configmap {HOSTING_NAMESPACE}/{HOSTING_CONFIG_MAP}");
+    let Some(cm) = api.get_opt(HOSTING_CONFIG_MAP).await.map_err(|e| match e {
+        kube::Error::Api(s) if s.code == 403 => {
+            anyhow!("forbidden: cannot read {what}: {}: ask for RBAC access to read it, or pass --registry", s.message)
+        }
+        e => crate::client::friendly(e, &what, HOSTING_NAMESPACE, &cluster.server),
+    })?
+    else {
+        return Ok(None);
+    };
+    let data = cm.data.unwrap_or_default();
+    Ok(Some(LocalRegistryHosting::from_config_map_data(data.iter())?))
+}
+
+/// [`advertised`] for commands that work without it: problems become a warning on stderr.
+pub async fn advertised_or_warn(cluster: &Cluster) -> Option<LocalRegistryHosting> {
+    match advertised(cluster).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("warning: ignoring the advertised registry: {e:#}");
+            None
+        }
+    }
+}
+
+/// Whether the plugin talks plain HTTP to `registry` (`HOST[:PORT]`): only for the local machine
+/// and the hosts the cluster advertises; TLS everywhere else.
+pub fn plain_http(registry: &str, hosting: Option<&LocalRegistryHosting>) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+        || hosting.is_some_and(|h| h.registry_hosts().contains(&registry))
+}
+
+/// The text `registry` prints.
+pub fn render(hosting: Option<&LocalRegistryHosting>) -> String {
+    let Some(h) = hosting else {
+        return format!(
+            "No registry is advertised: ConfigMap {HOSTING_NAMESPACE}/{HOSTING_CONFIG_MAP} does not exist.\n\
+             Advertise one with: {SET_HINT}\n\
+             Meanwhile `kubectl imagemap build` needs --registry HOST.\n"
+        );
+    };
+    let or_none = |s: &str| if s.is_empty() { "<none>".to_string() } else { s.to_string() };
+    let runtime = if h.host_from_container_runtime.is_empty() {
+        format!("{} (same as host)", h.host)
+    } else {
+        h.host_from_container_runtime.clone()
+    };
+    format!(
+        "Registry advertised in configmap {HOSTING_NAMESPACE}/{HOSTING_CONFIG_MAP}:\n\
+         \x20 host:                      {}   (your machine pushes here; imageFromLocal)\n\
+         \x20 hostFromContainerRuntime:  {}   (the node pulls from here; image, imageFromCluster)\n\
+         \x20 hostFromClusterNetwork:    {}   (Pods reach it here)\n\
+         \x20 help:                      {}\n",
+        h.host,
+        runtime,
+        or_none(&h.host_from_cluster_network),
+        or_none(&h.help),
+    )
+}
+
+/// The advertisement `registry set` writes, checked.
+pub fn hosting_from_flags(args: &RegistrySetArgs) -> Result<LocalRegistryHosting> {
+    let hosting = LocalRegistryHosting {
+        host: args.host.clone(),
+        host_from_container_runtime: args.from_runtime.clone().unwrap_or_default(),
+        host_from_cluster_network: args.from_cluster_network.clone().unwrap_or_default(),
+        help: args.help_url.clone().unwrap_or_default(),
+    };
+    imagemap_core::registry::validate_host("--host", &hosting.host)?;
+    for (flag, value) in [
+        ("--from-runtime", &hosting.host_from_container_runtime),
+        ("--from-cluster-network", &hosting.host_from_cluster_network),
+    ] {
+        if !value.is_empty() {
+            imagemap_core::registry::validate_host(flag, value)?;
+        }
+    }
+    Ok(hosting)
+}
+
+/// Runs `registry` and `registry set`.
+pub async fn run(global: &Global, args: &RegistryArgs) -> Result<String> {
+    match &args.action {
+        None => {
+            let cluster = Cluster::connect(global).await?;
+            Ok(render(advertised(&cluster).await?.as_ref()))
+        }
+        Some(RegistryAction::Set(set)) => {
+            let hosting = hosting_from_flags(set)?;
+            let cluster = Cluster::connect(global).await?;
+            let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), HOSTING_NAMESPACE);
+            let cm = json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": HOSTING_CONFIG_MAP, "namespace": HOSTING_NAMESPACE},
+                "data": {HOSTING_KEY: hosting.to_yaml()},
+            });
+            let what = format!("configmap {HOSTING_NAMESPACE}/{HOSTING_CONFIG_MAP}");
+            api.patch(HOSTING_CONFIG_MAP, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&cm))
+                .await
+                .map_err(|e| match e {
+                    kube::Error::Api(s) if s.code == 403 => anyhow!(
+                        "forbidden: cannot write {what}: {}: ask a cluster admin to run this command",
+                        s.message
+                    ),
+                    e => crate::client::friendly(e, &what, HOSTING_NAMESPACE, &cluster.server),
+                })?;
+            Ok(format!("{what} advertised\n{}", render(Some(&hosting))))
+        }
+    }
+}
+
+/// `GET /v2/` on `host`'s registry: `Ok` with a description when it answers as a registry (200,
+/// or 401 asking for credentials), else `Err` with what happened.
+pub async fn ping(host: &str, hosting: Option<&LocalRegistryHosting>) -> std::result::Result<String, String> {
+    let registry = host.split('/').next().unwrap_or(host);
+    let scheme = if plain_http(registry, hosting) { "http" } else { "https" };
+    let url = format!("{scheme}://{registry}/v2/");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let reply = client.get(&url).send().await.map_err(|e| format!("{url} does not answer: {e}"))?;
+    match reply.status().as_u16() {
+        200 => Ok(format!("{url} answers as a registry")),
+        401 => Ok(format!("{url} answers as a registry (it asks for credentials)")),
+        code => Err(format!("{url} answered HTTP {code}, not a registry API")),
+    }
+}
+
+/// The digest of the manifest `reference` names, asked of its registry (HEAD, then GET, with
+/// the OCI and Docker manifest media types).
+pub async fn manifest_digest(reference: &str, hosting: Option<&LocalRegistryHosting>) -> Result<String> {
+    use oci_client::client::{ClientConfig, ClientProtocol};
+    use oci_client::secrets::RegistryAuth;
+    let oci_ref: oci_client::Reference = reference
+        .parse()
+        .with_context(|| format!("{reference:?} is not an image reference the registry client reads"))?;
+    let registry = oci_ref.registry().to_string();
+    let protocol = if plain_http(&registry, hosting) { ClientProtocol::Http } else { ClientProtocol::Https };
+    let config = ClientConfig {
+        protocol,
+        connect_timeout: Some(REGISTRY_TIMEOUT),
+        read_timeout: Some(REGISTRY_TIMEOUT),
+        ..Default::default()
+    };
+    let client = oci_client::Client::try_from(config).context("building the registry client")?;
+    let digest = client.fetch_manifest_digest(&oci_ref, &RegistryAuth::Anonymous).await.map_err(|e| match &e {
+        oci_client::errors::OciDistributionError::RequestError(_) => anyhow!(
+            "cannot reach the registry {registry} to look up {reference}: {e}: check that it runs and is \
+                 reachable from this machine"
+        ),
+        oci_client::errors::OciDistributionError::AuthenticationFailure(_)
+        | oci_client::errors::OciDistributionError::ServerError { code: 401 | 403, .. } => anyhow!(
+            "the registry {registry} refused to show {reference} ({e}): the plugin reads manifests \
+                 anonymously; use a registry that allows anonymous pulls (a local one)"
+        ),
+        _ => anyhow!(
+            "the registry {registry} has no image {reference} ({e}): check that the build command pushed it \
+                 (to $EXPECTED_REF, or wrote what it pushed to --ref-file)"
+        ),
+    })?;
+    imagemap_core::reference::Reference::parse(&format!("x@{digest}"))
+        .map_err(|e| anyhow!("the registry {registry} answered an invalid digest for {reference}: {e}"))?;
+    Ok(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn hosting() -> LocalRegistryHosting {
+        LocalRegistryHosting {
+            host: "localhost:5001".into(),
+            host_from_container_runtime: "kind-registry:5000".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plain_http_only_for_this_machine_and_advertised_hosts() {
+        assert!(plain_http("localhost:5000", None));
+        assert!(plain_http("127.0.0.1:32000", None));
+        assert!(plain_http("localhost", None));
+        assert!(!plain_http("gcr.io", None));
+        assert!(!plain_http("kind-registry:5000", None));
+        assert!(plain_http("kind-registry:5000", Some(&hosting())));
+        assert!(!plain_http("localhost.example.com:5000", Some(&hosting())));
+    }
+
+    #[test]
+    fn shows_the_advertisement_or_how_to_set_one() {
+        let text = render(Some(&hosting()));
+        assert!(text.contains("host:                      localhost:5001"), "{text}");
+        assert!(text.contains("hostFromContainerRuntime:  kind-registry:5000"), "{text}");
+        assert!(text.contains("hostFromClusterNetwork:    <none>"), "{text}");
+        let text = render(None);
+        assert!(text.starts_with("No registry is advertised"), "{text}");
+        assert!(text.contains("kubectl imagemap registry set --host"), "{text}");
+    }
+
+    #[test]
+    fn set_refuses_bad_hosts_naming_the_flag() {
+        let parse = |args: &[&str]| match crate::cli::Cli::parse_from(
+            ["kubectl-imagemap", "registry", "set"].iter().chain(args),
+        )
+        .command
+        {
+            crate::cli::Command::Registry(RegistryArgs { action: Some(RegistryAction::Set(s)) }) => s,
+            _ => panic!("not registry set"),
+        };
+        let h = hosting_from_flags(&parse(&["--host", "localhost:5000", "--help-url", "https://x/"])).expect("valid");
+        assert_eq!(h.runtime_host(), "localhost:5000");
+        assert_eq!(h.help, "https://x/");
+        let e = hosting_from_flags(&parse(&["--host", "team"])).expect_err("not a registry");
+        assert!(e.to_string().starts_with("--host \"team\" is not a registry host"), "{e}");
+        let e = hosting_from_flags(&parse(&["--host", "localhost:5000", "--from-runtime", "x"])).expect_err("bad");
+        assert!(e.to_string().starts_with("--from-runtime \"x\""), "{e}");
+    }
+}
