@@ -193,3 +193,23 @@ fn a_map_outside_the_allowed_registries_never_swaps_and_says_why() {
     let warnings = String::from_utf8_lossy(&out.stderr);
     assert!(warnings.contains("not under an allowed registry"), "{warnings}");
 }
+
+#[test]
+fn rollout_restarts_the_workloads_of_stale_pods_and_lists_bare_ones() {
+    let plane = shared();
+    // No controller: only the plugin acts.
+    let served = ServedWebhook::start(plane, "rollout-stale", WebhookOptions::default()).expect("webhook");
+    let ns = served.create_namespace("rollout-stale");
+    plane.kubectl_ok(["create", "deployment", "web", "--image=stale-app", "-n", &ns]);
+    plane.kubectl_ok(["run", "bare", "--image=stale-app", "--restart=Never", "-n", &ns]);
+    plugin(plane, &["set-image", "web", "reg.io/stale-app:1", "--create", "--selector", "stale-app", "-n", &ns]);
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        (live_images(plane, &ns, "web") == ["stale-app"]).then_some(())
+    })
+    .expect("the Deployment's Pod, created before the map");
+
+    let out = plugin(plane, &["rollout", "web", "-n", &ns]);
+    assert!(out.contains("deployment.apps/web restarted"), "{out}");
+    assert!(out.contains("pod/bare is stale but owned by Pod"), "{out}");
+    wait_for_images(plane, &ns, "web", "reg.io/stale-app:1", &served);
+}

@@ -1,12 +1,19 @@
-//! `kubectl imagemap rollout NAME`: restart the workloads whose Pods the map swapped, as the
-//! webhook's `--restart-on-rebuild` does after a new build; recorded as an Event on the map.
+//! `kubectl imagemap rollout NAME`: restart the workloads whose Pods the map swapped, and those
+//! of Pods the map would change now (stale: created before its build, admitted while the webhook
+//! was down, or an older build), as the controller's `--converge` does; recorded as an Event on
+//! the map. Stale Pods without a restartable owner (bare Pods, Jobs) are listed, not touched.
+
+use std::collections::BTreeSet;
 
 use anyhow::Result;
-use imagemap_cluster::workloads;
+use imagemap_cluster::workloads::{self, Owner};
+use imagemap_core::maps::MapIndex;
+use imagemap_core::policy::DISABLED_LABEL;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::cli::{Global, RolloutArgs};
 use crate::client::Cluster;
+use crate::render::escape;
 
 /// Runs `rollout`.
 pub async fn run(global: &Global, args: &RolloutArgs) -> Result<String> {
@@ -18,17 +25,36 @@ pub async fn run(global: &Global, args: &RolloutArgs) -> Result<String> {
         .await
         .map_err(|e| cluster.explain_error(e, &format!("imagemap {:?}", args.name)))?;
     let id = format!("{ns}/{}", args.name);
-    let owners =
+    let mut owners: BTreeSet<_> =
         workloads::owners(&cluster.client, &ns, &id).await.map_err(|e| cluster.explain_error(e, "list pods"))?;
+    let mut index = MapIndex::new(None);
+    index.upsert(&map).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stale = workloads::stale_pods(&cluster.client, &ns, &index, DISABLED_LABEL)
+        .await
+        .map_err(|e| cluster.explain_error(e, "list pods"))?;
+    let mut out = String::new();
+    for (pod, _) in &stale {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match workloads::owner_of(&cluster.client, pod).await.map_err(|e| cluster.explain_error(e, "get owner"))? {
+            Owner::Workload(w) => {
+                owners.insert(w);
+            }
+            Owner::Unrestartable(owner) | Owner::Untrusted(owner) => out.push_str(&format!(
+                "pod/{} is stale but owned by {}: recreate it to run the current build\n",
+                escape(&name),
+                escape(&owner)
+            )),
+        }
+    }
     if owners.is_empty() {
-        return Ok(format!(
-            "no workload in namespace {ns} has Pods swapped by imagemap {:?}; nothing to restart\n",
+        out.push_str(&format!(
+            "no workload in namespace {ns} has Pods swapped by imagemap {:?}, or that it would change; nothing to restart\n",
             args.name
         ));
+        return Ok(out);
     }
     let now = Timestamp::now().to_string();
     let image = crate::render::usability(&map).unwrap_or_else(|_| "<unbuilt>".into());
-    let mut out = String::new();
     for w in &owners {
         workloads::restart(&cluster.client, w, &now, None)
             .await

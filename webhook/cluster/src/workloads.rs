@@ -147,6 +147,30 @@ pub async fn record_event(
     Api::<Event>::namespaced(client.clone(), &namespace).create(&PostParams::default(), &event).await.map(drop)
 }
 
+/// The Pods of `namespace` that the maps of `index` would change now, with the stale fields
+/// ([`imagemap_core::stale`]): never swapped, or an older build. Finished, terminating, gated
+/// and opted-out (`opt_out_label`) Pods are left out.
+pub async fn stale_pods(
+    client: &Client,
+    namespace: &str,
+    index: &imagemap_core::maps::MapIndex,
+    opt_out_label: &str,
+) -> kube::Result<Vec<(Pod, Vec<imagemap_core::stale::StaleField>)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut out = Vec::new();
+    for pod in pods.list(&ListParams::default()).await?.items {
+        let Ok(json) = serde_json::to_value(&pod) else { continue };
+        if !imagemap_core::stale::considered(&json, opt_out_label) {
+            continue;
+        }
+        let stale = imagemap_core::stale::stale_fields(&json, index, namespace);
+        if !stale.is_empty() {
+            out.push((pod, stale));
+        }
+    }
+    Ok(out)
+}
+
 /// Who owns a Pod, as far as the controller trusts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
@@ -186,7 +210,11 @@ pub async fn owner_of(client: &Client, pod: &Pod) -> kube::Result<Owner> {
             if !object.is_some_and(|d| verified(&d, &deployment.uid, &labels)) {
                 return Ok(Owner::Untrusted(format!("Deployment/{}", deployment.name)));
             }
-            return Ok(Owner::Workload(Workload { namespace, kind: WorkloadKind::Deployment, name: deployment.name.clone() }));
+            return Ok(Owner::Workload(Workload {
+                namespace,
+                kind: WorkloadKind::Deployment,
+                name: deployment.name.clone(),
+            }));
         }
         "StatefulSet" if owner.api_version == "apps/v1" => WorkloadKind::StatefulSet,
         "DaemonSet" if owner.api_version == "apps/v1" => WorkloadKind::DaemonSet,

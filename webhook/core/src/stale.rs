@@ -48,6 +48,17 @@ pub struct StaleField {
     pub reason: StaleReason,
 }
 
+/// True when `pod` (as JSON) is one whose staleness counts: not finished, not being deleted, not
+/// held by our scheduling gate (released by the gate instead), not opted out by `opt_out_label`.
+pub fn considered(pod: &Value, opt_out_label: &str) -> bool {
+    let phase = pod["status"]["phase"].as_str();
+    let gated = pod["spec"]["schedulingGates"].as_array().into_iter().flatten().any(|g| g["name"] == crate::gate::GATE);
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && !matches!(phase, Some("Succeeded" | "Failed"))
+        && !gated
+        && pod["metadata"]["labels"].get(opt_out_label).is_none()
+}
+
 /// The fields of `pod` (a Pod as JSON, in `namespace`) that the maps of `index` would change
 /// now; empty when the Pod runs what its maps name.
 pub fn stale_fields(pod: &Value, index: &MapIndex, namespace: &str) -> Vec<StaleField> {
@@ -161,6 +172,28 @@ mod tests {
         assert_eq!(old.len(), 1);
         assert_eq!((old[0].current.as_str(), old[0].reason), ("reg.io/app:1", StaleReason::OlderBuild));
         assert!(stale_fields(&pod("reg.io/app:2", Some(record("dev/app", "reg.io/app:2"))), &idx, "dev").is_empty());
+    }
+
+    #[test]
+    fn finished_deleting_gated_and_opted_out_pods_are_not_considered() {
+        let label = "imagemap.tilt.dev/disabled";
+        let base = pod("app", None);
+        assert!(considered(&base, label));
+        for (path, value) in [
+            ("/status/phase", json!("Succeeded")),
+            ("/metadata/deletionTimestamp", json!("2026-01-01T00:00:00Z")),
+            ("/spec/schedulingGates", json!([{"name": crate::gate::GATE}])),
+            ("/metadata/labels", json!({label: "true"})),
+        ] {
+            let mut p = base.clone();
+            let (parent, key) = path.rsplit_once('/').expect("a path");
+            if p.pointer(parent).is_none_or(|v| v.is_null()) {
+                let (grand, parent_key) = parent.rsplit_once('/').expect("a parent");
+                p.pointer_mut(grand).expect("grandparent")[parent_key] = json!({});
+            }
+            p.pointer_mut(parent).expect("parent")[key] = value;
+            assert!(!considered(&p, label), "{path}");
+        }
     }
 
     #[test]

@@ -19,9 +19,8 @@ use super::policies::swaps_in_effect;
 use super::{publish, Options};
 use crate::AppState;
 use imagemap_cluster::workloads::{self, Owner};
-use imagemap_core::gate::GATE;
 use imagemap_core::rebuild::{self, Targets, Workload};
-use imagemap_core::stale::{stale_fields, StaleField};
+use imagemap_core::stale::{considered, stale_fields, StaleField};
 
 /// A workload is not restarted again sooner than this after its last restart (a burst of map
 /// changes restarts it once the burst is over, not once per change).
@@ -44,11 +43,11 @@ async fn stale_pods(
     let mut found = Vec::new();
     state.with_index(|idx| {
         for pod in pods.state() {
-            if !is_candidate(&pod, &opts.opt_out_label) {
-                continue;
-            }
             let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
             let Ok(json) = serde_json::to_value(&*pod) else { continue };
+            if !considered(&json, &opts.opt_out_label) {
+                continue;
+            }
             let stale = stale_fields(&json, idx, namespace);
             if !stale.is_empty() {
                 found.push((pod, stale));
@@ -78,16 +77,6 @@ async fn stale_pods(
     kept
 }
 
-fn is_candidate(pod: &Pod, opt_out_label: &str) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    let gated = pod.spec.as_ref().and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|g| g.iter().any(|g| g.name == GATE));
-    let opted_out = pod.metadata.labels.as_ref().is_some_and(|l| l.contains_key(opt_out_label));
-    pod.metadata.deletion_timestamp.is_none()
-        && !matches!(phase, Some("Succeeded" | "Failed"))
-        && !gated
-        && !opted_out
-}
-
 /// One round: finds the stale Pods, restarts their workloads (once per map and target) and
 /// reports those that cannot be restarted. Sets `imagemap_stale_pods`.
 pub(super) async fn converge(
@@ -105,7 +94,8 @@ pub(super) async fn converge(
     for (pod, fields) in &stale {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         *per_namespace.entry(namespace.clone()).or_default() += 1;
-        let key = pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone());
+        let key =
+            pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone());
         let owner = match key.as_ref().and_then(|k| owners.get(k)) {
             Some(owner) => owner.clone(),
             None => match workloads::owner_of(client, pod).await {
@@ -139,19 +129,17 @@ pub(super) async fn converge(
 }
 
 fn pod_name(pod: &Pod) -> String {
-    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Restarts `workload` unless it was already restarted for every target of `wanted`, or less
 /// than [`MIN_RESTART_INTERVAL`] ago, or a new Pod would not be swapped yet (webhook down, or
 /// the new build's policy not loaded).
-async fn restart_once(
-    client: &Client,
-    state: &AppState,
-    recorder: &Recorder,
-    workload: &Workload,
-    wanted: &Targets,
-) {
+async fn restart_once(client: &Client, state: &AppState, recorder: &Recorder, workload: &Workload, wanted: &Targets) {
     let what = format!("{}/{workload}", workload.namespace);
     let restarts = match workloads::restarts(client, workload).await {
         Ok(r) => r,
@@ -166,9 +154,11 @@ async fn restart_once(
         Targets::new()
     });
     let Some(record) = rebuild::restart_record(&recorded, wanted) else { return };
-    let recent = restarts.at.as_deref().and_then(|t| t.parse::<Timestamp>().ok()).is_some_and(|at| {
-        Timestamp::now().as_second() - at.as_second() < MIN_RESTART_INTERVAL.as_secs() as i64
-    });
+    let recent = restarts
+        .at
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .is_some_and(|at| Timestamp::now().as_second() - at.as_second() < MIN_RESTART_INTERVAL.as_secs() as i64);
     if recent {
         tracing::debug!(workload = %what, "restarted moments ago; the next round looks again");
         return;
@@ -176,8 +166,8 @@ async fn restart_once(
     // A restart must give Pods the new build: a dry-run Pod shows whether the webhook answers
     // (or, in policy mode, whether the new build's policy is loaded). While it does not, the next
     // round looks again, so Pods missed during an outage are restarted once it is over.
-    let selectors = state
-        .with_index(|idx| idx.all_maps().map(|m| (m.id.clone(), m.selector.full())).collect::<BTreeMap<_, _>>());
+    let selectors =
+        state.with_index(|idx| idx.all_maps().map(|m| (m.id.clone(), m.selector.full())).collect::<BTreeMap<_, _>>());
     if !swaps_in_effect(client, &workload.namespace, wanted, &selectors).await {
         tracing::debug!(workload = %what, "new Pods would not be swapped yet; restart deferred");
         return;
@@ -199,15 +189,32 @@ async fn restart_once(
 }
 
 /// A Warning Event on a stale Pod that cannot be restarted, once per Pod and target.
-async fn report_unrestartable(pod: &Pod, fields: &[StaleField], owner: &str, recorder: &Recorder, reported: &mut Reported) {
+async fn report_unrestartable(
+    pod: &Pod,
+    fields: &[StaleField],
+    owner: &str,
+    recorder: &Recorder,
+    reported: &mut Reported,
+) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let fresh: Vec<&StaleField> =
         fields.iter().filter(|f| reported.0.insert((uid.clone(), format!("{}={}", f.field, f.wanted)))).collect();
     if fresh.is_empty() {
         return;
     }
-    let what: Vec<String> =
-        fresh.iter().map(|f| format!("{} is {} but ImageMap {} names {} ({})", f.field, f.current, f.image_map, f.wanted, f.reason.describe())).collect();
+    let what: Vec<String> = fresh
+        .iter()
+        .map(|f| {
+            format!(
+                "{} is {} but ImageMap {} names {} ({})",
+                f.field,
+                f.current,
+                f.image_map,
+                f.wanted,
+                f.reason.describe()
+            )
+        })
+        .collect();
     let note = format!(
         "{}; owned by {owner}, which imagemap does not restart: recreate the Pod to run the current build",
         what.join("; ")
