@@ -367,6 +367,33 @@ fn a_rebuild_in_policy_mode_rolls_a_deployment_to_the_new_image_once_the_policy_
 }
 
 #[test]
+fn policies_go_when_their_owner_does_as_at_helm_uninstall() {
+    let plane = own_plane();
+    plane.kubectl_ok(["create", "clusterrole", "imagemap-owner", "--verb=get", "--resource=imagemaps.tilt.dev"]);
+    let controller = policy_mode_controller(&plane, &["--policy-owner", "imagemap-owner"]);
+    let ns = plane.create_namespace("owned");
+    let kc = plane.kubeconfig_path();
+    kubectl_imagemap_ok(kc, &["set-image", "app", "reg.example/app:1", "--create", "--selector", "app", "-n", &ns]);
+    assert_eq!(policies(&plane), [format!("imagemap.ns.{ns}")], "{}", controller.log_tail(20));
+    let owners = plane.kubectl_ok([
+        "get",
+        "mutatingadmissionpolicybinding",
+        &format!("imagemap.ns.{ns}"),
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owners, "imagemap-owner");
+    drop(controller); // as helm uninstall stops it, then deletes its ClusterRole
+    plane.kubectl_ok(["delete", "clusterrole", "imagemap-owner"]);
+    poll(Duration::from_secs(60), Duration::from_millis(500), || {
+        (policies(&plane).is_empty() && !has_marker(&plane)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("left behind: {:?}, marker {}", policies(&plane), has_marker(&plane)));
+    let bindings = plane.kubectl_ok(["get", "mutatingadmissionpolicybindings", "-o", "name"]);
+    assert!(bindings.trim().is_empty(), "{bindings}");
+}
+
+#[test]
 fn policy_mode_refuses_flags_it_cannot_honour() {
     let plane = shared();
     for (flag, why) in [("--gate-unbuilt", "cannot hold Pods"), ("--no-cluster", "acts on the cluster")] {

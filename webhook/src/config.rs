@@ -165,6 +165,11 @@ pub struct Config {
     /// in step instead (no webhook registration; not with --gate-unbuilt or --imagemaps-file).
     #[arg(long, env = "IMAGEMAP_MODE", value_enum, default_value = "webhook")]
     pub mode: Mode,
+    /// Policy mode: the ClusterRole (the chart's, of the controller) that owns every policy and
+    /// binding the controller writes, so that `helm uninstall`, which deletes it, has the
+    /// garbage collector delete them too.
+    #[arg(long, env = "IMAGEMAP_POLICY_OWNER")]
+    pub policy_owner: Option<String>,
     /// How often the controller looks at gated Pods.
     #[arg(long, value_parser = parse_positive_duration, default_value = "1s")]
     pub controller_interval: Duration,
@@ -194,6 +199,7 @@ impl Config {
             opt_out_label: self.opt_out_label.clone(),
             webhook_configuration: self.webhook_configuration.clone(),
             policies: self.mode == Mode::Policy,
+            policy_owner: self.policy_owner.clone(),
             lease_namespace: self.leader_election_namespace.clone(),
             lease_name: self.leader_election_id.clone(),
             identity,
@@ -265,7 +271,10 @@ impl Config {
             return Err("--role controller cannot be used with --no-cluster: the controller acts on the cluster".into());
         }
         if self.imagemaps_file.is_some() {
-            return Err("--role controller cannot be used with --imagemaps-file: give the file to the --role serve process".into());
+            return Err(
+                "--role controller cannot be used with --imagemaps-file: give the file to the --role serve process"
+                    .into(),
+            );
         }
         Ok(())
     }

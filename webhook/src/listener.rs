@@ -9,11 +9,11 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use super::http::ClientAuth;
 use super::AppState;
 
 /// Connection-level timeouts.
@@ -69,6 +69,21 @@ pub async fn serve(
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with_client_auth(listener, tls, router, timeouts, max_connections, false, shutdown).await
+}
+
+/// Like [`serve`]; with `client_auth`, each request carries a [`ClientAuth`] saying whether its
+/// connection presented a client certificate (`tls` then verifies any it is given: see
+/// [`crate::tls::server_config_with_client_ca`]).
+pub async fn serve_with_client_auth(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    timeouts: Timeouts,
+    max_connections: usize,
+    client_auth: bool,
+    shutdown: impl Future<Output = ()>,
+) {
     let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
@@ -99,7 +114,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let http = http.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -115,6 +130,15 @@ pub async fn serve(
                     return;
                 }
             };
+            // rustls reports a client certificate only once it verified it.
+            let verified = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+            let auth = client_auth.then_some(if verified { ClientAuth::Verified } else { ClientAuth::Missing });
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                if let Some(auth) = auth {
+                    request.extensions_mut().insert(auth);
+                }
+                tower::ServiceExt::oneshot(router.clone(), request)
+            });
             let io = ConnectionTimer::new(TokioIo::new(tls), timeouts);
             let conn = watcher.watch(http.serve_connection(io, service));
             if let Err(e) = conn.await {

@@ -52,6 +52,17 @@ pub enum TlsError {
         /// The key file.
         key: PathBuf,
     },
+    /// The client CA file holds certificates rustls cannot verify clients with.
+    #[error("{path} cannot verify client certificates: {detail}")]
+    ClientCa {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
 }
 
 /// The files and the pair currently served.
@@ -115,6 +126,42 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, rustls:
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Like [`server_config`]; with `client_ca` (a PEM file of one or more CA certificates), a
+/// client that presents a certificate must present one issued by those CAs, or the handshake
+/// fails. A client may still present none: the kubelet's HTTPS probes do not, so `/healthz`
+/// and `/readyz` keep answering, and the listener marks such connections
+/// ([`crate::http::ClientAuth::Missing`]) so that `/mutate` refuses them (see
+/// [`crate::listener::serve_with_client_auth`]). The file is read once, at start.
+pub fn server_config_with_client_ca(
+    store: Arc<CertStore>,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let Some(path) = client_ca else { return Ok(server_config(store)?) };
+    let bytes = std::fs::read(path).map_err(|error| TlsError::Read { path: path.to_path_buf(), error })?;
+    let cas = CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|e| {
+        TlsError::BrokenCertificate { path: path.to_path_buf(), detail: imagemap_cluster::pem::describe_error(&e) }
+    })?;
+    if cas.is_empty() {
+        return Err(TlsError::NoCertificate(path.to_path_buf()));
+    }
+    let client_ca = |detail: String| TlsError::ClientCa { path: path.to_path_buf(), detail };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| client_ca(e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| client_ca(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))

@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -28,9 +28,16 @@ pub enum Prune<'a> {
     /// Every object we manage (the controller owns them all); the controller's marker
     /// ([`CONTROLLER_MARKER`]) is applied and kept.
     All,
-    /// Like [`Prune::All`], but these names are kept as they are (namespaces whose policy did
-    /// not compile this time keep the one they have).
-    AllExcept(&'a BTreeSet<String>),
+    /// Like [`Prune::All`], for the controller: the names in `keep` are kept as they are
+    /// (namespaces whose policy did not compile this time keep the one they have), and every
+    /// object written (the marker too) is owned by `owner`, so that deleting the owner (the
+    /// chart's ClusterRole, at `helm uninstall`) has the garbage collector delete them.
+    Controller {
+        /// Names kept as they are.
+        keep: &'a BTreeSet<String>,
+        /// The owner set on every object written.
+        owner: Option<&'a OwnerReference>,
+    },
     /// Only the one serving this namespace (`kubectl imagemap policy -n NS --apply`).
     Namespace(&'a str),
 }
@@ -57,23 +64,38 @@ impl Synced {
 pub async fn sync(client: &Client, policies: &[NamespacePolicy], prune: Prune<'_>) -> kube::Result<Synced> {
     let mut out = Synced::default();
     let selector = match prune {
-        Prune::All | Prune::AllExcept(_) => format!("{MANAGED_BY_LABEL}={MANAGED_BY}"),
+        Prune::All | Prune::Controller { .. } => format!("{MANAGED_BY_LABEL}={MANAGED_BY}"),
         Prune::Namespace(ns) => format!("{MANAGED_BY_LABEL}={MANAGED_BY},{SERVES_LABEL}={ns}"),
     };
     let policy_api: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
     let binding_api: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
     let mut wanted: BTreeSet<String> = policies.iter().filter_map(|p| p.policy.metadata.name.clone()).collect();
-    if let Prune::All | Prune::AllExcept(_) = prune {
-        apply(&policy_api, controller_marker(), &mut out).await?;
+    let owner = match prune {
+        Prune::Controller { owner, .. } => owner,
+        _ => None,
+    };
+    let owned = |mut meta: ObjectMeta| {
+        if let Some(owner) = owner {
+            meta.owner_references = Some(vec![owner.clone()]);
+        }
+        meta
+    };
+    if let Prune::All | Prune::Controller { .. } = prune {
+        let mut marker = controller_marker();
+        marker.metadata = owned(marker.metadata);
+        apply(&policy_api, marker, &mut out).await?;
         wanted.insert(CONTROLLER_MARKER.to_string());
     }
-    if let Prune::AllExcept(keep) = prune {
+    if let Prune::Controller { keep, .. } = prune {
         wanted.extend(keep.iter().cloned());
     }
     // Policies before bindings, so a binding never names a policy that is not there yet.
     for p in policies {
-        apply(&policy_api, p.policy.clone(), &mut out).await?;
-        apply(&binding_api, p.binding.clone(), &mut out).await?;
+        let (mut policy, mut binding) = (p.policy.clone(), p.binding.clone());
+        policy.metadata = owned(policy.metadata);
+        binding.metadata = owned(binding.metadata);
+        apply(&policy_api, policy, &mut out).await?;
+        apply(&binding_api, binding, &mut out).await?;
     }
     // Bindings before policies, for the same reason.
     prune_stale(&binding_api, &selector, &wanted, &mut out).await?;

@@ -26,10 +26,22 @@ use imagemap_core::stale::{considered, stale_fields, StaleField};
 /// changes restarts it once the burst is over, not once per change).
 pub const MIN_RESTART_INTERVAL: Duration = Duration::from_secs(5);
 
-/// What the job remembers between rounds: only what it already reported (an Event per bare Pod
-/// and target, not one per round). What to restart is read from the cluster each round.
+/// What the job remembers between rounds: what it already reported (an Event per bare Pod and
+/// target, not one per round), and each Pod's stale fields as computed for its resourceVersion
+/// and the maps' version (a cache: a round recomputes only Pods or maps that changed). What to
+/// restart is read from the cluster each round.
 #[derive(Default)]
-pub(super) struct Reported(HashSet<(String, String)>);
+pub(super) struct Memory {
+    reported: HashSet<(String, String)>,
+    computed: HashMap<String, Computed>,
+}
+
+/// A Pod's stale fields, for the resourceVersion and maps version they were computed for.
+struct Computed {
+    resource_version: String,
+    maps_version: u64,
+    stale: Vec<StaleField>,
+}
 
 /// The stale fields of the Pods in `pods` that the controller may act on: running or pending,
 /// not being deleted, not held by our gate (the gate job releases those), not opted out (Pod or
@@ -39,21 +51,35 @@ async fn stale_pods(
     state: &AppState,
     opts: &Options,
     pods: &Store<Pod>,
+    memory: &mut Memory,
 ) -> Vec<(std::sync::Arc<Pod>, Vec<StaleField>)> {
     let mut found = Vec::new();
+    let mut computed = HashMap::with_capacity(memory.computed.len());
     state.with_index(|idx| {
+        // Read under the index's lock: writers change both together.
+        let maps_version = state.maps_version.load(std::sync::atomic::Ordering::Acquire);
         for pod in pods.state() {
-            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-            let Ok(json) = serde_json::to_value(&*pod) else { continue };
-            if !considered(&json, &opts.opt_out_label) {
+            let (Some(uid), Some(rv)) = (pod.metadata.uid.clone(), pod.metadata.resource_version.clone()) else {
                 continue;
+            };
+            let entry = match memory.computed.remove(&uid) {
+                Some(c) if c.resource_version == rv && c.maps_version == maps_version => c,
+                _ => {
+                    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+                    let stale = match serde_json::to_value(&*pod) {
+                        Ok(json) if considered(&json, &opts.opt_out_label) => stale_fields(&json, idx, namespace),
+                        _ => Vec::new(),
+                    };
+                    Computed { resource_version: rv, maps_version, stale }
+                }
+            };
+            if !entry.stale.is_empty() {
+                found.push((pod, entry.stale.clone()));
             }
-            let stale = stale_fields(&json, idx, namespace);
-            if !stale.is_empty() {
-                found.push((pod, stale));
-            }
+            computed.insert(uid, entry);
         }
     });
+    memory.computed = computed;
     // Namespaces opted out by label are read only for namespaces with stale Pods.
     let mut opted_out: HashMap<String, bool> = HashMap::new();
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -85,9 +111,9 @@ pub(super) async fn converge(
     opts: &Options,
     pods: &Store<Pod>,
     recorder: &Recorder,
-    reported: &mut Reported,
+    memory: &mut Memory,
 ) {
-    let stale = stale_pods(client, state, opts, pods).await;
+    let stale = stale_pods(client, state, opts, pods, memory).await;
     let mut per_namespace: BTreeMap<String, usize> = BTreeMap::new();
     let mut wanted: BTreeMap<Workload, Targets> = BTreeMap::new();
     let mut owners: HashMap<String, Owner> = HashMap::new();
@@ -116,7 +142,9 @@ pub(super) async fn converge(
                 let targets = wanted.entry(workload).or_default();
                 targets.extend(fields.iter().map(|f| (f.image_map.clone(), f.wanted.clone())));
             }
-            Owner::Unrestartable(kind) => report_unrestartable(pod, fields, &kind, recorder, reported).await,
+            Owner::Unrestartable(kind) => {
+                report_unrestartable(pod, fields, &kind, recorder, &mut memory.reported).await
+            }
             Owner::Untrusted(owner) => {
                 tracing::debug!(pod = %pod_name(pod), %owner, "a stale Pod's owner does not own it; not restarted")
             }
@@ -194,11 +222,11 @@ async fn report_unrestartable(
     fields: &[StaleField],
     owner: &str,
     recorder: &Recorder,
-    reported: &mut Reported,
+    reported: &mut HashSet<(String, String)>,
 ) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let fresh: Vec<&StaleField> =
-        fields.iter().filter(|f| reported.0.insert((uid.clone(), format!("{}={}", f.field, f.wanted)))).collect();
+        fields.iter().filter(|f| reported.insert((uid.clone(), format!("{}={}", f.field, f.wanted)))).collect();
     if fresh.is_empty() {
         return;
     }

@@ -10,14 +10,25 @@ use kube::{Api, Client};
 
 use super::{publish, Options};
 use crate::AppState;
-use imagemap_core::gate::{release, Release, GATED_AT_ANNOTATION, GATE};
+use imagemap_core::gate::{release, Release, GATE, GATED_AT_ANNOTATION};
 
-pub(super) async fn release_gated(client: &Client, state: &AppState, opts: &Options, gated: &Store<Pod>, recorder: &Recorder) {
+pub(super) async fn release_gated(
+    client: &Client,
+    state: &AppState,
+    opts: &Options,
+    gated: &Store<Pod>,
+    recorder: &Recorder,
+) {
     let now = Timestamp::now();
     for pod in gated.state() {
         // The label is only a hint anyone can write: a Pod is patched only while it still carries
         // our scheduling gate.
-        if !pod.spec.as_ref().and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|g| g.iter().any(|g| g.name == GATE)) {
+        if !pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_some_and(|g| g.iter().any(|g| g.name == GATE))
+        {
             continue;
         }
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
@@ -101,4 +112,3 @@ pub(super) async fn release_gated(client: &Client, state: &AppState, opts: &Opti
         }
     }
 }
-

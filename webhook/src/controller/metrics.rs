@@ -29,7 +29,11 @@ impl ControllerMetrics {
             "Running Pods the maps would change now (never swapped or an older build), by namespace",
             m.stale_pods.clone(),
         );
-        registry.register("controller_restarts", "Workloads restarted to run a map's current build", m.restarts.clone());
+        registry.register(
+            "controller_restarts",
+            "Workloads restarted to run a map's current build",
+            m.restarts.clone(),
+        );
         registry.register(
             "controller_gate_releases",
             "Gated Pods released, by outcome (swapped, timeout, map_gone)",

@@ -48,6 +48,8 @@ pub struct Options {
     pub webhook_configuration: Option<String>,
     /// Keep the compiled MutatingAdmissionPolicies in step with the maps (`--mode policy`).
     pub policies: bool,
+    /// The ClusterRole that owns the policies written (`--policy-owner`).
+    pub policy_owner: Option<String>,
     /// Namespace of the Lease.
     pub lease_namespace: String,
     /// Name of the Lease.
@@ -69,12 +71,13 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
     );
     // Pods come from watches, not a list per round: the gated ones (by label) for the gate,
     // every Pod for convergence.
-    let gated = opts.gate_unbuilt.then(|| {
-        watch_pods(&client, watcher::Config::default().labels(&format!("{GATED_LABEL}=true")), "gated Pods")
-    });
+    let gated = opts
+        .gate_unbuilt
+        .then(|| watch_pods(&client, watcher::Config::default().labels(&format!("{GATED_LABEL}=true")), "gated Pods"));
     let all_pods = opts.converge.then(|| watch_pods(&client, watcher::Config::default(), "Pods"));
-    let _stop_watches = [gated.as_ref(), all_pods.as_ref()].map(|w| AbortOnDrop(w.map(|(_, task)| task.abort_handle())));
-    let mut reported = converge::Reported::default();
+    let _stop_watches =
+        [gated.as_ref(), all_pods.as_ref()].map(|w| AbortOnDrop(w.map(|(_, task)| task.abort_handle())));
+    let mut memory = converge::Memory::default();
     let mut leading = false;
     let mut policies_written = None;
     let mut tick = tokio::time::interval(opts.interval);
@@ -122,12 +125,14 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
             }
         }
         if opts.policies {
-            if let Err(e) = policies::keep_policies(&client, &state, &mut policies_written).await {
+            if let Err(e) =
+                policies::keep_policies(&client, &state, opts.policy_owner.as_deref(), &mut policies_written).await
+            {
                 tracing::warn!(error = %e, "could not bring the admission policies in step with the ImageMaps");
             }
         }
         if let Some((pods, _)) = &all_pods {
-            converge::converge(&client, &state, &opts, pods, &recorder, &mut reported).await;
+            converge::converge(&client, &state, &opts, pods, &recorder, &mut memory).await;
         }
         if let Some((gated, _)) = &gated {
             gate::release_gated(&client, &state, &opts, gated, &recorder).await;
@@ -137,7 +142,11 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
 
 /// A reflector of the Pods `config` selects, cluster-wide, without their managed fields; the
 /// task that feeds it retries with backoff and logs failures as `what`.
-fn watch_pods(client: &Client, config: watcher::Config, what: &'static str) -> (Store<Pod>, tokio::task::JoinHandle<()>) {
+fn watch_pods(
+    client: &Client,
+    config: watcher::Config,
+    what: &'static str,
+) -> (Store<Pod>, tokio::task::JoinHandle<()>) {
     let (reader, writer) = reflector::store::<Pod>();
     let stream = watcher::watcher(Api::<Pod>::all(client.clone()), config)
         .default_backoff()
@@ -166,10 +175,15 @@ impl Drop for AbortOnDrop {
 const REPORTING_CONTROLLER: &str = "imagemap.tilt.dev/controller";
 
 /// Publishes an Event about `reference`; a failure is logged (an Event is never worth a retry).
-pub(super) async fn publish(recorder: &Recorder, reference: &ObjectReference, type_: EventType, reason: &str, note: String) {
+pub(super) async fn publish(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
     let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
     if let Err(e) = recorder.publish(&event, reference).await {
         tracing::warn!(error = %e, reason, "could not record an Event");
     }
 }
-

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use kube::Client;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Api, Client};
 
 use crate::AppState;
 use imagemap_cluster::policy_sync;
@@ -25,7 +27,12 @@ pub(super) struct Written {
 /// `last` is what was last written: the maps are compiled again only when the index changed, and
 /// the same policies are written again only after [`POLICY_RESYNC`], which repairs hand edits
 /// and deletions.
-pub(super) async fn keep_policies(client: &Client, state: &AppState, last: &mut Option<Written>) -> anyhow::Result<()> {
+pub(super) async fn keep_policies(
+    client: &Client,
+    state: &AppState,
+    owner: Option<&str>,
+    last: &mut Option<Written>,
+) -> anyhow::Result<()> {
     let fresh = |w: &Written| w.at.elapsed() < POLICY_RESYNC;
     let current = state.maps_version.load(Ordering::Acquire);
     if last.as_ref().is_some_and(|w| w.maps_version == current && fresh(w)) {
@@ -42,7 +49,12 @@ pub(super) async fn keep_policies(client: &Client, state: &AppState, last: &mut 
         return Ok(());
     }
     *last = None;
-    let synced = policy_sync::sync(client, &compiled.policies, policy_sync::Prune::AllExcept(&keep)).await;
+    let owner = match owner {
+        Some(name) => Some(owner_reference(client, name).await?),
+        None => None,
+    };
+    let prune = policy_sync::Prune::Controller { keep: &keep, owner: owner.as_ref() };
+    let synced = policy_sync::sync(client, &compiled.policies, prune).await;
     state.metrics.controller.policy_applied(synced.is_ok());
     let synced = synced?;
     if !synced.is_noop() {
@@ -55,6 +67,22 @@ pub(super) async fn keep_policies(client: &Client, state: &AppState, last: &mut 
     }
     *last = Some(Written { maps_version, hash, at: Instant::now() });
     Ok(())
+}
+
+/// An owner reference to the ClusterRole `name` (`--policy-owner`).
+async fn owner_reference(client: &Client, name: &str) -> anyhow::Result<OwnerReference> {
+    use anyhow::Context;
+    let role = Api::<ClusterRole>::all(client.clone())
+        .get_metadata(name)
+        .await
+        .with_context(|| format!("reading ClusterRole {name} (--policy-owner), the owner of the policies"))?;
+    Ok(OwnerReference {
+        api_version: "rbac.authorization.k8s.io/v1".into(),
+        kind: "ClusterRole".into(),
+        name: name.to_string(),
+        uid: role.metadata.uid.with_context(|| format!("ClusterRole {name} has no uid"))?,
+        ..Default::default()
+    })
 }
 
 /// True when every map of `wanted` (id -> target) is in effect in `namespace`, as a dry-run Pod
@@ -85,4 +113,3 @@ pub(super) async fn swaps_in_effect(
 
 /// How often unchanged policies are written again anyway.
 const POLICY_RESYNC: Duration = Duration::from_secs(30);
-

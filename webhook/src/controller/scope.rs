@@ -39,4 +39,3 @@ pub(super) async fn keep_scope(client: &Client, state: &AppState, name: &str) ->
     }
     Ok(())
 }
-
