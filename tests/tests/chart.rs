@@ -3,10 +3,17 @@
 //! rendered objects pass the API server's own validation (server-side dry-run), an installed
 //! release with `webhook.url` pointing at a locally started `imagemap-webhook` (serving the
 //! certificate the chart generated) swaps Pods, keeps its CA across `helm upgrade`, and leaves
-//! nothing behind after `helm uninstall`; its ServiceAccount may read ImageMaps and nothing else;
-//! bad values are refused with a message naming them.
+//! nothing behind after `helm uninstall`; bad values are refused with a message naming them.
 //!
-//! No kubelet runs, so the chart's Deployment never gets Pods: the webhook the API server calls
+//! Trust (docs/security.md): for each mode and feature, the admission server's ServiceAccount may
+//! read ImageMaps and nothing else, and the controller's exactly what its features write (the
+//! API server's `can-i --list`, compared line by line); acting as the controller's ServiceAccount,
+//! the chart's ValidatingAdmissionPolicies refuse what RBAC cannot narrow (Pods created for
+//! real, ungated Pods updated, workloads changed beyond their restart annotations, the webhook
+//! configuration changed beyond its match conditions); ImageMaps outside the admin guards are
+//! refused when written (on a plane of its own: the guards bind every ImageMap write).
+//!
+//! No kubelet runs, so the chart's Deployments never get Pods: the webhook the API server calls
 //! is the binary these tests start, with the chart's certificate and Secret. Every
 //! MutatingWebhookConfiguration installed here selects only namespaces labelled
 //! `imagemap-e2e/chart=<its release>`, so parallel tests never serve each other's Pods.
@@ -18,14 +25,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use imagemap_e2e::binaries::workspace_root;
+use imagemap_e2e::helm::{
+    chart_dir, expect_allowed, expect_refused, extra_rights, kubectl_as, patch_as, unique, wait_until_refused, Release,
+};
 use imagemap_e2e::process::{ManagedProcess, Watchdog};
 use imagemap_e2e::webhook::{container, dry_run_create, image_map, pod, set_status, workspace_binary, WEBHOOK_BIN};
-use imagemap_e2e::{poll, shared, ControlPlane};
+use imagemap_e2e::{poll, shared, ControlPlane, ControlPlaneOptions};
 use serde_json::{json, Value};
 
 /// The namespace label every test's webhook configuration selects on (value: the release).
@@ -50,18 +58,6 @@ const NOT_ON_SERVER: [&str; 2] = ["cert-manager.io/", "monitoring.coreos.com/"];
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn chart_dir() -> PathBuf {
-    workspace_root().join("charts/imagemap")
-}
-
-/// `PREFIX-N-PID`: a release name (at most 53 characters) unique in this run.
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("{prefix}-{}-{}", COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id());
-    assert!(name.len() <= 53, "release name {name} is too long");
-    name
 }
 
 /// The chart's full name for a release (no overrides): `<release>-imagemap`.
@@ -133,6 +129,32 @@ fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
     let found = all_of(objects, kind);
     assert_eq!(found.len(), 1, "expected one {kind}, found {}: {:?}", found.len(), kinds(objects));
     found[0]
+}
+
+/// The object of `kind` named `name`; panics if there is none.
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} among {:?}", names(objects)))
+}
+
+/// `KIND/NAME` of every object.
+fn names(objects: &[Value]) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| format!("{}/{}", o["kind"].as_str().unwrap_or("?"), o["metadata"]["name"].as_str().unwrap_or("?")))
+        .collect()
+}
+
+/// The string arguments of a Deployment's first container.
+fn args_of(deployment: &Value) -> Vec<&str> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
 }
 
 fn kinds(objects: &[Value]) -> BTreeSet<String> {
@@ -383,6 +405,8 @@ fn cases() -> Vec<(&'static str, Value)> {
                 "podLabels": {"extra": "yes"},
                 "podAnnotations": {"scrape": "no"},
                 "globalNamespace": "imagemap-global",
+                "allowedRegistries": ["registry.example.com/", "localhost:5000"],
+                "allowOverrides": "local",
                 "imagemapsFile": {"enabled": true, "maps": [
                     {"metadata": {"name": "base"}, "spec": {"selector": "base"}, "status": {"image": "registry.example/base:1"}}
                 ]},
@@ -474,7 +498,9 @@ fn the_default_render_has_the_safe_defaults() {
             "RoleBinding",
             "Secret",
             "Service",
-            "ServiceAccount"
+            "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
         .map(String::from)
         .into(),
@@ -521,8 +547,8 @@ fn the_default_render_has_the_safe_defaults() {
         "an ECDSA key"
     );
 
-    // The Deployment.
-    let deployment = one(&objects, "Deployment");
+    // The admission server's Deployment.
+    let deployment = named(&objects, "Deployment", name);
     let spec = &deployment["spec"]["template"]["spec"];
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert_eq!(spec["serviceAccountName"], name);
@@ -571,30 +597,73 @@ fn the_default_render_has_the_safe_defaults() {
         json!([{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}])
     );
     assert_eq!(webhook["ports"], json!([{"name": "https", "containerPort": 8443, "protocol": "TCP"}]));
+    // The Service selects the admission server's Pods, never the controller's.
+    let selects = |labels: &Value| {
+        service["spec"]["selector"].as_object().expect("selector").iter().all(|(k, v)| &labels[k] == v)
+    };
+    assert!(selects(&deployment["spec"]["template"]["metadata"]["labels"]));
+    let controller_pods = &named(&objects, "Deployment", &format!("{name}-controller"))["spec"]["template"];
+    assert!(!selects(&controller_pods["metadata"]["labels"]), "{}", controller_pods["metadata"]);
+    assert_eq!(controller_pods["spec"]["serviceAccountName"], format!("{name}-controller"));
     let pdb = one(&objects, "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
     assert_eq!(pdb["spec"]["selector"], deployment["spec"]["selector"]);
+    let read_maps = json!({"apiGroups": ["tilt.dev"], "resources": ["imagemaps"], "verbs": ["get", "list", "watch"]});
+    assert_eq!(named(&objects, "ClusterRole", name)["rules"], json!([read_maps]));
     assert_eq!(
-        one(&objects, "ClusterRole")["rules"],
-        json!([
-            {"apiGroups": ["tilt.dev"], "resources": ["imagemaps"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
-             "resourceNames": [name], "verbs": ["get", "update", "patch"]},
-        ])
-    );
-    assert!(
-        deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .expect("args")
-            .contains(&json!(format!("--webhook-configuration={name}"))),
-        "the webhook is scoped to where maps are by default"
-    );
-    assert_eq!(
-        one(&objects, "ClusterRoleBinding")["subjects"],
+        named(&objects, "ClusterRoleBinding", name)["subjects"],
         json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}])
     );
 
-    assert_eq!(validate_on_server(plane, &ns, &objects), 10);
+    // The controller scopes the webhook to where maps are, by default: its own Deployment,
+    // ServiceAccount and role.
+    let controller = format!("{name}-controller");
+    assert!(
+        args_of(named(&objects, "Deployment", &controller))
+            .contains(&format!("--webhook-configuration={name}").as_str()),
+        "the webhook is scoped to where maps are by default"
+    );
+    assert_eq!(
+        named(&objects, "ClusterRole", &controller)["rules"],
+        json!([
+            read_maps,
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+             "resourceNames": [name], "verbs": ["get", "update"]},
+        ])
+    );
+    assert_eq!(
+        named(&objects, "ClusterRoleBinding", &controller)["subjects"],
+        json!([{"kind": "ServiceAccount", "name": controller, "namespace": ns}])
+    );
+    let policy = one(&objects, "ValidatingAdmissionPolicy");
+    assert_eq!(policy["metadata"]["name"], format!("{controller}-webhook-configuration"));
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        format!("request.userInfo.username == 'system:serviceaccount:{ns}:{controller}'")
+    );
+    assert_eq!(one(&objects, "ValidatingAdmissionPolicyBinding")["spec"]["validationActions"], json!(["Deny"]));
+
+    // ImageMap rights folded into the built-in roles.
+    let view = named(&objects, "ClusterRole", &format!("{name}-view"));
+    assert_eq!(view["rules"], json!([read_maps]));
+    let edit = named(&objects, "ClusterRole", &format!("{name}-edit"));
+    assert_eq!(
+        edit["rules"],
+        json!([
+            {"apiGroups": ["tilt.dev"], "resources": ["imagemaps"],
+             "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+            {"apiGroups": ["tilt.dev"], "resources": ["imagemaps/status"], "verbs": ["get", "update", "patch"]},
+        ])
+    );
+    for (role, to) in [(view, ["view", "edit", "admin"].as_slice()), (edit, ["edit", "admin"].as_slice())] {
+        let labels = &role["metadata"]["labels"];
+        for target in ["view", "edit", "admin"] {
+            let label = &labels[format!("rbac.authorization.k8s.io/aggregate-to-{target}")];
+            assert_eq!(label.as_str() == Some("true"), to.contains(&target), "{target} in {labels}");
+        }
+    }
+
+    assert_eq!(validate_on_server(plane, &ns, &objects), objects.len());
 }
 
 #[test]
@@ -607,10 +676,10 @@ fn every_mode_and_option_renders_objects_the_api_server_accepts() {
         let objects = render(plane, release, &ns, &values);
         let config = one(&objects, "MutatingWebhookConfiguration");
         let hook = the_webhook(config);
-        let deployment = one(&objects, "Deployment");
+        let deployment = named(&objects, "Deployment", &name);
         let pod_spec = &deployment["spec"]["template"]["spec"];
-        let args: Vec<&str> =
-            pod_spec["containers"][0]["args"].as_array().expect("args").iter().filter_map(Value::as_str).collect();
+        let args = args_of(deployment);
+        let controller = named(&objects, "Deployment", &format!("{name}-controller"));
         let validated = validate_on_server(plane, &ns, &objects);
         let skipped = objects.len() - validated;
         match case {
@@ -673,20 +742,23 @@ fn every_mode_and_option_renders_objects_the_api_server_accepts() {
                 assert!(all_of(&objects, "PodDisruptionBudget").is_empty(), "a 1-replica PDB would block drains");
             }
             "controller" => {
+                // The admission server adds the gate; the controller does the rest.
+                assert!(args.contains(&"--gate-unbuilt"), "{args:?}");
+                let controller_args = args_of(controller);
                 for flag in [
                     "--gate-unbuilt",
                     "--gate-timeout=5m",
                     "--restart-on-rebuild",
                     &format!("--leader-election-namespace={ns}"),
                 ] {
-                    assert!(args.contains(&flag), "{flag} in {args:?}");
+                    assert!(controller_args.contains(&flag), "{flag} in {controller_args:?}");
                 }
-                let env = &pod_spec["containers"][0]["env"];
+                let env = &controller["spec"]["template"]["spec"]["containers"][0]["env"];
                 assert_eq!(
                     env[0]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name",
                     "POD_NAME for the Lease identity"
                 );
-                let rules = &one(&objects, "ClusterRole")["rules"];
+                let rules = &named(&objects, "ClusterRole", &format!("{name}-controller"))["rules"];
                 let granted: BTreeSet<String> =
                     rules
                         .as_array()
@@ -734,6 +806,30 @@ fn every_mode_and_option_renders_objects_the_api_server_accepts() {
                 assert!(args.contains(&"--imagemaps-file=/etc/imagemap/maps/imagemaps.yaml"), "{args:?}");
                 assert!(args.contains(&"--max-concurrent-reviews=64"), "{args:?}");
                 assert_eq!(pod_spec["volumes"][1]["configMap"]["name"], format!("{name}-imagemaps"));
+                // The controller runs the same image, with the same global namespace and
+                // protected namespaces, but not the admission server's extra flags.
+                let controller_spec = &controller["spec"]["template"]["spec"];
+                assert_eq!(controller_spec["containers"][0]["image"], pod_spec["containers"][0]["image"]);
+                assert_eq!(controller_spec["priorityClassName"], "system-cluster-critical");
+                let controller_args = args_of(controller);
+                for flag in [
+                    "--global-namespace=imagemap-global",
+                    "--allowed-registry=registry.example.com/",
+                    "--allowed-registry=localhost:5000",
+                    "--allow-overrides=local",
+                    &format!("--protected-namespace={ns}"),
+                    "--protected-namespace=monitoring",
+                ] {
+                    assert!(
+                        args.contains(&flag) && controller_args.contains(&flag),
+                        "{flag}: {args:?} {controller_args:?}"
+                    );
+                }
+                assert!(!controller_args.contains(&"--max-concurrent-reviews=64"), "{controller_args:?}");
+                let guards = named(&objects, "ValidatingAdmissionPolicy", &format!("{name}-imagemap-guards"));
+                let guards = guards["spec"]["validations"].to_string();
+                assert!(guards.contains("(allowedRegistries: registry.example.com/, localhost:5000)"), "{guards}");
+                assert!(guards.contains("(allowOverrides: local)"), "{guards}");
                 for object in &objects {
                     assert_eq!(object["metadata"]["labels"]["team"], "platform", "commonLabels on {}", object["kind"]);
                     assert_eq!(
@@ -960,7 +1056,7 @@ fn an_installed_release_swaps_pods_keeps_its_ca_across_upgrades_and_uninstalls_c
     }
     let left = plane.kubectl_ok([
         "get",
-        "deployments,services,serviceaccounts,poddisruptionbudgets,secrets,configmaps",
+        "deployments,services,serviceaccounts,poddisruptionbudgets,secrets,configmaps,roles,rolebindings",
         "--namespace",
         &release_ns,
         "--selector",
@@ -969,6 +1065,16 @@ fn an_installed_release_swaps_pods_keeps_its_ca_across_upgrades_and_uninstalls_c
         "name",
     ]);
     assert_eq!(left.trim(), "", "objects left after helm uninstall");
+    let left = plane.kubectl_ok([
+        "get",
+        "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,validatingadmissionpolicies,\
+         validatingadmissionpolicybindings",
+        "--selector",
+        &format!("app.kubernetes.io/instance={release}"),
+        "--output",
+        "name",
+    ]);
+    assert_eq!(left.trim(), "", "cluster-wide objects left after helm uninstall");
 
     // Pods are created, unchanged, once the API server has dropped the configuration, and still
     // with the webhook stopped.
@@ -1030,93 +1136,278 @@ fn can_i(plane: &ControlPlane, user: &str, verb: &str, resource: &str, namespace
     imagemap_e2e::kubectl::can_i(plane.kubectl_client(), user, verb, resource, namespace).expect("kubectl runs")
 }
 
-/// The rule lines of `kubectl auth can-i --list --as USER --namespace NS`.
-fn rules_of(plane: &ControlPlane, user: &str, namespace: &str) -> BTreeSet<String> {
-    let out = plane.kubectl_ok(["auth", "can-i", "--list", "--as", user, "--namespace", namespace]);
-    out.lines().skip(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+/// Installs a release named `PREFIX-N-PID` with `values`, its webhook configuration kept to
+/// namespaces labelled for it (none).
+fn install<'a>(plane: &'a ControlPlane, prefix: &str, values: Value) -> Release<'a> {
+    let name = unique(prefix);
+    Release::install(plane, &name, &scoped_values(&name, values))
+}
+
+fn sorted(lines: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut lines: Vec<String> = lines.into_iter().collect();
+    lines.sort();
+    lines
 }
 
 #[test]
-fn the_service_account_may_read_imagemaps_and_scope_its_own_webhook_configuration_and_nothing_else() {
+fn each_service_account_has_exactly_the_rights_its_features_need() {
     let plane = shared();
-    let chart = chart_dir().display().to_string();
-    let release = unique("rbac");
-    let name = fullname(&release);
-    let ns = plane.create_namespace("chart-rbac");
-    let values = values_file(&scoped_values(&release, json!({})));
-    helm_ok(plane, &["install", &release, &chart, "--namespace", &ns, "-f", &values.path]);
-    let account = format!("system:serviceaccount:{ns}:{name}");
-    let other_ns = plane.create_namespace("chart-rbac-other");
+    let restarts = [
+        "daemonsets.apps [] [] [get patch]",
+        "deployments.apps [] [] [get patch]",
+        "events.events.k8s.io [] [] [create patch]",
+        "namespaces [] [] [get]",
+        "pods [] [] [list watch create]",
+        "replicasets.apps [] [] [get]",
+        "statefulsets.apps [] [] [get patch]",
+    ];
+    let policies = [
+        "mutatingadmissionpolicies.admissionregistration.k8s.io [] [] [get list create patch delete]",
+        "mutatingadmissionpolicybindings.admissionregistration.k8s.io [] [] [get list create patch delete]",
+    ];
+    let gate = ["pods [] [] [list watch patch]", "events.events.k8s.io [] [] [create patch]"];
+    // (case, values, whether the webhook configuration is scoped, the controller's feature rights)
+    let cases: [(&str, Value, bool, Vec<&str>); 6] = [
+        ("defaults", json!({}), true, vec![]),
+        ("restart", json!({"controller": {"restartOnRebuild": true}}), true, restarts.to_vec()),
+        ("gate", json!({"controller": {"gateUnbuilt": true}}), true, gate.to_vec()),
+        ("policy", json!({"mode": "policy"}), false, policies.to_vec()),
+        (
+            "policy-restart",
+            json!({"mode": "policy", "controller": {"restartOnRebuild": true}}),
+            false,
+            [&policies[..], &restarts].concat(),
+        ),
+        ("no-controller", json!({"controller": {"scopeWebhook": false}}), false, vec![]),
+    ];
+    let read_maps = "imagemaps.tilt.dev [] [] [get list watch]".to_string();
+    for (case, values, scoped, features) in cases {
+        let policy_mode = values["mode"] == "policy";
+        let release = install(plane, &format!("rights-{case}"), values);
+        let (ns, name) = (&release.namespace, &release.fullname);
 
-    for verb in ["get", "list", "watch"] {
-        assert_eq!(can_i(plane, &account, verb, "imagemaps.tilt.dev", None), "yes", "{verb} imagemaps everywhere");
-        assert_eq!(can_i(plane, &account, verb, "imagemaps.tilt.dev", Some(&other_ns)), "yes", "{verb} imagemaps");
-    }
-    for (verb, resource) in [
-        ("create", "imagemaps.tilt.dev"),
-        ("update", "imagemaps.tilt.dev"),
-        ("patch", "imagemaps.tilt.dev"),
-        ("delete", "imagemaps.tilt.dev"),
-        ("update", "imagemaps.tilt.dev/status"),
-        ("patch", "imagemaps.tilt.dev/status"),
-        ("get", "secrets"),
-        ("list", "secrets"),
-        ("get", "configmaps"),
-        ("patch", "pods"),
-        ("create", "pods"),
-        ("list", "pods"),
-        ("list", "namespaces"),
-        ("update", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),
-    ] {
+        // The admission server reads ImageMaps, and nothing else, whatever is on.
+        let server = extra_rights(plane, &release.server_account(), ns);
+        let expected = if policy_mode { vec![] } else { vec![read_maps.clone()] };
+        assert_eq!(server, expected, "{case}: the admission server's rights");
+
+        // The controller: ImageMaps, its Lease, and only what its features write.
+        let controller = extra_rights(plane, &release.controller_account(), ns);
+        let mut expected: Vec<String> = features.iter().map(|s| s.to_string()).collect();
+        if scoped {
+            expected
+                .push(format!("mutatingwebhookconfigurations.admissionregistration.k8s.io [] [{name}] [get update]"));
+        }
+        if policy_mode || scoped || !features.is_empty() {
+            expected.push(read_maps.clone());
+            expected.push("leases.coordination.k8s.io [] [] [create]".to_string());
+            expected.push(format!("leases.coordination.k8s.io [] [{name}-controller] [get update]"));
+        }
         assert_eq!(
-            can_i(plane, &account, verb, resource, Some(&ns)),
-            "no",
-            "{verb} {resource} in the release namespace"
+            controller,
+            sorted(expected.into_iter().collect::<BTreeSet<_>>()),
+            "{case}: the controller's rights"
         );
-        assert_eq!(can_i(plane, &account, verb, resource, None), "no", "{verb} {resource} anywhere");
+        if scoped {
+            let other = "mutatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses";
+            assert_eq!(can_i(plane, &release.controller_account(), "update", other, None), "no", "{case}");
+        }
     }
+}
 
-    // Exactly these rules more than an account with no bindings at all has: read ImageMaps; get
-    // and update its own webhook configuration (by name, for the scope) and the Lease.
-    let nobody = format!("system:serviceaccount:{ns}:nobody");
-    let extra: Vec<String> =
-        rules_of(plane, &account, &ns).difference(&rules_of(plane, &nobody, &ns)).cloned().collect();
-    assert_eq!(
-        extra,
-        vec![
-            "imagemaps.tilt.dev [] [] [get list watch]".to_string(),
-            "leases.coordination.k8s.io [] [] [get create update]".to_string(),
-            format!("mutatingwebhookconfigurations.admissionregistration.k8s.io [] [{name}] [get update patch]"),
-        ]
+/// A one-container Deployment `app` in `ns`, with a Pod template annotation of its own.
+fn deployment(ns: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "app", "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "app"}},
+            "template": {
+                "metadata": {"labels": {"app": "app"}, "annotations": {"team": "a"}},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+            },
+        },
+    })
+}
+
+#[test]
+fn the_controller_may_restart_a_workload_but_change_nothing_else_in_it() {
+    let plane = shared();
+    let release = install(plane, "workloads", json!({"controller": {"restartOnRebuild": true}}));
+    let controller = release.controller_account();
+    let ns = plane.create_namespace("chart-workloads");
+    plane.apply_yaml(&deployment(&ns).to_string());
+    let path = format!("/apis/apps/v1/namespaces/{ns}/deployments/app");
+    let patch = |change: &Value, dry_run| patch_as(plane, &controller, &path, "merge", change, dry_run);
+    let template = |t: Value| json!({"spec": {"template": t}});
+    let message = "may change only the";
+    let image = template(json!({"spec": {"containers": [{"name": "app", "image": "evil.example/app:1"}]}}));
+    wait_until_refused("an image change by the controller", message, || patch(&image, true));
+    for (what, change) in [
+        ("the image", image.clone()),
+        ("another annotation", template(json!({"metadata": {"annotations": {"team": "b"}}}))),
+        ("a template label", template(json!({"metadata": {"labels": {"extra": "x"}}}))),
+        ("the replicas", json!({"spec": {"replicas": 5}})),
+    ] {
+        expect_refused(&format!("a change of {what} by the controller"), message, &patch(&change, false));
+    }
+    let restart = template(json!({"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": "2026-12-06T10:00:00Z",
+        "imagemap.tilt.dev/restarted-for": "x",
+    }}}));
+    expect_allowed("a restart by the controller", &patch(&restart, false));
+    let stored = get_json(plane, "deployment", "app", Some(&ns));
+    let annotations = &stored["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["kubectl.kubernetes.io/restartedAt"], "2026-12-06T10:00:00Z");
+    assert_eq!(annotations["team"], "a");
+    assert_eq!(stored["spec"]["template"]["spec"]["containers"][0]["image"], "app:1");
+}
+
+/// A Pod `name` in `ns` created by the admin, held by imagemap's scheduling gate when `gated`.
+fn create_pod(plane: &ControlPlane, ns: &str, name: &str, gated: bool) {
+    let mut p = pod(ns, name, &[container("app", "app:1")]);
+    if gated {
+        p["spec"]["schedulingGates"] = json!([{"name": "tilt.dev/imagemap"}]);
+    }
+    let output =
+        plane.kubectl_client().run_with_stdin(["create", "-f", "-"], Some(&p.to_string())).expect("kubectl runs");
+    assert!(output.status.success(), "creating Pod {name}: {}", text(&output.stderr));
+}
+
+#[test]
+fn the_controller_updates_only_pods_still_held_by_the_gate() {
+    let plane = shared();
+    let release = install(plane, "gate", json!({"controller": {"gateUnbuilt": true}}));
+    let controller = release.controller_account();
+    let ns = plane.create_namespace("chart-gate");
+    create_pod(plane, &ns, "free", false);
+    create_pod(plane, &ns, "held", true);
+    let patch = |name: &str, kind: &str, change: &Value, dry_run| {
+        patch_as(plane, &controller, &format!("/api/v1/namespaces/{ns}/pods/{name}"), kind, change, dry_run)
+    };
+    let label = json!({"metadata": {"labels": {"touched": "yes"}}});
+    let message = "may update only Pods still held by its scheduling gate tilt.dev/imagemap";
+    wait_until_refused("an update of an ungated Pod by the controller", message, || {
+        patch("free", "merge", &label, true)
+    });
+    expect_refused("an update of an ungated Pod by the controller", message, &patch("free", "merge", &label, false));
+    // The release: the image swapped and the gate removed, in one JSON patch.
+    let release_patch = json!([
+        {"op": "replace", "path": "/spec/containers/0/image", "value": "localhost:5000/app:2"},
+        {"op": "remove", "path": "/spec/schedulingGates"},
+    ]);
+    expect_allowed("releasing a gated Pod", &patch("held", "json", &release_patch, false));
+    assert_eq!(get_json(plane, "pod", "held", Some(&ns))["spec"]["containers"][0]["image"], "localhost:5000/app:2");
+    // Released, it is out of the controller's reach.
+    expect_refused("an update of a released Pod by the controller", message, &patch("held", "merge", &label, false));
+}
+
+#[test]
+fn the_controller_creates_pods_only_as_server_side_dry_runs() {
+    let plane = shared();
+    let release = install(plane, "probes", json!({"mode": "policy", "controller": {"restartOnRebuild": true}}));
+    let controller = release.controller_account();
+    let ns = plane.create_namespace("chart-probes");
+    let probe = pod(&ns, "probe", &[container("probe", "app:1")]).to_string();
+    let create = |extra: &[&str]| {
+        let mut args = vec!["create", "-f", "-"];
+        args.extend_from_slice(extra);
+        kubectl_as(plane, &controller, &args, Some(&probe))
+    };
+    let message = "may create Pods only as server-side dry-runs";
+    // A create let through before the policy is in force is deleted again.
+    wait_until_refused("a Pod created by the controller", message, || {
+        let output = create(&[]);
+        if output.status.success() {
+            plane.kubectl_ok(["delete", "pod", "probe", "-n", &ns, "--wait=false"]);
+        }
+        output
+    });
+    expect_allowed("a dry-run Pod created by the controller", &create(&["--dry-run=server"]));
+    assert!(is_gone(plane, "pod", "probe", Some(&ns)), "nothing was stored");
+}
+
+#[test]
+fn the_controller_changes_only_the_match_conditions_of_its_webhook_configuration() {
+    let plane = shared();
+    let release = install(plane, "scope", json!({}));
+    let controller = release.controller_account();
+    let name = release.fullname.clone();
+    let config = get_json(plane, "mutatingwebhookconfiguration", &name, None);
+    let replace = |change: &dyn Fn(&mut Value), dry_run: bool| {
+        let mut changed = config.clone();
+        change(&mut changed["webhooks"][0]);
+        let args: &[&str] = if dry_run { &["replace", "--dry-run=server", "-f", "-"] } else { &["replace", "-f", "-"] };
+        kubectl_as(plane, &controller, args, Some(&changed.to_string()))
+    };
+    let message = "may change only the matchConditions";
+    let path = |hook: &mut Value| hook["clientConfig"]["service"]["path"] = json!("/elsewhere");
+    wait_until_refused("a clientConfig change by the controller", message, || replace(&path, true));
+    expect_refused("a clientConfig change", message, &replace(&path, false));
+    expect_refused("a rules change", message, &replace(&|hook| hook["rules"][0]["operations"] = json!(["*"]), false));
+    expect_refused("a failurePolicy change", message, &replace(&|hook| hook["failurePolicy"] = json!("Fail"), false));
+    let scoped = json!([{"name": "imagemap-scope", "expression": "request.namespace in ['nowhere']"}]);
+    expect_allowed(
+        "a scope change by the controller",
+        &replace(&|hook| hook["matchConditions"] = scoped.clone(), false),
     );
-    let other = "someone-elses-webhooks";
-    let named =
-        plane.kubectl(["auth", "can-i", "update", &format!("mutatingwebhookconfigurations/{other}"), "--as", &account]);
-    assert_eq!(text(&named.stdout).trim(), "no", "only its own webhook configuration");
-    let own =
-        plane.kubectl(["auth", "can-i", "update", &format!("mutatingwebhookconfigurations/{name}"), "--as", &account]);
-    assert_eq!(text(&own.stdout).trim(), "yes", "its own webhook configuration");
+    let stored = get_json(plane, "mutatingwebhookconfiguration", &name, None);
+    assert_eq!(the_webhook(&stored)["matchConditions"], scoped);
+    assert_eq!(the_webhook(&stored)["clientConfig"], the_webhook(&config)["clientConfig"]);
+    assert_eq!(the_webhook(&stored)["rules"], the_webhook(&config)["rules"]);
+}
 
-    // With scoping off, reading ImageMaps is all it may do.
-    helm_ok(
-        plane,
-        &[
-            "upgrade",
-            &release,
-            &chart,
-            "--namespace",
-            &ns,
-            "-f",
-            &values.path,
-            "--set",
-            "controller.scopeWebhook=false",
-        ],
-    );
-    let extra: Vec<String> =
-        rules_of(plane, &account, &ns).difference(&rules_of(plane, &nobody, &ns)).cloned().collect();
-    assert_eq!(extra, vec!["imagemaps.tilt.dev [] [] [get list watch]".to_string()]);
+#[test]
+fn imagemaps_outside_the_admin_guards_are_refused_when_written() {
+    // Its own plane: the guards bind every ImageMap write in the cluster.
+    let plane = ControlPlane::start(ControlPlaneOptions::default()).expect("a dedicated control plane");
+    let name = unique("guards");
+    let values = json!({"allowedRegistries": ["localhost:5000"], "allowOverrides": "none"});
+    let release = Release::install(&plane, &name, &scoped_values(&name, values));
+    let ns = plane.create_namespace("guarded");
+    plane.apply_yaml(&image_map(&ns, "app", "app").to_string());
+    let kubectl = |args: &[&str], object: &Value| {
+        plane.kubectl_client().run_with_stdin(args, Some(&object.to_string())).expect("kubectl runs")
+    };
+    let apply_status = |image: &str, dry_run: bool| {
+        let mut map = image_map(&ns, "app", "app");
+        map["status"] = json!({ "image": image });
+        let mut args = vec!["apply", "--server-side", "--subresource=status", "--force-conflicts", "-f", "-"];
+        if dry_run {
+            args.push("--dry-run=server");
+        }
+        kubectl(&args, &map)
+    };
+    let message = "ImageMap target evil.io/x:1 is not under an allowed registry (allowedRegistries: localhost:5000)";
+    wait_until_refused("a map's target outside allowedRegistries", message, || apply_status("evil.io/x:1", true));
+    expect_refused("a map's target outside allowedRegistries", message, &apply_status("evil.io/x:1", false));
+    for near_miss in ["localhost:50001/app:1", "localhost/app:1", "team/app:1"] {
+        expect_refused(near_miss, "is not under an allowed registry", &apply_status(near_miss, false));
+    }
+    expect_allowed("a map's target in the allowed registry", &apply_status("localhost:5000/app:2", false));
+    assert_eq!(get_json(&plane, "imagemap", "app", Some(&ns))["status"]["image"], "localhost:5000/app:2");
 
-    helm_ok(plane, &["uninstall", &release, "--namespace", &ns]);
+    let mut with_args = image_map(&ns, "args", "args");
+    with_args["spec"]["overrideArgs"] = json!({"args": ["--debug"]});
+    let none = "may not set spec.overrideCommand or spec.overrideArgs (allowOverrides: none)";
+    expect_refused("a map with overrides", none, &kubectl(&["create", "-f", "-"], &with_args));
+
+    // `local`: overrides only from maps outside the global namespace.
+    let global = plane.create_namespace("guarded-global");
+    let chart = chart_dir().display().to_string();
+    let global_value = format!("globalNamespace={global}");
+    let (release_name, release_ns) = (release.name.as_str(), release.namespace.as_str());
+    let upgrade =
+        ["upgrade", release_name, &chart, "-n", release_ns, "--reuse-values", "--set", "allowOverrides=local"];
+    helm_ok(&plane, &[&upgrade[..], &["--set", &global_value]].concat());
+    let mut in_global = with_args.clone();
+    in_global["metadata"]["namespace"] = json!(global);
+    let local = "is in the global namespace and may not set spec.overrideCommand or spec.overrideArgs";
+    wait_until_refused("a global map with overrides", local, || {
+        kubectl(&["create", "--dry-run=server", "-f", "-"], &in_global)
+    });
+    expect_allowed("a local map with overrides", &kubectl(&["create", "-f", "-"], &with_args));
 }
 
 #[test]
@@ -1124,13 +1415,18 @@ fn bad_values_are_refused_with_a_message_naming_them() {
     let plane = shared();
     let chart = chart_dir().display().to_string();
     let ns = plane.create_namespace("chart-bad");
-    let cases: [(&[&str], &[&str]); 6] = [
+    let cases: [(&[&str], &[&str]); 8] = [
         (&["--set", "replicaCount=two"], &["/replicaCount", "want integer"]),
         (&["--set", "webhook.failurePolicy=Sometimes"], &["/webhook/failurePolicy", "'Ignore', 'Fail'"]),
         (&["--set", "certs.mode=selfSigned"], &["/certs/mode", "'generate', 'certManager', 'existingSecret'"]),
         (&["--set", "webhook.url=http://127.0.0.1:8443/mutate"], &["/webhook/url", "http://127.0.0.1:8443/mutate"]),
         (&["--set", "replicas=3"], &["replicas", "not allowed"]),
         (&["--set", "certs.mode=existingSecret"], &["certs.existingSecret.name", "certs.existingSecret.caBundle"]),
+        (&["--set", "allowOverrides=some"], &["/allowOverrides", "'all', 'local', 'none'"]),
+        (
+            &["--set", "serviceAccount.create=false", "--set", "serviceAccount.name=mine"],
+            &["controller.serviceAccount.name is required"],
+        ),
     ];
     for (args, expected) in cases {
         let release = unique("bad");
@@ -1156,18 +1452,19 @@ fn policy_mode_registers_no_webhook_and_may_write_admission_policies() {
     let ns = plane.create_namespace("chart-policy");
     let values = json!({"mode": "policy", "controller": {"restartOnRebuild": true}});
     let objects = render(plane, "r", &ns, &values);
-    assert!(all_of(&objects, "MutatingWebhookConfiguration").is_empty(), "{:?}", kinds(&objects));
+    // No admission server: no webhook configuration, Service, budget or its ServiceAccount;
+    // only the controller.
+    for kind in ["MutatingWebhookConfiguration", "Service", "PodDisruptionBudget"] {
+        assert!(all_of(&objects, kind).is_empty(), "{kind} in policy mode: {:?}", kinds(&objects));
+    }
+    assert_eq!(one(&objects, "ServiceAccount")["metadata"]["name"], "r-imagemap-controller");
     let deployment = one(&objects, "Deployment");
-    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(args.contains(&"--mode=policy"), "{args:?}");
+    assert_eq!(deployment["metadata"]["name"], "r-imagemap-controller");
+    let args = args_of(deployment);
+    assert!(args.contains(&"--role=controller") && args.contains(&"--mode=policy"), "{args:?}");
     assert!(args.iter().any(|a| a.starts_with("--leader-election-namespace=")), "{args:?}");
     assert!(!args.iter().any(|a| a.starts_with("--webhook-configuration")), "no webhook to scope: {args:?}");
-    let role = one(&objects, "ClusterRole");
+    let role = named(&objects, "ClusterRole", "r-imagemap-controller");
     let rules = role["rules"].as_array().expect("rules");
     assert!(
         rules.contains(&json!({"apiGroups": ["admissionregistration.k8s.io"],
@@ -1178,7 +1475,7 @@ fn policy_mode_registers_no_webhook_and_may_write_admission_policies() {
     assert!(!role.to_string().contains("mutatingwebhookconfigurations"), "{role}");
     // Restarts wait for a new build's policy to be in effect, seen with dry-run Pods.
     assert!(
-        rules.contains(&json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "create"]})),
+        rules.contains(&json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "create"]})),
         "{rules:?}"
     );
     assert_eq!(validate_on_server(plane, &ns, &objects), objects.len(), "the API server accepts every object");

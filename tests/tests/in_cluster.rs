@@ -1,6 +1,8 @@
 //! The chart installed for real, in the cluster: `helm install` of `charts/imagemap` with the
 //! webhook image that `scripts/image.sh` (`make image`) builds and pushes to the cluster's local
-//! registry. Two replicas run on the node with their probes passing; the API server calls them
+//! registry. Two admission server replicas and one controller (`--role controller`, its own
+//! Deployment and ServiceAccount) run on the node with their probes passing; the controller
+//! scopes the webhook configuration to the namespaces with maps; the API server calls them
 //! through the chart's Service (`clientConfig.service`, dialled at the Service's endpoints, see
 //! tests/README.md) and they watch ImageMaps through the API server at the node's gateway
 //! (`extraEnv` sets `KUBERNETES_SERVICE_HOST`/`_PORT`: no kube-proxy runs). A real Pod is
@@ -201,9 +203,19 @@ fn served_namespace(plane: &ControlPlane, release: &str) -> String {
     name
 }
 
-/// The release's webhook Pods (`app.kubernetes.io/instance=RELEASE`), terminating ones included.
+/// The release's admission server Pods, terminating ones included.
 fn webhook_pods(plane: &ControlPlane, ns: &str, release: &str) -> Vec<Value> {
-    let selector = format!("app.kubernetes.io/instance={release}");
+    component_pods(plane, ns, release, "webhook")
+}
+
+/// The release's controller Pods, terminating ones included.
+fn controller_pods(plane: &ControlPlane, ns: &str, release: &str) -> Vec<Value> {
+    component_pods(plane, ns, release, "controller")
+}
+
+/// The release's Pods of `component` (`app.kubernetes.io/component`), terminating ones included.
+fn component_pods(plane: &ControlPlane, ns: &str, release: &str, component: &str) -> Vec<Value> {
+    let selector = format!("app.kubernetes.io/instance={release},app.kubernetes.io/component={component}");
     let out = plane.kubectl(["get", "pods", "-n", ns, "-l", &selector, "-o", "json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     list["items"].as_array().cloned().unwrap_or_default()
@@ -330,9 +342,16 @@ fn lifecycle(helm: Helm, prefix: &str) {
     assert!(notes.contains("kubectl imagemap doctor"), "{notes}");
     let image = format!("{}:{}", images.repository, images.tag);
     let up = poll(ROLL_TIMEOUT, Duration::from_secs(1), || {
-        replicas_ready_on(&webhook_pods(plane, &ns, &release), 2, &image, &images.digest).then_some(())
+        (replicas_ready_on(&webhook_pods(plane, &ns, &release), 2, &image, &images.digest)
+            && replicas_ready_on(&controller_pods(plane, &ns, &release), 1, &image, &images.digest))
+        .then_some(())
     });
-    assert!(up.is_some(), "two ready replicas of {image}@{}:\n{}", images.digest, diagnosis());
+    assert!(up.is_some(), "two ready replicas and a ready controller of {image}@{}:\n{}", images.digest, diagnosis());
+    let accounts: Vec<Value> = [webhook_pods(plane, &ns, &release), controller_pods(plane, &ns, &release)]
+        .iter()
+        .map(|pods| pods[0]["spec"]["serviceAccountName"].clone())
+        .collect();
+    assert_eq!(accounts, [json!(name), json!(format!("{name}-controller"))], "one ServiceAccount per process");
     let installed = started.elapsed();
 
     // The API server calls the Service (no URL), whose endpoints are the two Pods.
@@ -374,6 +393,14 @@ fn lifecycle(helm: Helm, prefix: &str) {
     plane.apply_yaml(&image_map(&served, "app", "in-cluster-app").to_string());
     set_status(plane.kubectl_client(), &served, "app", &json!({"image": target})).expect("set the map's status");
     wait_for_dry_run(plane, &served, "in-cluster-app", &target, diagnosis);
+    // The controller, with its own rights and within the chart's policies, scoped the webhook
+    // configuration to the namespaces with maps.
+    let scoped = poll(CHANGE_TIMEOUT, Duration::from_millis(500), || {
+        let config = json_of(&plane.kubectl_ok(["get", "mutatingwebhookconfiguration", &name, "-o", "json"]));
+        let conditions = config["webhooks"][0]["matchConditions"].to_string();
+        (conditions.contains("imagemap-scope") && conditions.contains(&served)).then_some(())
+    });
+    assert!(scoped.is_some(), "the controller did not scope {name} to {served}:\n{}", diagnosis());
     let real = pod(&served, "real", &[container("app", "in-cluster-app")]);
     let created = plane
         .kubectl_client()
@@ -427,7 +454,9 @@ fn lifecycle(helm: Helm, prefix: &str) {
     // Rolled: two ready replicas of the new image and no other Pod (old ones fully gone).
     let done = upgraded.status.success()
         && poll(ROLL_TIMEOUT, Duration::from_millis(500), || {
-            replicas_ready_on(&webhook_pods(plane, &ns, &release), 2, &new_image, &images.upgrade_digest).then_some(())
+            (replicas_ready_on(&webhook_pods(plane, &ns, &release), 2, &new_image, &images.upgrade_digest)
+                && replicas_ready_on(&controller_pods(plane, &ns, &release), 1, &new_image, &images.upgrade_digest))
+            .then_some(())
         })
         .is_some();
     let roll_time = roll_started.elapsed();
@@ -476,7 +505,7 @@ fn lifecycle(helm: Helm, prefix: &str) {
     drop(seen);
 
     // The new replicas passed their probes without a restart, and no liveness probe failed.
-    for p in webhook_pods(plane, &ns, &release) {
+    for p in webhook_pods(plane, &ns, &release).into_iter().chain(controller_pods(plane, &ns, &release)) {
         assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0, "{}", diagnosis());
     }
     let events = json_of(&plane.kubectl_ok(["get", "events", "-n", &ns, "-o", "json"]));
@@ -505,7 +534,8 @@ fn lifecycle(helm: Helm, prefix: &str) {
         ]);
         let cluster_wide = plane.kubectl([
             "get",
-            "mutatingwebhookconfigurations,clusterroles,clusterrolebindings",
+            "mutatingwebhookconfigurations,clusterroles,clusterrolebindings,validatingadmissionpolicies,\
+             validatingadmissionpolicybindings",
             "-l",
             &selector,
             "-o",

@@ -366,22 +366,40 @@ mod tests {
         assert!(c.shutdown_delay.is_zero() && c.shutdown_timeout.is_zero());
     }
 
+    fn parse(extra: &[&str]) -> Config {
+        let base = ["imagemap-webhook", "--tls-cert-file", "c", "--tls-private-key-file", "k"];
+        Config::try_parse_from(base.iter().chain(extra)).expect("parses")
+    }
+
     #[test]
     fn policy_mode_refuses_what_a_policy_cannot_do_naming_both_flags() {
-        let parse = |extra: &[&str]| {
-            let base = ["imagemap-webhook", "--tls-cert-file", "c", "--tls-private-key-file", "k", "--mode", "policy"];
-            Config::try_parse_from(base.iter().chain(extra)).expect("parses")
-        };
-        assert_eq!(parse(&["--restart-on-rebuild", "--global-namespace", "g"]).check(), Ok(()));
+        let policy = |extra: &[&str]| parse(&[&["--role", "controller", "--mode", "policy"], extra].concat());
+        assert_eq!(policy(&["--converge", "--global-namespace", "g"]).check(), Ok(()));
         for (flag, extra) in [
             ("--gate-unbuilt", &["--gate-unbuilt"][..]),
-            ("--imagemaps-file", &["--imagemaps-file", "m.yaml"][..]),
-            ("--no-cluster", &["--no-cluster"][..]),
             ("--webhook-configuration", &["--webhook-configuration", "x"][..]),
         ] {
-            let err = parse(extra).check().expect_err(flag);
+            let err = policy(extra).check().expect_err(flag);
             assert!(err.contains("--mode policy") && err.contains(flag), "{err}");
         }
+        for flag in ["--imagemaps-file", "--no-cluster"] {
+            let extra: &[&str] = if flag == "--no-cluster" { &[flag] } else { &[flag, "m.yaml"] };
+            let err = policy(extra).check().expect_err(flag);
+            assert!(err.contains("--role controller") && err.contains(flag), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_admission_server_refuses_the_controllers_writes_naming_the_role() {
+        for extra in
+            [&["--converge"][..], &["--restart-on-rebuild"], &["--webhook-configuration", "x"], &["--mode", "policy"]]
+        {
+            let err = parse(extra).check().expect_err("refused");
+            assert!(err.contains("--role controller") && err.contains("only reads"), "{extra:?}: {err}");
+        }
+        assert_eq!(parse(&["--gate-unbuilt", "--allowed-registry", "localhost:5000/"]).check(), Ok(()));
+        let err = parse(&["--allowed-registry", "/x"]).check().expect_err("not a prefix");
+        assert!(err.contains("--allowed-registry"), "{err}");
     }
 
     #[test]

@@ -30,6 +30,23 @@
 {{- end }}
 {{- end }}
 
+{{- define "imagemap.controllerName" -}}
+{{- printf "%s-controller" (include "imagemap.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "imagemap.controllerServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "imagemap.controllerName" .) .Values.controller.serviceAccount.name }}
+{{- else }}
+{{- required "controller.serviceAccount.name is required when serviceAccount.create is false" .Values.controller.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The user name the API server gives the controller's requests (the ValidatingAdmissionPolicies match it). */}}
+{{- define "imagemap.controllerUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "imagemap.controllerServiceAccountName" .) }}
+{{- end }}
+
 {{/* The Secret holding tls.crt and tls.key (and ca.crt, except maybe in existingSecret mode). */}}
 {{- define "imagemap.tlsSecretName" -}}
 {{- if eq .Values.certs.mode "existingSecret" }}
@@ -74,6 +91,17 @@ app.kubernetes.io/part-of: imagemap
 {{- define "imagemap.labels" -}}
 {{ include "imagemap.baseLabels" . }}
 app.kubernetes.io/component: webhook
+{{- end }}
+
+{{/* The controller's labels: another component, so the webhook's Service never selects it. */}}
+{{- define "imagemap.controllerSelectorLabels" -}}
+{{ include "imagemap.instanceLabels" . }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "imagemap.controllerLabels" -}}
+{{ include "imagemap.baseLabels" . }}
+app.kubernetes.io/component: controller
 {{- end }}
 
 {{/*
@@ -162,4 +190,29 @@ text or its base64.
 {{- if .Values.controller.gateUnbuilt }}{{ fail "mode: policy cannot be used with controller.gateUnbuilt: a policy cannot hold Pods until their image is built" }}{{ end }}
 {{- if .Values.imagemapsFile.enabled }}{{ fail "mode: policy cannot be used with imagemapsFile: policies are compiled from the cluster's ImageMaps only" }}{{ end }}
 {{- end }}
+{{- end }}
+
+{{- /*
+The admin guards (docs/security.md), as flags of both processes, one per line: the allowed
+target registries, which maps may override command/args, and the protected namespaces (the
+release namespace and webhook.excludeNamespaces; kube-system, kube-public and kube-node-lease are
+always protected by the binary).
+*/ -}}
+{{- define "imagemap.guardArgs" -}}
+{{- range .Values.allowedRegistries }}
+- --allowed-registry={{ . }}
+{{- end }}
+- --allow-overrides={{ .Values.allowOverrides }}
+{{- range concat (list .Release.Namespace) .Values.webhook.excludeNamespaces | uniq }}
+- --protected-namespace={{ . }}
+{{- end }}
+{{- end }}
+
+{{- /* The allowed registry prefixes as the guard compares them: a bare host `H` means `H/`. JSON list. */ -}}
+{{- define "imagemap.registryPrefixes" -}}
+{{- $out := list }}
+{{- range .Values.allowedRegistries }}
+{{- $out = append $out (ternary . (printf "%s/" .) (contains "/" .)) }}
+{{- end }}
+{{- $out | toJson }}
 {{- end }}
