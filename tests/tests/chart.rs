@@ -745,12 +745,9 @@ fn every_mode_and_option_renders_objects_the_api_server_accepts() {
                 // The admission server adds the gate; the controller does the rest.
                 assert!(args.contains(&"--gate-unbuilt"), "{args:?}");
                 let controller_args = args_of(controller);
-                for flag in [
-                    "--gate-unbuilt",
-                    "--gate-timeout=5m",
-                    "--restart-on-rebuild",
-                    &format!("--leader-election-namespace={ns}"),
-                ] {
+                for flag in
+                    ["--gate-unbuilt", "--gate-timeout=5m", "--converge", &format!("--leader-election-namespace={ns}")]
+                {
                     assert!(controller_args.contains(&flag), "{flag} in {controller_args:?}");
                 }
                 let env = &controller["spec"]["template"]["spec"]["containers"][0]["env"];
@@ -1198,6 +1195,10 @@ fn each_service_account_has_exactly_the_rights_its_features_need() {
             expected
                 .push(format!("mutatingwebhookconfigurations.admissionregistration.k8s.io [] [{name}] [get update]"));
         }
+        if policy_mode {
+            // The ClusterRole that owns the compiled policies (deleted at uninstall).
+            expected.push(format!("clusterroles.rbac.authorization.k8s.io [] [{name}-controller] [get]"));
+        }
         if policy_mode || scoped || !features.is_empty() {
             expected.push(read_maps.clone());
             expected.push("leases.coordination.k8s.io [] [] [create]".to_string());
@@ -1462,6 +1463,7 @@ fn policy_mode_registers_no_webhook_and_may_write_admission_policies() {
     assert_eq!(deployment["metadata"]["name"], "r-imagemap-controller");
     let args = args_of(deployment);
     assert!(args.contains(&"--role=controller") && args.contains(&"--mode=policy"), "{args:?}");
+    assert!(args.iter().any(|a| a.starts_with("--policy-owner=")), "policies owned by a ClusterRole: {args:?}");
     assert!(args.iter().any(|a| a.starts_with("--leader-election-namespace=")), "{args:?}");
     assert!(!args.iter().any(|a| a.starts_with("--webhook-configuration")), "no webhook to scope: {args:?}");
     let role = named(&objects, "ClusterRole", "r-imagemap-controller");
