@@ -211,18 +211,10 @@ fn plain(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    use std::sync::atomic::Ordering::Acquire;
-    if state.is_ready() {
-        return plain(StatusCode::OK, "ok");
+    match state.not_ready_reason() {
+        None => plain(StatusCode::OK, "ok"),
+        Some(why) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
     }
-    let why = if state.shutting_down.load(Acquire) {
-        "shutting down"
-    } else if !state.cert_loaded.load(Acquire) {
-        "no serving certificate loaded"
-    } else {
-        "ImageMap cache not synced with the API server yet"
-    };
-    plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}"))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>, budget: Arc<BodyBudget>) -> Response {

@@ -3,6 +3,7 @@
 //! cluster calls shared with the plugin in `imagemap-cluster`.
 #![deny(missing_docs)]
 
+pub mod check;
 pub mod config;
 pub(crate) mod controller;
 pub mod http;
@@ -78,10 +79,23 @@ impl AppState {
     /// Ready to serve: certificate loaded, maps synced, every background task running, not
     /// shutting down.
     pub fn is_ready(&self) -> bool {
-        !self.task_failed.load(Ordering::Acquire)
-            && self.cert_loaded.load(Ordering::Acquire)
-            && self.synced.load(Ordering::Acquire)
-            && !self.shutting_down.load(Ordering::Acquire)
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the process is not ready (`/readyz` says it), or `None` when it is: the one rule
+    /// behind [`AppState::is_ready`] and `/readyz`.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            Some("shutting down")
+        } else if self.task_failed.load(Ordering::Acquire) {
+            Some("a background task stopped; the process exits so that it restarts")
+        } else if !self.cert_loaded.load(Ordering::Acquire) {
+            Some("no serving certificate loaded")
+        } else if !self.synced.load(Ordering::Acquire) {
+            Some("ImageMap cache not synced with the API server yet")
+        } else {
+            None
+        }
     }
 
     /// Runs `f` on the index under the read lock (never held across an await).
@@ -245,5 +259,6 @@ mod tests {
         assert!(state.is_ready());
         state.task_failed.store(true, Ordering::Release);
         assert!(!state.is_ready());
+        assert!(state.not_ready_reason().is_some_and(|why| why.contains("background task")));
     }
 }

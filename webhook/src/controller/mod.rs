@@ -14,13 +14,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
+use tracing::Instrument;
 
 mod converge;
 mod gate;
@@ -60,8 +61,10 @@ pub struct Options {
     pub interval: Duration,
 }
 
-/// Runs until shutdown: elect, act while leading, and release the Lease when the process is
-/// asked to stop.
+/// Runs until shutdown: elects, runs each job as a task of its own (in a span named after it)
+/// that acts while this replica leads, and releases the Lease when the process is asked to
+/// stop (after stopping the jobs). A job that ends or panics ends the controller, and so the
+/// process (see `crate::run`).
 pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &opts.lease_namespace);
     let mut elector = Elector::new(leases, opts.lease_name.clone(), opts.identity.clone());
@@ -69,28 +72,52 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
         client.clone(),
         Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(opts.identity.clone()) },
     );
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
+    let interval = opts.interval;
+    let rounds = || Rounds::new(state.clone(), leading.clone(), interval);
+    let opts = Arc::new(opts);
+    let mut jobs = tokio::task::JoinSet::new();
+    let mut spawn = |name: &'static str, job: futures::future::BoxFuture<'static, ()>| {
+        jobs.spawn(job.instrument(tracing::info_span!("job", name)).map(move |()| name));
+    };
+    if let Some(name) = opts.webhook_configuration.clone() {
+        spawn("scope", Box::pin(scope_job(client.clone(), state.clone(), name, rounds())));
+    }
+    if opts.policies {
+        spawn("policies", Box::pin(policies_job(client.clone(), state.clone(), opts.clone(), rounds())));
+    }
     // Pods come from watches, not a list per round: the gated ones (by label) for the gate,
-    // every Pod for convergence.
-    let gated = opts
-        .gate_unbuilt
-        .then(|| watch_pods(&client, watcher::Config::default().labels(&format!("{GATED_LABEL}=true")), "gated Pods"));
-    let all_pods = opts.converge.then(|| watch_pods(&client, watcher::Config::default(), "Pods"));
-    let _stop_watches =
-        [gated.as_ref(), all_pods.as_ref()].map(|w| AbortOnDrop(w.map(|(_, task)| task.abort_handle())));
-    let mut memory = converge::Memory::default();
-    let mut leading = false;
-    let mut policies_written = None;
+    // every Pod for convergence; each watch ends with its job.
+    if opts.converge {
+        let pods = watch_pods(&client, watcher::Config::default(), "Pods");
+        let job = converge_job(client.clone(), state.clone(), opts.clone(), pods, recorder.clone(), rounds());
+        spawn("converge", Box::pin(job));
+    }
+    if opts.gate_unbuilt {
+        let gated =
+            watch_pods(&client, watcher::Config::default().labels(&format!("{GATED_LABEL}=true")), "gated Pods");
+        spawn(
+            "gate",
+            Box::pin(gate_job(client.clone(), state.clone(), opts.clone(), gated, recorder.clone(), rounds())),
+        );
+    }
     let mut tick = tokio::time::interval(opts.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = state.shutdown.notified() => {}
-            // A map changed: act now rather than at the next tick (a new namespace is in scope
-            // within the watch's latency).
-            () = state.maps_changed.notified() => {}
+            Some(ended) = jobs.join_next(), if !jobs.is_empty() => {
+                match ended {
+                    Ok(name) => tracing::error!(job = name, "a controller job ended"),
+                    Err(e) => tracing::error!(error = %e, "a controller job panicked"),
+                }
+                return;
+            }
         }
         if state.shutting_down.load(Ordering::Acquire) {
+            // No job acts once the Lease is released.
+            jobs.shutdown().await;
             match elector.release().await {
                 Ok(()) => {
                     tracing::info!(identity = %opts.identity, lease = %opts.lease_name, "controller stopped; Lease released")
@@ -108,35 +135,105 @@ pub async fn run(client: Client, state: Arc<AppState>, opts: Options) {
                 elector.leading()
             }
         };
-        if now_leading != leading {
+        if now_leading != *leading_tx.borrow() {
             tracing::info!(identity = %opts.identity, lease = %opts.lease_name, leading = now_leading, "controller leadership changed");
-            leading = now_leading;
-            state.metrics.controller.set_leading(leading);
-            policies_written = None;
+            state.metrics.controller.set_leading(now_leading);
+            leading_tx.send_replace(now_leading);
         }
-        if !leading || !state.synced.load(Ordering::Acquire) {
-            continue;
-        }
-        // Level-triggered: each round compares the Pods with the maps as they are now, so a
-        // change made while this replica did not lead is acted on once it does.
-        if let Some(name) = &opts.webhook_configuration {
-            if let Err(e) = scope::keep_scope(&client, &state, name).await {
-                tracing::warn!(configuration = %name, error = %e, "could not scope the webhook configuration");
+    }
+}
+
+/// Paces a job: [`Rounds::next`] waits for the next tick, a map change (a new namespace is in
+/// scope within the watch's latency) or a leadership change, and returns once this replica
+/// leads and the maps are synced. Level-triggered: each round compares the cluster with the
+/// maps as they are now, so a change made while this replica did not lead is acted on once it
+/// does.
+struct Rounds {
+    state: Arc<AppState>,
+    leading: tokio::sync::watch::Receiver<bool>,
+    tick: tokio::time::Interval,
+    led: bool,
+}
+
+impl Rounds {
+    fn new(state: Arc<AppState>, leading: tokio::sync::watch::Receiver<bool>, interval: Duration) -> Rounds {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Rounds { state, leading, tick, led: false }
+    }
+
+    /// Waits for the next round this replica acts in; true when it has just started leading.
+    async fn next(&mut self) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.tick.tick() => {}
+                () = self.state.maps_changed.notified() => {}
+                changed = self.leading.changed() => {
+                    if changed.is_err() {
+                        // The controller is stopping; it aborts this job.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+            let leading = *self.leading.borrow_and_update();
+            let started = leading && !self.led;
+            self.led = leading;
+            if leading && self.state.synced.load(Ordering::Acquire) {
+                return started;
             }
         }
-        if opts.policies {
-            if let Err(e) =
-                policies::keep_policies(&client, &state, opts.policy_owner.as_deref(), &mut policies_written).await
-            {
-                tracing::warn!(error = %e, "could not bring the admission policies in step with the ImageMaps");
-            }
+    }
+}
+
+async fn scope_job(client: Client, state: Arc<AppState>, configuration: String, mut rounds: Rounds) {
+    loop {
+        rounds.next().await;
+        if let Err(e) = scope::keep_scope(&client, &state, &configuration).await {
+            tracing::warn!(%configuration, error = %e, "could not scope the webhook configuration");
         }
-        if let Some((pods, _)) = &all_pods {
-            converge::converge(&client, &state, &opts, pods, &recorder, &mut memory).await;
+    }
+}
+
+async fn policies_job(client: Client, state: Arc<AppState>, opts: Arc<Options>, mut rounds: Rounds) {
+    let mut written = None;
+    loop {
+        if rounds.next().await {
+            written = None; // a new leader writes everything once
         }
-        if let Some((gated, _)) = &gated {
-            gate::release_gated(&client, &state, &opts, gated, &recorder).await;
+        if let Err(e) = policies::keep_policies(&client, &state, opts.policy_owner.as_deref(), &mut written).await {
+            tracing::warn!(error = %e, "could not bring the admission policies in step with the ImageMaps");
         }
+    }
+}
+
+async fn converge_job(
+    client: Client,
+    state: Arc<AppState>,
+    opts: Arc<Options>,
+    (pods, watch): (Store<Pod>, tokio::task::JoinHandle<()>),
+    recorder: Recorder,
+    mut rounds: Rounds,
+) {
+    let _watch = AbortOnDrop(Some(watch.abort_handle()));
+    let mut memory = converge::Memory::default();
+    loop {
+        rounds.next().await;
+        converge::converge(&client, &state, &opts, &pods, &recorder, &mut memory).await;
+    }
+}
+
+async fn gate_job(
+    client: Client,
+    state: Arc<AppState>,
+    opts: Arc<Options>,
+    (gated, watch): (Store<Pod>, tokio::task::JoinHandle<()>),
+    recorder: Recorder,
+    mut rounds: Rounds,
+) {
+    let _watch = AbortOnDrop(Some(watch.abort_handle()));
+    loop {
+        rounds.next().await;
+        gate::release_gated(&client, &state, &opts, &gated, &recorder).await;
     }
 }
 
