@@ -130,18 +130,48 @@ pub fn write_serving_set(dir: &Path, ca: &CertificateAuthority, leaf: &LeafCerti
     Ok(())
 }
 
-/// Writes `contents` to `path`; a private file gets mode 0600 on Unix.
+/// Writes `contents` to `path`, replacing it atomically: the text goes to a new file beside it
+/// that is then renamed over `path`, so a reader (the webhook's certificate reload) never sees
+/// a half-written file. A private file (a key) is created with mode 0600 on Unix from the
+/// start, never readable by others even for a moment; an existing file with wider permissions
+/// is replaced by it, not reused. Other files get the default mode (0666 less the umask).
 pub fn write(path: &Path, contents: &str, private: bool) -> Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    let name = path.file_name().with_context(|| format!("{} names no file", path.display()))?;
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".tmp-{}", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = write_new(&temp, contents.as_bytes(), private)
+        .and_then(|()| std::fs::rename(&temp, path))
+        .with_context(|| format!("writing {}", path.display()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// Creates `path` (which must not exist, so a planted file or symlink is never written
+/// through; a leftover of an interrupted write is removed first), writes and syncs it.
+fn write_new(path: &Path, contents: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("setting permissions on {}", path.display()))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if private { 0o600 } else { 0o666 });
     }
     #[cfg(not(unix))]
     let _ = private;
-    Ok(())
+    let mut file = match options.open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path)?;
+            options.open(path)?
+        }
+        other => other?,
+    };
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 #[cfg(test)]
@@ -162,5 +192,63 @@ mod tests {
         }
         assert_eq!(sans.ips, vec!["127.0.0.1".parse::<IpAddr>().expect("ip")]);
         assert_eq!(sans.dns.len(), 4);
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_is_created_owner_only_and_certificates_keep_the_default_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::new("imagemap test CA", 1).expect("ca");
+        let mut sans = Sans::default();
+        sans.add_host("127.0.0.1");
+        let leaf = ca.serving("imagemap-webhook", &sans, 1).expect("leaf");
+        write_serving_set(dir.path(), &ca, &leaf).expect("write");
+        assert_eq!(mode(&dir.path().join("tls.key")), 0o600);
+        assert_eq!(std::fs::read_to_string(dir.path().join("tls.key")).expect("key"), leaf.key_pem);
+        // Certificates are public: the default mode, whatever the umask makes of 0666.
+        assert_ne!(mode(&dir.path().join("tls.crt")) & 0o400, 0);
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names.len(), 3, "no temporary file is left behind: {names:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_key_with_wider_permissions_is_replaced_by_an_owner_only_file() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("tls.key");
+        std::fs::write(&key, "old key").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let old_inode = std::fs::metadata(&key).expect("metadata").ino();
+        write(&key, "new key", true).expect("write");
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(std::fs::read_to_string(&key).expect("read"), "new key");
+        assert_ne!(
+            std::fs::metadata(&key).expect("metadata").ino(),
+            old_inode,
+            "a new file, never the old one widened"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_not_written_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("write");
+        let key = dir.path().join("tls.key");
+        let temp = dir.path().join(format!(".tls.key.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &temp).expect("symlink");
+        write(&key, "secret", true).expect("write");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
+        assert_eq!(std::fs::read_to_string(&key).expect("read"), "secret");
+        assert_eq!(mode(&key), 0o600);
     }
 }

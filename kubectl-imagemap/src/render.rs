@@ -7,6 +7,34 @@ use serde_json::{json, Value};
 
 use crate::cli::{ObjectOutput, Output};
 
+/// Text from the cluster (names, annotations, map fields, event messages) made safe to print:
+/// control characters (C0 including tab, CR and LF, DEL, C1) and the Unicode bidirectional
+/// overrides and isolates, which reorder what a terminal shows, are written as escapes (`\t`,
+/// `\r`, `\n`, else `\u{1b}` style), so nothing read from the cluster can move the cursor,
+/// clear the screen, set the window title or forge a line. Borrowed when there is nothing to
+/// escape; escaping twice changes nothing.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// What [`escape`] escapes.
+fn unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// kubectl's human-readable duration (`45s`, `5m30s`, `3h`, `2d4h`, `400d`, `3y20d`).
 pub fn human_duration(seconds: i64) -> String {
     let s = seconds.max(0);
@@ -99,13 +127,16 @@ pub fn table(maps: &[ImageMap], now: Timestamp, wide: bool, namespaces: bool) ->
     align(&rows)
 }
 
-/// Aligns rows into columns separated by three spaces, as kubectl does.
+/// Aligns rows into columns separated by three spaces, as kubectl does; every cell is
+/// [`escape`]d.
 pub fn align(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> =
+        rows.iter().map(|row| row.iter().map(|cell| escape(cell)).collect()).collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> =
         (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
-    for row in rows {
+    for row in &rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
             line.push_str(cell);
@@ -122,7 +153,7 @@ pub fn align(rows: &[Vec<String>]) -> String {
 /// One object in YAML, JSON or `imagemap.tilt.dev/NAME`.
 pub fn object(map: &ImageMap, format: ObjectOutput) -> String {
     match format {
-        ObjectOutput::Name => format!("imagemap.tilt.dev/{}\n", map.metadata.name.as_deref().unwrap_or("")),
+        ObjectOutput::Name => format!("imagemap.tilt.dev/{}\n", escape(map.metadata.name.as_deref().unwrap_or(""))),
         ObjectOutput::Json => json_text(&serde_json::to_value(map).unwrap_or(Value::Null)),
         ObjectOutput::Yaml => yaml_text(&serde_json::to_value(map).unwrap_or(Value::Null)),
     }
@@ -146,9 +177,19 @@ pub fn list(maps: &[ImageMap], format: Output, now: Timestamp, namespaces: bool)
     }
 }
 
-/// Pretty JSON with a trailing newline.
+/// Pretty JSON with a trailing newline. serde_json escapes C0 controls in strings; DEL, C1
+/// controls and bidirectional overrides are escaped here too (`\u009b`), the same JSON.
 pub fn json_text(v: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    let pretty = serde_json::to_string_pretty(v).unwrap_or_default();
+    let mut s = String::with_capacity(pretty.len() + 1);
+    for c in pretty.chars() {
+        // The only raw control character serde_json writes is its own line break.
+        if c != '\n' && unsafe_char(c) {
+            s.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            s.push(c);
+        }
+    }
     s.push('\n');
     s
 }
@@ -251,6 +292,67 @@ mod tests {
         let one: Value = imagemap_core::yaml::from_str(&object(&maps[0], ObjectOutput::Yaml)).expect("yaml");
         assert_eq!(one["status"]["image"], "localhost:5000/my-apiserver:tilt-1");
         assert_eq!(object(&maps[1], ObjectOutput::Name), "imagemap.tilt.dev/web\n");
+    }
+
+    /// Text a hostile map or Pod could carry: clear the screen, return to the start of the line,
+    /// a forged line, a C1 CSI, a right-to-left override, DEL.
+    const HOSTILE: &str = "x\u{1b}[2J\rFAKE\nline\u{9b}31m\u{202e}txt\u{7f}";
+
+    fn raw_controls(text: &str) -> Vec<char> {
+        text.chars().filter(|&c| c != '\n' && unsafe_char(c)).collect()
+    }
+
+    fn hostile_map() -> ImageMap {
+        let mut m = ImageMap::for_selector("dev", HOSTILE, HOSTILE).with_image(HOSTILE);
+        m.metadata.annotations = Some([("note".to_string(), HOSTILE.to_string())].into());
+        m.status.get_or_insert_with(Default::default).image_from_local = HOSTILE.into();
+        m
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_safe_text_is_borrowed() {
+        assert_eq!(escape(HOSTILE), "x\\u{1b}[2J\\rFAKE\\nline\\u{9b}31m\\u{202e}txt\\u{7f}");
+        assert_eq!(escape("tab\there"), "tab\\there");
+        assert!(matches!(escape("localhost:5000/app:tilt-1 ünïcödé"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape(&escape(HOSTILE)), escape(HOSTILE), "escaping twice changes nothing");
+    }
+
+    #[test]
+    fn tables_and_names_print_cluster_text_escaped() {
+        let now = now();
+        for text in [
+            table(&[hostile_map()], now, true, true),
+            list(&[hostile_map()], Output::Name, now, false),
+            object(&hostile_map(), ObjectOutput::Name),
+        ] {
+            assert!(raw_controls(&text).is_empty(), "raw control characters in {text:?}");
+            assert!(text.contains("x\\u{1b}[2J\\rFAKE\\nline"), "{text}");
+        }
+        let table = table(&[hostile_map()], now, true, true);
+        assert_eq!(table.lines().count(), 2, "a newline in a field forges no row: {table}");
+    }
+
+    #[test]
+    fn json_and_yaml_print_cluster_text_escaped_and_read_back_unchanged() {
+        let map = hostile_map();
+        let want = serde_json::to_value(&map).expect("json");
+        // JSON escapes everything `escape` does; YAML (the serializer's own double-quoted
+        // escapes) every control character, and leaves bidirectional marks as they are.
+        let json = object(&map, ObjectOutput::Json);
+        assert!(raw_controls(&json).is_empty(), "raw control characters in {json:?}");
+        let yaml = object(&map, ObjectOutput::Yaml);
+        let controls: Vec<char> = yaml.chars().filter(|&c| c != '\n' && c.is_control()).collect();
+        assert!(controls.is_empty(), "raw control characters {controls:?} in {yaml:?}");
+        for text in [json, yaml] {
+            let back: Value = imagemap_core::yaml::from_str(&text).expect("parses");
+            assert_eq!(back, want, "reads back as the same object: {text}");
+        }
+        assert!(raw_controls(&list(std::slice::from_ref(&map), Output::Json, now(), false)).is_empty());
+        for odd in ["a\nb\u{9b}c", "tab\tonly", "cr\ronly", "nl\nonly\n", "del\u{7f}"] {
+            let yaml = yaml_text(&serde_json::json!({ "s": odd }));
+            let controls: Vec<char> = yaml.chars().filter(|&c| c != '\n' && c.is_control()).collect();
+            assert!(controls.is_empty(), "raw control characters {controls:?} in {yaml:?}");
+        }
     }
 
     #[test]

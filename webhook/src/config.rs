@@ -45,7 +45,11 @@ pub enum Mode {
 
 /// The imagemap mutating admission webhook: swaps Pod images for the ones ImageMaps name.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "imagemap-webhook", version)]
+#[command(
+    name = "imagemap-webhook",
+    version,
+    after_help = "`imagemap-webhook check --help`: the installation check that the chart's `helm test` runs."
+)]
 pub struct Config {
     /// `serve`: answer admission reviews (reads ImageMaps only). `controller`: the writer
     /// (scope, gate, restarts, policies), not called by the API server.
@@ -60,6 +64,12 @@ pub struct Config {
     /// PEM private key of the certificate (reloaded when it changes).
     #[arg(long, env = "IMAGEMAP_TLS_PRIVATE_KEY_FILE")]
     pub tls_private_key_file: PathBuf,
+    /// PEM CA certificates whose client certificates may call POST /mutate (the API server's
+    /// webhook client certificate, set in its AdmissionConfiguration). Clients without one still
+    /// get /healthz, /readyz and /metrics (the kubelet's HTTPS probes present none); a
+    /// certificate from another CA fails the handshake. Read once at start.
+    #[arg(long, env = "IMAGEMAP_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
     /// Global static maps: an ImageMap, a List/ImageMapList, or multi-document YAML/JSON.
     #[arg(long, env = "IMAGEMAP_IMAGEMAPS_FILE")]
     pub imagemaps_file: Option<PathBuf>,

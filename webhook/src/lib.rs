@@ -171,7 +171,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let certs = tls::CertStore::load(&config.tls_cert_file, &config.tls_private_key_file)
         .context("loading the serving certificate (--tls-cert-file / --tls-private-key-file)")?;
     state.cert_loaded.store(true, Ordering::Release);
-    let tls_config = tls::server_config(certs.clone()).context("setting up TLS")?;
+    let tls_config = tls::server_config_with_client_ca(certs.clone(), config.client_ca_file.as_deref())
+        .context("setting up TLS (--client-ca-file)")?;
     let mut tasks = Supervisor::default();
     tasks.spawn("the certificate reload", tls::watch(certs, config.tls_reload_interval, state.clone()));
 
@@ -204,7 +205,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!(listen = %config.listen, %address, role = ?config.role, "serving HTTPS");
     let shutdown = listener::shutdown_signal(state.clone(), config.shutdown_delay);
-    let serving = listener::serve(listener, tls_config, routes, config.timeouts(), config.max_connections, shutdown);
+    let serving = listener::serve_with_client_auth(
+        listener,
+        tls_config,
+        routes,
+        config.timeouts(),
+        config.max_connections,
+        config.client_ca_file.is_some(),
+        shutdown,
+    );
     tokio::pin!(serving);
     loop {
         tokio::select! {

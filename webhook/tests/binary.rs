@@ -182,3 +182,58 @@ fn bad_duration_flags_stop_the_binary_at_start_naming_the_flag() {
         assert!(err.contains(flag) && err.contains(says), "{flag} {value}: {err}");
     }
 }
+
+/// A review carrying secrets where Pods carry them: an env value, the requester's identity,
+/// and `kubectl apply`'s copy of the manifest.
+fn review_with_secrets() -> Vec<u8> {
+    let mut review: Value = serde_json::from_str(common::FIXTURE).expect("fixture");
+    let request = &mut review["request"];
+    request["userInfo"] = json!({"username": "alice@example.com", "uid": "uid-4711", "groups": ["team-secret"]});
+    request["object"]["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+        json!(r#"{"spec":{"containers":[{"env":[{"name":"TOKEN","value":"s3cr3t-token"}]}]}}"#);
+    let env = request["object"]["spec"]["containers"][0]["env"].as_array_mut().expect("env");
+    env.push(json!({"name": "TOKEN", "value": "s3cr3t-token"}));
+    serde_json::to_vec(&review).expect("json")
+}
+
+const SECRETS: [&str; 4] = ["s3cr3t-token", "alice@example.com", "uid-4711", "team-secret"];
+
+/// Request bodies are logged only at debug level, and then with env values, userInfo and the
+/// last-applied manifest replaced by `<redacted>`; at info level no body is logged at all.
+#[tokio::test]
+async fn debug_logs_show_request_bodies_with_env_values_and_user_info_redacted_and_info_logs_none() {
+    for level in ["debug", "info"] {
+        let mut w = start_with(&["--log-level", level, "--log-format", "json"]).await;
+        let reply = w.client.post(&review_with_secrets()).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.body.contains("\"patch\""), "the review is still swapped: {}", reply.body);
+        let exit = terminate(&mut w).await;
+        assert!(exit.success(), "exit status {exit:?}");
+        let log = std::fs::read_to_string(&w.binary.log).expect("log");
+        for secret in SECRETS {
+            assert!(!log.contains(secret), "{level}: {secret:?} is in the log:\n{log}");
+        }
+        let bodies: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|line| line["message"] == "request body")
+            .collect();
+        if level == "info" {
+            assert!(bodies.is_empty(), "no request body at info level:\n{log}");
+            continue;
+        }
+        assert_eq!(bodies.len(), 1, "one request body at debug level:\n{log}");
+        assert_eq!(bodies[0]["level"], "DEBUG");
+        let body: Value = serde_json::from_str(bodies[0]["body"].as_str().expect("body field")).expect("body is JSON");
+        let request = &body["request"];
+        assert_eq!(request["userInfo"], "<redacted>");
+        assert_eq!(request["uid"], "6f5d5e6b-7a0c-4b8e-9d3e-2f1c0a9b8c7d", "the rest is kept");
+        let env = &request["object"]["spec"]["containers"][0]["env"];
+        assert_eq!(env[0], json!({"name": "SELF_IMAGE", "value": "<redacted>"}));
+        assert_eq!(env[1]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name", "valueFrom names no secret");
+        assert_eq!(env[2], json!({"name": "TOKEN", "value": "<redacted>"}));
+        let annotations = &request["object"]["metadata"]["annotations"];
+        assert_eq!(annotations["kubectl.kubernetes.io/last-applied-configuration"], "<redacted>");
+        assert_eq!(request["object"]["spec"]["containers"][0]["image"], "my-apiserver");
+    }
+}

@@ -75,8 +75,12 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_bodies_beyond_the_review_cap_do_not_starve_real_reviews() {
-    let limits =
-        Limits { max_body_bytes: 256 * 1024, body_timeout: Duration::from_secs(20), max_concurrent_reviews: 2 };
+    let limits = Limits {
+        max_body_bytes: 256 * 1024,
+        body_timeout: Duration::from_secs(20),
+        max_concurrent_reviews: 2,
+        ..Limits::default()
+    };
     let server = Server::start(timeouts(), limits, Duration::from_secs(1)).await;
     let map: imagemap_core::types::ImageMap = serde_json::from_value(serde_json::json!({
         "apiVersion": "tilt.dev/v1alpha1", "kind": "ImageMap", "metadata": {"name": "api"},

@@ -256,3 +256,166 @@ async fn review_captured_from_the_real_api_server_is_patched() {
     assert_eq!(pod["spec"]["initContainers"][0]["image"], "localhost:5000/my-apiserver:tilt-1");
     assert_eq!(pod["spec"]["containers"][1]["image"], "busybox:1.36");
 }
+
+/// A review of the fixture's Pod padded (with a long label) to `len` bytes.
+fn review_of_len(len: usize) -> Vec<u8> {
+    let mut review = fixture();
+    review["request"]["object"]["metadata"]["labels"]["padding"] = json!("");
+    let short = serde_json::to_vec(&review).expect("json").len();
+    review["request"]["object"]["metadata"]["labels"]["padding"] = json!("x".repeat(len - short));
+    let bytes = serde_json::to_vec(&review).expect("json");
+    assert_eq!(bytes.len(), len);
+    bytes
+}
+
+/// A `POST /mutate` whose body arrives through the returned sender, chunk by chunk.
+fn streamed_review(len: usize) -> (Request<Body>, futures::channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>) {
+    let (tx, rx) = futures::channel::mpsc::channel(0);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/mutate")
+        .header("content-type", "application/json")
+        .header("content-length", len.to_string())
+        .body(Body::from_stream(rx))
+        .expect("request");
+    (req, tx)
+}
+
+async fn send_chunks(tx: &mut futures::channel::mpsc::Sender<Result<Vec<u8>, std::io::Error>>, bytes: &[u8]) {
+    use futures::SinkExt;
+    for chunk in bytes.chunks(16 * 1024) {
+        tx.send(Ok(chunk.to_vec())).await.expect("the handler reads the body");
+    }
+}
+
+fn gauge(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls `/metrics` until `check` holds (the limit only bounds a failing test).
+async fn metrics_until(app: &axum::Router, what: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let req = Request::builder().uri("/metrics").body(Body::empty()).expect("request");
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        let text = String::from_utf8_lossy(&resp.into_body().collect().await.expect("body").to_bytes()).to_string();
+        if check(&text) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} never happened:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+async fn answered(resp: axum::response::Response) -> Value {
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let review: Value = serde_json::from_slice(&bytes).expect("a review");
+    assert_eq!(review["response"]["patchType"], "JSONPatch", "swapped: {review}");
+    review
+}
+
+/// Past `--max-buffered-body-bytes`, a body waits for the budget: it is neither refused nor
+/// buffered beyond it, and it is read and answered once the bytes held by another request
+/// return. A review within the per-request allowance is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_past_the_budget_waits_for_it_and_small_reviews_pass_meanwhile() {
+    use imagemap_webhook::http::UNBUDGETED_BODY_BYTES;
+    const LEN: usize = 256 * 1024;
+    const BUDGET: usize = LEN - UNBUDGETED_BODY_BYTES; // exactly one body past its allowance
+    let state = AppState::new(
+        None,
+        Limits {
+            max_body_bytes: LEN,
+            max_buffered_body_bytes: BUDGET,
+            body_timeout: std::time::Duration::from_secs(120), // a regression fails as 408, not a hang
+            ..Limits::default()
+        },
+    );
+    state.update_index(|idx| idx.replace_cluster([&map("dev", "api", "my-apiserver", Some("r.io/a:t"), false)]));
+    let app = router(state.clone());
+    let body = review_of_len(LEN);
+    let (head, last) = body.split_at(LEN - 1024);
+
+    // A: all but its last KiB. Past its allowance, it drew all its Content-Length needs: the
+    // whole budget.
+    let (req_a, mut tx_a) = streamed_review(LEN);
+    let a = tokio::spawn(app.clone().oneshot(req_a));
+    send_chunks(&mut tx_a, head).await;
+    metrics_until(&app, "A drawing", |t| gauge(t, "imagemap_body_budget_bytes") == Some(BUDGET as u64)).await;
+
+    // B: past its allowance it needs what A holds, so it waits.
+    let (req_b, mut tx_b) = streamed_review(LEN);
+    let b = tokio::spawn(app.clone().oneshot(req_b));
+    let sending_b = tokio::spawn(async move {
+        send_chunks(&mut tx_b, &review_of_len(LEN)).await;
+        tx_b
+    });
+    let text = metrics_until(&app, "B waiting", |t| gauge(t, "imagemap_body_budget_waiting") == Some(1)).await;
+    assert_eq!(gauge(&text, "imagemap_body_budget_bytes"), Some(BUDGET as u64), "all of it drawn, none past it");
+    assert_eq!(gauge(&text, "imagemap_body_budget_waits_total"), Some(1), "{text}");
+    assert!(!b.is_finished(), "B is neither answered nor refused while it waits");
+
+    // A review within the allowance does not wait.
+    let small = Request::builder()
+        .method(Method::POST)
+        .uri("/mutate")
+        .header("content-type", "application/json")
+        .body(Body::from(common::FIXTURE))
+        .expect("request");
+    answered(app.clone().oneshot(small).await.expect("infallible")).await;
+    assert!(!b.is_finished(), "B still waits");
+
+    // A completes and is answered; its bytes return and B is read to the end and answered.
+    send_chunks(&mut tx_a, last).await;
+    drop(tx_a);
+    answered(a.await.expect("A's task").expect("infallible")).await;
+    drop(sending_b.await.expect("B's body sent"));
+    answered(b.await.expect("B's task").expect("infallible")).await;
+    let text = metrics_until(&app, "every byte returned", |t| gauge(t, "imagemap_body_budget_bytes") == Some(0)).await;
+    assert_eq!(gauge(&text, "imagemap_body_budget_waiting"), Some(0), "{text}");
+    for refusal in ["too_large", "body_timeout", "busy"] {
+        assert!(!text.contains(&format!("reason=\"{refusal}\"")), "nothing refused: {text}");
+    }
+}
+
+/// A body that stalls while holding the budget is cut off at the body timeout (408), and so is
+/// a body that stalls behind it; the budget then returns whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_holding_the_budget_times_out_and_returns_it() {
+    use imagemap_webhook::http::UNBUDGETED_BODY_BYTES;
+    const LEN: usize = 256 * 1024;
+    let state = AppState::new(
+        None,
+        Limits {
+            max_body_bytes: LEN,
+            max_buffered_body_bytes: LEN - UNBUDGETED_BODY_BYTES,
+            body_timeout: std::time::Duration::from_secs(1),
+            ..Limits::default()
+        },
+    );
+    let app = router(state.clone());
+    let body = review_of_len(LEN);
+    let mut stalled = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let (req, mut tx) = streamed_review(LEN);
+        stalled.push(tokio::spawn(app.clone().oneshot(req)));
+        // Past the allowance, then nothing. The body timeout may have dropped the body first on
+        // a busy machine: a refused send is fine here.
+        for chunk in body[..UNBUDGETED_BODY_BYTES + 16 * 1024].chunks(16 * 1024) {
+            use futures::SinkExt;
+            if tx.send(Ok(chunk.to_vec())).await.is_err() {
+                break;
+            }
+        }
+        senders.push(tx);
+    }
+    for task in stalled {
+        let resp = task.await.expect("task").expect("infallible");
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+    let text = metrics_until(&app, "the budget returned", |t| gauge(t, "imagemap_body_budget_bytes") == Some(0)).await;
+    assert_eq!(gauge(&text, "imagemap_body_budget_waiting"), Some(0), "{text}");
+    drop(senders);
+}

@@ -10,7 +10,7 @@ use kube::Api;
 
 use crate::cli::{DescribeArgs, Global};
 use crate::client::Cluster;
-use crate::render::{self, human_duration};
+use crate::render::{self, escape, human_duration};
 
 /// A Pod and the swaps a map made in it.
 pub struct SwappedPod {
@@ -20,10 +20,11 @@ pub struct SwappedPod {
     pub records: Vec<SwapRecord>,
 }
 
-/// Renders the description (pure).
+/// Renders the description (pure). Every value read from the cluster is printed
+/// [`escape`]d.
 pub fn describe_text(map: &ImageMap, pods: &[SwappedPod], events: &[Event], now: Timestamp) -> String {
     let mut out = String::new();
-    let mut line = |k: &str, v: &str| out.push_str(&format!("{:<22}{}\n", format!("{k}:"), v));
+    let mut line = |k: &str, v: &str| out.push_str(&format!("{:<22}{}\n", format!("{k}:"), escape(v)));
     let status = map.status.clone().unwrap_or_default();
     line("Name", map.metadata.name.as_deref().unwrap_or(""));
     line("Namespace", map.metadata.namespace.as_deref().unwrap_or(""));
@@ -57,7 +58,13 @@ pub fn describe_text(map: &ImageMap, pods: &[SwappedPod], events: &[Event], now:
     }
     for pod in pods {
         for r in &pod.records {
-            out.push_str(&format!("  pod/{}  {}  {} -> {}\n", pod.name, r.field, r.original, r.image));
+            out.push_str(&format!(
+                "  pod/{}  {}  {} -> {}\n",
+                escape(&pod.name),
+                escape(&r.field),
+                escape(&r.original),
+                escape(&r.image)
+            ));
         }
     }
     out.push_str("Events:\n");
@@ -136,6 +143,33 @@ mod tests {
         assert!(text.contains("Usable:               No: has no built image yet"), "{text}");
         assert!(text.contains("kubectl imagemap set-image web IMAGE"), "{text}");
         assert!(text.contains("Swapped Pods:\n  <none>\nEvents:\n  <none>\n"), "{text}");
+    }
+
+    #[test]
+    fn control_characters_from_the_cluster_are_printed_escaped() {
+        let hostile = "x\u{1b}]0;title\u{7}\u{1b}[2J\rFAKE\nUsable: Yes";
+        let mut m = ImageMap::for_selector("dev", "web", hostile).with_image(hostile).with_command(&[hostile]);
+        m.metadata.annotations = Some([("note".to_string(), hostile.to_string())].into());
+        let records = vec![SwapRecord {
+            field: hostile.into(),
+            original: hostile.into(),
+            image: hostile.into(),
+            image_map: "dev/web".into(),
+        }];
+        let pods = [SwappedPod { name: hostile.into(), records }];
+        let events: Vec<Event> = serde_json::from_value(json!([
+            {"metadata": {"name": "e"}, "involvedObject": {}, "type": "Warning", "reason": hostile, "message": hostile}
+        ]))
+        .expect("events");
+        let text = describe_text(&m, &pods, &events, Timestamp::now());
+        let raw: Vec<char> = text.chars().filter(|&c| c != '\n' && c.is_control()).collect();
+        assert!(raw.is_empty(), "raw control characters {raw:?} in {text:?}");
+        assert!(
+            text.contains("Selector:             x\\u{1b}]0;title\\u{7}\\u{1b}[2J\\rFAKE\\nUsable: Yes\n"),
+            "{text}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("Usable: Yes")), "no forged line: {text}");
+        assert!(text.contains("  pod/x\\u{1b}]0;title"), "{text}");
     }
 
     #[test]

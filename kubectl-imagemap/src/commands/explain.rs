@@ -13,21 +13,27 @@ use serde_json::{json, Value};
 use crate::cli::{ExplainArgs, Global};
 use crate::client::Cluster;
 use crate::input::{load_index, parse_manifests, read_text};
+use crate::render::escape;
 
-/// Explains how `value` (an image) would be swapped in `namespace` (pure).
+/// Explains how `value` (an image) would be swapped in `namespace` (pure). Text from the
+/// cluster or a file is printed [`escape`]d, here and in the other explanations.
 pub fn explain_image(index: &MapIndex, namespace: &str, value: &str) -> String {
     let reference = match Reference::parse(value) {
         Ok(r) => r,
-        Err(e) => return format!("{value}: not a valid image reference ({e}); the webhook leaves it unchanged\n"),
+        Err(e) => {
+            let (value, e) = (escape(value), escape(&e.to_string()).into_owned());
+            return format!("{value}: not a valid image reference ({e}); the webhook leaves it unchanged\n");
+        }
     };
-    let mut out = format!("{value}\n  normalized: {} (name {})\n", reference.full(), reference.name());
+    let mut out = format!("{}\n  normalized: {} (name {})\n", escape(value), reference.full(), reference.name());
     let pod = json!({"metadata": {}, "spec": {"containers": [{"name": "explain", "image": value}]}});
     let injection = inject_json(&pod, &Applicable { index, namespace });
     let winner = injection.swaps.first();
     let candidates: Vec<_> = index.candidates(namespace, reference.name()).iter().collect();
     if candidates.is_empty() {
         out.push_str(&format!(
-            "  no ImageMap in namespace {namespace:?} (or global) selects {}: unchanged\n",
+            "  no ImageMap in namespace {:?} (or global) selects {}: unchanged\n",
+            escape(namespace),
             reference.name()
         ));
         return out;
@@ -41,16 +47,16 @@ pub fn explain_image(index: &MapIndex, namespace: &str, value: &str) -> String {
         let verdict = if !map.matches(&reference) {
             format!("no match: matchExact needs the full string {}", map.selector.full())
         } else if let Err(why) = &map.target {
-            format!("matches but unusable: {why}")
+            format!("matches but unusable: {}", escape(&why.to_string()))
         } else if winner.is_some_and(|w| w.record.image_map == map.id) {
-            format!("WINS: swaps to {}", winner.map_or("", |w| w.record.image.as_str()))
+            format!("WINS: swaps to {}", escape(winner.map_or("", |w| w.record.image.as_str())))
         } else {
             "matches but outranked (exact > name-only, local > global, then lowest name)".to_string()
         };
         out.push_str(&format!(
             "  ImageMap {} ({how}, {scope}, selector {}): {verdict}\n",
-            map.id,
-            map.selector.familiar()
+            escape(&map.id),
+            escape(&map.selector.familiar())
         ));
     }
     if winner.is_none() {
@@ -69,7 +75,7 @@ pub fn explain_manifests(
     for doc in docs {
         let mut copy = doc.clone();
         for result in inject_object(&mut copy, namespace, index)? {
-            out.push_str(&format!("{} (namespace {}):\n", result.object, result.namespace));
+            out.push_str(&format!("{} (namespace {}):\n", escape(&result.object), escape(&result.namespace)));
             if result.injection.swaps.is_empty() && result.injection.unusable.is_empty() {
                 out.push_str("  nothing matches: unchanged\n");
             }
@@ -78,16 +84,22 @@ pub fn explain_manifests(
                 let scope = if s.scope == Scope::Local { "local" } else { "global" };
                 out.push_str(&format!(
                     "  {}: {} -> {} by ImageMap {} ({how}, {scope})\n",
-                    s.record.field, s.record.original, s.record.image, s.record.image_map
+                    escape(&s.record.field),
+                    escape(&s.record.original),
+                    escape(&s.record.image),
+                    escape(&s.record.image_map)
                 ));
                 if !s.outranked.is_empty() {
-                    out.push_str(&format!("    outranked: {}\n", s.outranked.join(", ")));
+                    out.push_str(&format!("    outranked: {}\n", escape(&s.outranked.join(", "))));
                 }
             }
             for u in &result.injection.unusable {
                 out.push_str(&format!(
                     "  {}: {} matched ImageMap {} but it {}\n",
-                    u.field, u.value, u.image_map, u.reason
+                    escape(&u.field),
+                    escape(&u.value),
+                    escape(&u.image_map),
+                    escape(&u.reason.to_string())
                 ));
             }
         }
@@ -98,7 +110,7 @@ pub fn explain_manifests(
 /// Explains a live Pod: what its annotation records, and how its original images match now.
 pub fn explain_pod(index: &MapIndex, namespace: &str, pod: &Value) -> String {
     let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-    let mut out = format!("pod/{name} (namespace {namespace}):\n");
+    let mut out = format!("pod/{} (namespace {}):\n", escape(name), escape(namespace));
     let records = pod
         .pointer("/metadata/annotations")
         .and_then(|a| a.get(SWAPS_ANNOTATION))
@@ -109,7 +121,13 @@ pub fn explain_pod(index: &MapIndex, namespace: &str, pod: &Value) -> String {
         out.push_str("  no swaps recorded (annotation imagemap.tilt.dev/swaps absent)\n");
     }
     for r in &records {
-        out.push_str(&format!("  recorded: {}: {} -> {} by ImageMap {}\n", r.field, r.original, r.image, r.image_map));
+        out.push_str(&format!(
+            "  recorded: {}: {} -> {} by ImageMap {}\n",
+            escape(&r.field),
+            escape(&r.original),
+            escape(&r.image),
+            escape(&r.image_map)
+        ));
     }
     out.push_str("  as the maps stand now:\n");
     for list in ["initContainers", "containers"] {
@@ -205,6 +223,29 @@ mod tests {
         assert!(explain_image(&index(), "dev", "Bad Image").contains("not a valid image reference"));
         assert!(explain_image(&index(), "dev", "other").contains("no ImageMap"));
         assert!(explain_image(&index(), "prod", "app").contains("no ImageMap in namespace \"prod\""));
+    }
+
+    #[test]
+    fn control_characters_in_images_annotations_and_names_are_printed_escaped() {
+        let hostile = "app\u{1b}[2J\rWINS: swaps to evil\nx\u{9b}";
+        let raw = |text: &str| text.chars().filter(|&c| c != '\n' && c.is_control()).collect::<Vec<char>>();
+        let text = explain_image(&index(), "dev\u{1b}[1m", hostile);
+        assert!(raw(&text).is_empty(), "raw control characters in {text:?}");
+        assert!(text.starts_with("app\\u{1b}[2J\\rWINS: swaps to evil\\nx\\u{9b}: not a valid"), "{text}");
+        let record = format!(
+            r#"[{{"field":"spec.containers{{c}}.image","original":{o},"image":{o},"imageMap":{o}}}]"#,
+            o = serde_json::to_string(hostile).expect("json")
+        );
+        let pod = json!({"metadata": {"name": hostile, "annotations": {SWAPS_ANNOTATION: record}},
+            "spec": {"containers": [{"name": "c", "image": "r.io/b:1"}]}});
+        let text = explain_pod(&index(), "dev", &pod);
+        assert!(raw(&text).is_empty(), "raw control characters in {text:?}");
+        assert!(text.contains("recorded: spec.containers{c}.image: app\\u{1b}[2J"), "{text}");
+        assert!(!text.lines().any(|l| l.trim_start().starts_with("WINS")), "no forged line: {text}");
+        let docs = vec![json!({"kind": "Pod", "metadata": {"name": hostile, "namespace": "dev"},
+            "spec": {"containers": [{"name": hostile, "image": "app:v1"}]}})];
+        let text = explain_manifests(&index(), "dev", &docs).expect("explains");
+        assert!(raw(&text).is_empty(), "raw control characters in {text:?}");
     }
 
     #[test]

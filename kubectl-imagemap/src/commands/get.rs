@@ -26,17 +26,22 @@ pub async fn run(global: &Global, args: &GetArgs) -> Result<String> {
     };
     if !args.watch {
         if text.is_empty() && matches!(args.output, Output::Table | Output::Wide) {
-            let scope = if args.all_namespaces {
-                "any namespace".to_string()
-            } else {
-                format!("{} namespace", cluster.namespace)
-            };
-            eprintln!("No ImageMaps found in {scope}.");
+            eprintln!("{}", nothing_found(args.all_namespaces, &cluster.namespace));
         }
         return Ok(text);
     }
     print!("{text}");
     watch(api, args).await
+}
+
+/// What an empty table says instead (the namespace [`render::escape`]d, as everything the
+/// tables print is).
+fn nothing_found(all_namespaces: bool, namespace: &str) -> String {
+    if all_namespaces {
+        "No ImageMaps found in any namespace.".into()
+    } else {
+        format!("No ImageMaps found in {} namespace.", render::escape(namespace))
+    }
 }
 
 async fn watch(api: Api<ImageMap>, args: &GetArgs) -> Result<String> {
@@ -66,4 +71,22 @@ async fn watch(api: Api<ImageMap>, args: &GetArgs) -> Result<String> {
         print!("{text}");
     }
     Ok(String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imagemap_core::types::ImageMap;
+
+    #[test]
+    fn listed_maps_and_the_empty_message_print_control_characters_escaped() {
+        assert_eq!(nothing_found(false, "dev\u{1b}[2J"), "No ImageMaps found in dev\\u{1b}[2J namespace.");
+        assert_eq!(nothing_found(true, "dev"), "No ImageMaps found in any namespace.");
+        let map = ImageMap::for_selector("dev\r", "api\u{1b}]0;x\u{7}", "app\u{9b}").with_image("r.io/app:1\n");
+        for output in [Output::Table, Output::Wide, Output::Name, Output::Json, Output::Yaml] {
+            let text = render::list(std::slice::from_ref(&map), output, Timestamp::now(), true);
+            let raw: Vec<char> = text.chars().filter(|&c| c != '\n' && c.is_control()).collect();
+            assert!(raw.is_empty(), "{output:?}: raw control characters {raw:?} in {text:?}");
+        }
+    }
 }

@@ -96,6 +96,7 @@ impl ImageMap {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct ImageMapOverrideCommand {
     /// The new command.
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
     pub command: Vec<String>,
 }
 
@@ -103,6 +104,7 @@ pub struct ImageMapOverrideCommand {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct ImageMapOverrideArgs {
     /// The new args.
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
     pub args: Vec<String>,
 }
 
@@ -166,6 +168,12 @@ fn reference_rule(
     }
 }
 
+/// The longest valid image reference: a 255-character name (the grammar's limit), a 128-character
+/// tag and a sha512 digest (`name:tag@sha512:<128 hex>`). The CRD's `maxLength` on selectors and
+/// status images: anything longer cannot parse, and the API server refuses it before its CEL
+/// rule runs (CEL's cost budget counts the bound).
+pub const REFERENCE_MAX_LENGTH: usize = 255 + ":".len() + 128 + "@sha512:".len() + 128;
+
 /// Adds `maxLength` and the reference rule to the string property `field` of `object`.
 fn validate_reference_field(
     object: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
@@ -173,7 +181,7 @@ fn validate_reference_field(
     optional: bool,
 ) {
     if let Some(prop) = object.properties.as_mut().and_then(|p| p.get_mut(field)) {
-        prop.max_length = Some(512);
+        prop.max_length = Some(REFERENCE_MAX_LENGTH as i64);
         prop.x_kubernetes_validations = Some(vec![reference_rule(optional)]);
     }
 }
@@ -303,6 +311,36 @@ status:
         assert!(rule["message"].as_str().expect("message").contains("image reference"));
         let status_rule = &props["status"]["properties"]["image"]["x-kubernetes-validations"][0]["rule"];
         assert!(status_rule.as_str().expect("rule").starts_with("self == '' ||"));
+    }
+
+    #[test]
+    fn crd_bounds_override_lists_their_items_and_every_reference_string() {
+        let crd: serde_json::Value = crate::yaml::from_str(&crd_yaml().expect("renders")).expect("yaml");
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        let spec = &props["spec"]["properties"];
+        for (list, field) in [("overrideCommand", "command"), ("overrideArgs", "args")] {
+            let array = &spec[list]["properties"][field];
+            assert_eq!(array["maxItems"], 256, "{list}.{field}: {array}");
+            assert_eq!(array["items"]["maxLength"], 4096, "{list}.{field} items: {array}");
+        }
+        assert_eq!(spec["selector"]["maxLength"], REFERENCE_MAX_LENGTH, "selector");
+        for field in ["image", "imageFromCluster", "imageFromLocal"] {
+            assert_eq!(props["status"]["properties"][field]["maxLength"], REFERENCE_MAX_LENGTH, "status.{field}");
+        }
+    }
+
+    #[test]
+    fn the_longest_valid_reference_fits_the_crd_length_limit_and_one_more_character_does_not_parse() {
+        // A 255-character name (unchanged by normalization), a 128-character tag, a sha512 digest.
+        let name = format!("gcr.io/{}", "a".repeat(248));
+        assert_eq!(name.len(), 255);
+        let longest = format!("{name}:{}@sha512:{}", "t".repeat(128), "f".repeat(128));
+        assert_eq!(longest.len(), REFERENCE_MAX_LENGTH);
+        crate::reference::Reference::parse(&longest).expect("the longest reference is valid");
+        let longer_name = format!("gcr.io/{}:{}@sha512:{}", "a".repeat(249), "t".repeat(128), "f".repeat(128));
+        assert!(crate::reference::Reference::parse(&longer_name).is_err(), "a 256-character name is refused");
+        let longer_tag = format!("{name}:{}@sha512:{}", "t".repeat(129), "f".repeat(128));
+        assert!(crate::reference::Reference::parse(&longer_tag).is_err(), "a 129-character tag is refused");
     }
 
     #[test]
