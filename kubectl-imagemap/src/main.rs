@@ -7,6 +7,7 @@ mod commands;
 mod input;
 mod render;
 mod scope_wait;
+mod stale;
 
 use std::process::ExitCode;
 

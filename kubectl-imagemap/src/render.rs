@@ -4,6 +4,7 @@ use imagemap_core::maps::{CompiledMap, Origin};
 use imagemap_core::types::ImageMap;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 use crate::cli::{ObjectOutput, Output};
 
@@ -91,13 +92,23 @@ fn or_none(s: &str) -> &str {
 }
 
 /// A kubectl-style table of maps (`wide` adds from-local and the match flags).
-pub fn table(maps: &[ImageMap], now: Timestamp, wide: bool, namespaces: bool) -> String {
+pub fn table(
+    maps: &[ImageMap],
+    now: Timestamp,
+    wide: bool,
+    namespaces: bool,
+    stale: Option<&BTreeMap<String, usize>>,
+) -> String {
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut header: Vec<&str> = Vec::new();
     if namespaces {
         header.push("NAMESPACE");
     }
-    header.extend(["NAME", "SELECTOR", "IMAGE", "BUILT", "READY", "AGE"]);
+    header.extend(["NAME", "SELECTOR", "IMAGE", "BUILT", "READY"]);
+    if stale.is_some() {
+        header.push("STALE");
+    }
+    header.push("AGE");
     if wide {
         header.extend(["FROM-LOCAL", "EXACT", "ENV"]);
     }
@@ -113,6 +124,14 @@ pub fn table(maps: &[ImageMap], now: Timestamp, wide: bool, namespaces: bool) ->
         row.push(injected(m));
         row.push(status.build_start_time.as_ref().map_or("<none>".into(), |t| age(now, Some(t.0))));
         row.push(if usability(m).is_ok() { "True".into() } else { "False".into() });
+        if let Some(stale) = stale {
+            let id = format!(
+                "{}/{}",
+                m.metadata.namespace.as_deref().unwrap_or_default(),
+                m.metadata.name.as_deref().unwrap_or_default()
+            );
+            row.push(stale.get(&id).copied().unwrap_or(0).to_string());
+        }
         row.push(age(now, m.metadata.creation_timestamp.as_ref().map(|t| t.0)));
         if wide {
             row.push(or_none(&status.image_from_local).to_string());
@@ -161,9 +180,21 @@ pub fn object(map: &ImageMap, format: ObjectOutput) -> String {
 
 /// Several objects: a `List` in YAML/JSON, names one per line, or a table.
 pub fn list(maps: &[ImageMap], format: Output, now: Timestamp, namespaces: bool) -> String {
+    list_with_stale(maps, format, now, namespaces, None)
+}
+
+/// [`list`] with a STALE column in tables: per map (`namespace/name`), the Pods it would change
+/// now; `None` leaves the column out (e.g. while watching).
+pub fn list_with_stale(
+    maps: &[ImageMap],
+    format: Output,
+    now: Timestamp,
+    namespaces: bool,
+    stale: Option<&BTreeMap<String, usize>>,
+) -> String {
     match format {
-        Output::Table => table(maps, now, false, namespaces),
-        Output::Wide => table(maps, now, true, namespaces),
+        Output::Table => table(maps, now, false, namespaces, stale),
+        Output::Wide => table(maps, now, true, namespaces, stale),
         Output::Name => maps.iter().map(|m| object(m, ObjectOutput::Name)).collect(),
         Output::Json | Output::Yaml => {
             let items: Vec<Value> = maps.iter().map(|m| serde_json::to_value(m).unwrap_or(Value::Null)).collect();
@@ -251,7 +282,7 @@ mod tests {
 
     #[test]
     fn table_shows_selector_injected_image_built_ready_and_age() {
-        let text = table(&sample(), now(), false, false);
+        let text = table(&sample(), now(), false, false, None);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0].split_whitespace().collect::<Vec<_>>(),
@@ -263,11 +294,17 @@ mod tests {
         );
         assert_eq!(lines[2].split_whitespace().collect::<Vec<_>>(), ["web", "web", "<none>", "<none>", "False", "3d"]);
         assert_eq!(lines[0].find("SELECTOR"), lines[1].find("my-apiserver"), "columns align");
+        let counts = BTreeMap::from([("dev/api".to_string(), 3)]);
+        let with_stale = table(&sample(), now(), false, false, Some(&counts));
+        let rows: Vec<Vec<&str>> = with_stale.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(rows[0], ["NAME", "SELECTOR", "IMAGE", "BUILT", "READY", "STALE", "AGE"]);
+        assert_eq!(rows[1][5], "3");
+        assert_eq!(rows[2][5], "0", "a map with no stale Pod");
     }
 
     #[test]
     fn wide_table_adds_from_local_and_match_flags_and_namespace_with_all_namespaces() {
-        let text = table(&sample(), now(), true, true);
+        let text = table(&sample(), now(), true, true, None);
         let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
         assert_eq!(
             lines[0],
@@ -321,14 +358,14 @@ mod tests {
     fn tables_and_names_print_cluster_text_escaped() {
         let now = now();
         for text in [
-            table(&[hostile_map()], now, true, true),
+            table(&[hostile_map()], now, true, true, None),
             list(&[hostile_map()], Output::Name, now, false),
             object(&hostile_map(), ObjectOutput::Name),
         ] {
             assert!(raw_controls(&text).is_empty(), "raw control characters in {text:?}");
             assert!(text.contains("x\\u{1b}[2J\\rFAKE\\nline"), "{text}");
         }
-        let table = table(&[hostile_map()], now, true, true);
+        let table = table(&[hostile_map()], now, true, true, None);
         assert_eq!(table.lines().count(), 2, "a newline in a field forges no row: {table}");
     }
 
@@ -357,7 +394,7 @@ mod tests {
 
     #[test]
     fn empty_table_prints_nothing() {
-        assert_eq!(table(&[], now(), false, false), "");
+        assert_eq!(table(&[], now(), false, false, None), "");
     }
 
     #[test]

@@ -208,6 +208,17 @@ fn rollout_restarts_the_workloads_of_stale_pods_and_lists_bare_ones() {
     })
     .expect("the Deployment's Pod, created before the map");
 
+    // get counts them, describe says why.
+    let table = plugin(plane, &["get", "-n", &ns]);
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    let column = rows[0].iter().position(|h| *h == "STALE").expect("a STALE column");
+    assert_eq!(rows[1][column], "2", "the Deployment's Pod and the bare one:\n{table}");
+    let described = plugin(plane, &["describe", "web", "-n", &ns]);
+    assert!(
+        described.contains("pod/bare  spec.containers{bare}.image  stale-app -> reg.io/stale-app:1  (never swapped"),
+        "{described}"
+    );
+
     let out = plugin(plane, &["rollout", "web", "-n", &ns]);
     assert!(out.contains("deployment.apps/web restarted"), "{out}");
     assert!(out.contains("pod/bare is stale but owned by Pod"), "{out}");

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use imagemap_core::inject::{parse_records, SwapRecord, SWAPS_ANNOTATION};
+use imagemap_core::stale::StaleField;
 use imagemap_core::types::ImageMap;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -22,7 +23,13 @@ pub struct SwappedPod {
 
 /// Renders the description (pure). Every value read from the cluster is printed
 /// [`escape`]d.
-pub fn describe_text(map: &ImageMap, pods: &[SwappedPod], events: &[Event], now: Timestamp) -> String {
+pub fn describe_text(
+    map: &ImageMap,
+    pods: &[SwappedPod],
+    stale: &[(String, StaleField)],
+    events: &[Event],
+    now: Timestamp,
+) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: &str| out.push_str(&format!("{:<22}{}\n", format!("{k}:"), escape(v)));
     let status = map.status.clone().unwrap_or_default();
@@ -66,6 +73,20 @@ pub fn describe_text(map: &ImageMap, pods: &[SwappedPod], events: &[Event], now:
                 escape(&r.image)
             ));
         }
+    }
+    out.push_str("Stale Pods (this map would change them now; `kubectl imagemap rollout` restarts them):\n");
+    if stale.is_empty() {
+        out.push_str("  <none>\n");
+    }
+    for (pod, f) in stale {
+        out.push_str(&format!(
+            "  pod/{}  {}  {} -> {}  ({})\n",
+            escape(pod),
+            escape(&f.field),
+            escape(&f.current),
+            escape(&f.wanted),
+            f.reason.describe()
+        ));
     }
     out.push_str("Events:\n");
     if events.is_empty() {
@@ -114,18 +135,33 @@ pub async fn run(global: &Global, args: &DescribeArgs) -> Result<String> {
         .await
         .map_err(|e| cluster.explain_error(e, &format!("imagemap {:?}", args.name)))?;
     let ns = cluster.namespace.clone();
+    let id = format!("{ns}/{}", args.name);
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns);
     let pods = match pods.list(&ListParams::default()).await {
-        Ok(list) => swapped_pods(&list.items, &format!("{ns}/{}", args.name)),
+        Ok(list) => swapped_pods(&list.items, &id),
         Err(e) => {
             eprintln!("warning: cannot list Pods: {e}");
+            Vec::new()
+        }
+    };
+    let maps = cluster.maps().list(&Default::default()).await.map(|l| l.items).unwrap_or_else(|_| vec![map.clone()]);
+    let stale: Vec<(String, StaleField)> = match crate::stale::stale_pods(&cluster.client, &ns, &maps).await {
+        Ok(stale) => stale
+            .into_iter()
+            .flat_map(|(pod, fields)| {
+                let name = pod.metadata.name.unwrap_or_default();
+                fields.into_iter().filter(|f| f.image_map == id).map(move |f| (name.clone(), f))
+            })
+            .collect(),
+        Err(e) => {
+            eprintln!("warning: cannot list Pods for stale ones: {e}");
             Vec::new()
         }
     };
     let events: Api<Event> = Api::namespaced(cluster.client.clone(), &ns);
     let selector = format!("involvedObject.kind=ImageMap,involvedObject.name={}", args.name);
     let events = events.list(&ListParams::default().fields(&selector)).await.map(|l| l.items).unwrap_or_default();
-    Ok(describe_text(&map, &pods, &events, Timestamp::now()))
+    Ok(describe_text(&map, &pods, &stale, &events, Timestamp::now()))
 }
 
 #[cfg(test)]
@@ -138,11 +174,12 @@ mod tests {
     fn describes_an_unbuilt_map_with_the_fix() {
         let mut m = ImageMap::new("web", ImageMapSpec { selector: "web".into(), ..Default::default() });
         m.metadata.namespace = Some("dev".into());
-        let text = describe_text(&m, &[], &[], Timestamp::now());
+        let text = describe_text(&m, &[], &[], &[], Timestamp::now());
         assert!(text.contains("Selector:             web\n"), "{text}");
         assert!(text.contains("Usable:               No: has no built image yet"), "{text}");
         assert!(text.contains("kubectl imagemap set-image web IMAGE"), "{text}");
-        assert!(text.contains("Swapped Pods:\n  <none>\nEvents:\n  <none>\n"), "{text}");
+        assert!(text.contains("Swapped Pods:\n  <none>\nStale Pods"), "{text}");
+        assert!(text.ends_with("restarts them):\n  <none>\nEvents:\n  <none>\n"), "{text}");
     }
 
     #[test]
@@ -161,7 +198,7 @@ mod tests {
             {"metadata": {"name": "e"}, "involvedObject": {}, "type": "Warning", "reason": hostile, "message": hostile}
         ]))
         .expect("events");
-        let text = describe_text(&m, &pods, &events, Timestamp::now());
+        let text = describe_text(&m, &pods, &[], &events, Timestamp::now());
         let raw: Vec<char> = text.chars().filter(|&c| c != '\n' && c.is_control()).collect();
         assert!(raw.is_empty(), "raw control characters {raw:?} in {text:?}");
         assert!(
@@ -170,6 +207,25 @@ mod tests {
         );
         assert!(!text.lines().any(|l| l.starts_with("Usable: Yes")), "no forged line: {text}");
         assert!(text.contains("  pod/x\\u{1b}]0;title"), "{text}");
+    }
+
+    #[test]
+    fn lists_stale_pods_with_why() {
+        let mut m = ImageMap::new("web", ImageMapSpec { selector: "web".into(), ..Default::default() });
+        m.metadata.namespace = Some("dev".into());
+        let stale = [(
+            "web-1".to_string(),
+            StaleField {
+                field: "spec.containers{web}.image".into(),
+                current: "web".into(),
+                wanted: "r.io/web:2".into(),
+                image_map: "dev/web".into(),
+                reason: imagemap_core::stale::StaleReason::NeverSwapped,
+            },
+        )];
+        let text = describe_text(&m, &[], &stale, &[], Timestamp::now());
+        assert!(text.contains("Stale Pods"), "{text}");
+        assert!(text.contains("  pod/web-1  spec.containers{web}.image  web -> r.io/web:2  (never swapped"), "{text}");
     }
 
     #[test]
@@ -184,7 +240,7 @@ mod tests {
         assert_eq!(found[0].records.len(), 1);
         let mut m = ImageMap::new("web", ImageMapSpec { selector: "web".into(), ..Default::default() });
         m.status = Some(ImageMapStatus { image: "r.io/web:1".into(), ..Default::default() });
-        let text = describe_text(&m, &found, &[], Timestamp::now());
+        let text = describe_text(&m, &found, &[], &[], Timestamp::now());
         assert!(text.contains("  pod/a  spec.containers{c}.image  web -> r.io/web:1\n"), "{text}");
         assert!(text.contains("Usable:               Yes: Pods get r.io/web:1"), "{text}");
     }

@@ -19,10 +19,14 @@ pub async fn run(global: &Global, args: &GetArgs) -> Result<String> {
         Some(name) => vec![api.get(name).await.map_err(|e| cluster.explain_error(e, &format!("imagemap {name:?}")))?],
         None => api.list(&Default::default()).await.map_err(|e| cluster.explain_error(e, "list imagemaps"))?.items,
     };
+    let stale = match args.output {
+        Output::Table | Output::Wide if !args.watch => stale_counts(&cluster, &api, &maps).await,
+        _ => None,
+    };
     let text = match (&args.name, args.output) {
         (Some(_), Output::Yaml) => render::object(&maps[0], ObjectOutput::Yaml),
         (Some(_), Output::Json) => render::object(&maps[0], ObjectOutput::Json),
-        _ => render::list(&maps, args.output, Timestamp::now(), args.all_namespaces),
+        _ => render::list_with_stale(&maps, args.output, Timestamp::now(), args.all_namespaces, stale.as_ref()),
     };
     if !args.watch {
         if text.is_empty() && matches!(args.output, Output::Table | Output::Wide) {
@@ -32,6 +36,33 @@ pub async fn run(global: &Global, args: &GetArgs) -> Result<String> {
     }
     print!("{text}");
     watch(api, args).await
+}
+
+/// The STALE column: per map, the Pods of its namespace it would change now, judged with every
+/// map of that namespace. `None` (no column, with a warning) when Pods cannot be listed.
+async fn stale_counts(
+    cluster: &Cluster,
+    api: &Api<ImageMap>,
+    shown: &[ImageMap],
+) -> Option<std::collections::BTreeMap<String, usize>> {
+    let namespaces: std::collections::BTreeSet<String> =
+        shown.iter().filter_map(|m| m.metadata.namespace.clone()).collect();
+    let all = if namespaces.len() == 1 && shown.len() > 1 {
+        shown.to_vec()
+    } else {
+        api.list(&Default::default()).await.ok()?.items
+    };
+    let mut counts = std::collections::BTreeMap::new();
+    for namespace in &namespaces {
+        match crate::stale::stale_pods(&cluster.client, namespace, &all).await {
+            Ok(stale) => counts.extend(crate::stale::counts(&stale)),
+            Err(e) => {
+                eprintln!("warning: cannot list Pods in {} for the STALE column: {e}", render::escape(namespace));
+                return None;
+            }
+        }
+    }
+    Some(counts)
 }
 
 /// What an empty table says instead (the namespace [`render::escape`]d, as everything the

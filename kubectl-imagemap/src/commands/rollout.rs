@@ -7,8 +7,6 @@ use std::collections::BTreeSet;
 
 use anyhow::Result;
 use imagemap_cluster::workloads::{self, Owner};
-use imagemap_core::maps::MapIndex;
-use imagemap_core::policy::DISABLED_LABEL;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::cli::{Global, RolloutArgs};
@@ -27,13 +25,13 @@ pub async fn run(global: &Global, args: &RolloutArgs) -> Result<String> {
     let id = format!("{ns}/{}", args.name);
     let mut owners: BTreeSet<_> =
         workloads::owners(&cluster.client, &ns, &id).await.map_err(|e| cluster.explain_error(e, "list pods"))?;
-    let mut index = MapIndex::new(None);
-    index.upsert(&map).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let stale = workloads::stale_pods(&cluster.client, &ns, &index, DISABLED_LABEL)
+    let maps =
+        cluster.maps().list(&Default::default()).await.map_err(|e| cluster.explain_error(e, "list imagemaps"))?;
+    let stale = crate::stale::stale_pods(&cluster.client, &ns, &maps.items)
         .await
         .map_err(|e| cluster.explain_error(e, "list pods"))?;
     let mut out = String::new();
-    for (pod, _) in &stale {
+    for (pod, _) in stale.iter().filter(|(_, fields)| fields.iter().any(|f| f.image_map == id)) {
         let name = pod.metadata.name.clone().unwrap_or_default();
         match workloads::owner_of(&cluster.client, pod).await.map_err(|e| cluster.explain_error(e, "get owner"))? {
             Owner::Workload(w) => {
