@@ -209,6 +209,9 @@ pub struct GetArgs {
     /// List across all namespaces.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
+    /// Only maps whose labels match this selector (kubectl's syntax: `team=a,tier!=web`).
+    #[arg(short = 'l', long, conflicts_with = "name")]
+    pub selector: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
@@ -321,8 +324,11 @@ pub struct RegistrySetArgs {
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     /// Names of the ImageMaps.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "selector", conflicts_with = "selector")]
     pub names: Vec<String>,
+    /// Delete the maps whose labels match this selector instead (kubectl's syntax).
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
     /// Succeed when a map does not exist.
     #[arg(long)]
     pub ignore_not_found: bool,

@@ -90,6 +90,28 @@ fn create_get_list_set_image_describe_and_delete() {
 }
 
 #[test]
+fn get_list_and_delete_select_by_label() {
+    let plane = shared();
+    let ns = plane.create_namespace("plugin-labels");
+    for name in ["a", "b", "c"] {
+        ok(plane, &["create", name, "--selector", name, "-n", &ns]);
+    }
+    plane.kubectl_ok(["label", "imagemap", "a", "b", "team=red", "-n", &ns]);
+    assert_eq!(
+        ok(plane, &["get", "-l", "team=red", "-n", &ns, "-o", "name"]),
+        "imagemap.tilt.dev/a\nimagemap.tilt.dev/b\n"
+    );
+    assert_eq!(ok(plane, &["list", "-l", "team!=red", "-n", &ns, "-o", "name"]), "imagemap.tilt.dev/c\n");
+    let deleted = ok(plane, &["delete", "-l", "team=red", "-n", &ns]);
+    assert_eq!(deleted, "imagemap.tilt.dev \"a\" deleted\nimagemap.tilt.dev \"b\" deleted\n");
+    assert_eq!(ok(plane, &["get", "-n", &ns, "-o", "name"]), "imagemap.tilt.dev/c\n");
+    let both = run(plane, &["delete", "c", "-l", "team=red", "-n", &ns]);
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert_eq!(both.status.code(), Some(2), "a usage error, as kubectl's: {stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+#[test]
 fn create_dry_runs_print_without_storing() {
     let plane = shared();
     let ns = plane.create_namespace("plugin-dry");

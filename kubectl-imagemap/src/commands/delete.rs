@@ -1,7 +1,7 @@
-//! `kubectl imagemap delete NAME...`
+//! `kubectl imagemap delete NAME...` or `delete -l SELECTOR`
 
 use anyhow::{bail, Result};
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, ListParams};
 
 use crate::cli::{DeleteArgs, Global};
 use crate::client::Cluster;
@@ -9,9 +9,27 @@ use crate::client::Cluster;
 /// Runs `delete`: deletes each map; reports every failure and fails if any did.
 pub async fn run(global: &Global, args: &DeleteArgs) -> Result<String> {
     let cluster = Cluster::connect(global).await?;
+    let names = match &args.selector {
+        Some(selector) => {
+            let listed = cluster
+                .maps()
+                .list(&ListParams::default().labels(selector))
+                .await
+                .map_err(|e| cluster.explain_error(e, &format!("list imagemaps -l {selector}")))?;
+            let names: Vec<String> = listed.items.into_iter().filter_map(|m| m.metadata.name).collect();
+            if names.is_empty() {
+                eprintln!(
+                    "No ImageMaps found in {} namespace matching {selector}.",
+                    crate::render::escape(&cluster.namespace)
+                );
+            }
+            names
+        }
+        None => args.names.clone(),
+    };
     let mut out = String::new();
     let mut failed = 0;
-    for name in &args.names {
+    for name in &names {
         match cluster.maps().delete(name, &DeleteParams::default()).await {
             Ok(_) => out.push_str(&format!("imagemap.tilt.dev \"{name}\" deleted\n")),
             Err(kube::Error::Api(s)) if s.code == 404 && s.reason == "NotFound" && args.ignore_not_found => {}
@@ -23,7 +41,7 @@ pub async fn run(global: &Global, args: &DeleteArgs) -> Result<String> {
     }
     print!("{out}");
     if failed > 0 {
-        bail!("{failed} of {} ImageMaps could not be deleted", args.names.len());
+        bail!("{failed} of {} ImageMaps could not be deleted", names.len());
     }
     Ok(String::new())
 }

@@ -17,10 +17,18 @@ pub async fn run(global: &Global, args: &GetArgs) -> Result<String> {
     let api: Api<ImageMap> = if args.all_namespaces { Api::all(cluster.client.clone()) } else { cluster.maps() };
     let maps = match &args.name {
         Some(name) => vec![api.get(name).await.map_err(|e| cluster.explain_error(e, &format!("imagemap {name:?}")))?],
-        None => api.list(&Default::default()).await.map_err(|e| cluster.explain_error(e, "list imagemaps"))?.items,
+        None => {
+            let params = match &args.selector {
+                Some(selector) => kube::api::ListParams::default().labels(selector),
+                None => kube::api::ListParams::default(),
+            };
+            api.list(&params).await.map_err(|e| cluster.explain_error(e, "list imagemaps"))?.items
+        }
     };
     let stale = match args.output {
-        Output::Table | Output::Wide if !args.watch => stale_counts(&cluster, &api, &maps).await,
+        Output::Table | Output::Wide if !args.watch => {
+            stale_counts(&cluster, &api, &maps, args.name.is_none() && args.selector.is_none()).await
+        }
         _ => None,
     };
     let text = match (&args.name, args.output) {
@@ -39,19 +47,18 @@ pub async fn run(global: &Global, args: &GetArgs) -> Result<String> {
 }
 
 /// The STALE column: per map, the Pods of its namespace it would change now, judged with every
-/// map of that namespace. `None` (no column, with a warning) when Pods cannot be listed.
+/// map of that namespace (`complete`: `shown` is all of them). `None` (no column, with a warning) when Pods cannot be listed.
 async fn stale_counts(
     cluster: &Cluster,
     api: &Api<ImageMap>,
     shown: &[ImageMap],
+    complete: bool,
 ) -> Option<std::collections::BTreeMap<String, usize>> {
     let namespaces: std::collections::BTreeSet<String> =
         shown.iter().filter_map(|m| m.metadata.namespace.clone()).collect();
-    let all = if namespaces.len() == 1 && shown.len() > 1 {
-        shown.to_vec()
-    } else {
-        api.list(&Default::default()).await.ok()?.items
-    };
+    // Precedence needs every map of the namespace: `shown` has them unless a name or a
+    // selector narrowed the list.
+    let all = if complete { shown.to_vec() } else { api.list(&Default::default()).await.ok()?.items };
     let mut counts = std::collections::BTreeMap::new();
     for namespace in &namespaces {
         match crate::stale::stale_pods(&cluster.client, namespace, &all).await {
@@ -77,6 +84,9 @@ fn nothing_found(all_namespaces: bool, namespace: &str) -> String {
 
 async fn watch(api: Api<ImageMap>, args: &GetArgs) -> Result<String> {
     let mut config = watcher::Config::default();
+    if let Some(selector) = &args.selector {
+        config = config.labels(selector);
+    }
     if let Some(name) = &args.name {
         config = config.fields(&format!("metadata.name={name}"));
     }
