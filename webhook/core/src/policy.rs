@@ -851,7 +851,10 @@ mod tests {
 
     #[test]
     fn a_recorded_value_is_never_matched_again() {
-        let maps = [built("dev", "exact", "app:dev", "app:tilt-exact").with_match_exact(true), built("dev", "name", "app", "app:tilt-name")];
+        let maps = [
+            built("dev", "exact", "app:dev", "app:tilt-exact").with_match_exact(true),
+            built("dev", "name", "app", "app:tilt-name"),
+        ];
         let policies = compile(&maps, &PolicyOptions::default()).expect("compiles");
         let mutation = policies[0].policy.spec.as_ref().and_then(|s| s.mutations.as_ref()).expect("mutations")[0]
             .json_patch

@@ -6,6 +6,9 @@ use clap::{CommandFactory, Parser};
 use imagemap_webhook::{config::LogFormat, logging::LogWriter, Config};
 
 fn main() -> anyhow::Result<()> {
+    if imagemap_webhook::check::requested() {
+        return imagemap_webhook::check::main(); // `imagemap-webhook check`: the chart's helm test
+    }
     let config = Config::parse();
     if let Err(why) = config.check() {
         Config::command().error(clap::error::ErrorKind::ArgumentConflict, why).exit();
