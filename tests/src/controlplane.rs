@@ -8,7 +8,6 @@ use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -789,17 +788,9 @@ fn etcd_post(port: u16, path: &str, body: &str) -> Result<serde_json::Value> {
 }
 
 /// `PREFIX-N-PID`: a DNS-1123 label unique within this process (and across processes sharing
-/// a kept plane), from a sanitised `prefix`.
+/// a kept plane), from a sanitised `prefix` (its first 40 characters at most).
 fn unique_namespace_name(prefix: &str) -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut base: String =
-        prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
-    base = base.trim_matches('-').to_string();
-    if base.is_empty() {
-        base.push_str("test");
-    }
-    format!("{base}-{n}-{}", std::process::id())
+    crate::names::unique_name(&prefix.chars().take(40).collect::<String>(), 63)
 }
 
 /// The control plane shared by all tests of one test binary, with the controller-manager,

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -22,10 +22,7 @@ pub fn chart_dir() -> PathBuf {
 
 /// `PREFIX-N-PID`: a release name (at most 53 characters) unique in this test process.
 pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("{prefix}-{}-{}", COUNTER.fetch_add(1, Ordering::Relaxed), std::process::id());
-    assert!(name.len() <= 53, "release name {name} is too long");
-    name
+    crate::names::unique_name(prefix, 53)
 }
 
 /// The user name the API server gives ServiceAccount `name` of `namespace`.

@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ pub const WEBHOOK_BIN: &str = "imagemap-webhook";
 pub const SERVED_LABEL: &str = "imagemap-e2e/served";
 
 /// The annotation the webhook records its swaps in (DESIGN §7).
-pub const SWAPS_ANNOTATION: &str = "imagemap.tilt.dev/swaps";
+pub use imagemap_core::inject::SWAPS_ANNOTATION;
 
 /// How long [`Webhook::start`] and [`Webhook::restart`] wait for `/readyz`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -568,19 +567,7 @@ pub fn shared_webhook() -> &'static ServedWebhook {
 
 /// `PREFIX-N-PID`, unique in this process and across processes, cut to a DNS label.
 pub fn unique_name(prefix: &str) -> String {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let suffix = format!("-{n}-{}", std::process::id());
-    let mut base: String = prefix
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .take(63 - suffix.len())
-        .collect();
-    base = base.trim_matches('-').to_string();
-    if base.is_empty() {
-        base.push_str("test");
-    }
-    format!("{base}{suffix}")
+    crate::names::unique_name(prefix, 63)
 }
 
 fn create_labelled_namespace(kubectl: &Kubectl, prefix: &str, labels: &BTreeMap<String, String>) -> Result<String> {

@@ -12,8 +12,9 @@ pub mod duration;
 pub mod gate;
 pub mod guards;
 pub mod inject;
-mod json_scan;
-pub(crate) mod json_writer;
+pub(crate) mod json;
+// The writer's former path, still used by `admission` and `patch`.
+pub(crate) use json::writer as json_writer;
 pub mod manifests;
 pub mod maps;
 pub mod mapsfile;

@@ -4,6 +4,7 @@
 //! images, command, args, env when some map swaps env values, volume image sources, scheduling
 //! gates), with strings borrowed from the body unless they had escapes.
 //!
+//! This module is the schema (which fields are kept); the reading is [`crate::json::cursor`]'s.
 //! Everything else (managed fields, resources, probes, most env vars, `oldObject`, `userInfo`)
 //! is skipped without being built: a skipped value only has its strings closed and its brackets
 //! matched (its scalars are not validated: the API server sends valid JSON). The envelope is
@@ -12,19 +13,11 @@
 //! strictly; a Pod field of another type than expected is skipped and reads as absent, as
 //! [`crate::pod_view::PodObject::from_json`] reads it, so an odd Pod is left alone.
 
-use std::borrow::Cow;
-
 use crate::inject::SWAPS_ANNOTATION;
-use crate::json_scan::{find_string_end, SkipError};
+use crate::json::cursor::{Cursor, Result};
 use crate::pod_view::{ContainerView, EnvVarView, ListField, MetaView, PodObject, SpecView, Text, VolumeView};
 
-/// Deepest nesting accepted: 128 levels (serde_json stops one level sooner), all a skip tracks.
-const MAX_DEPTH: usize = crate::json_scan::MAX_ROOM;
-
-/// Why a body is not an AdmissionReview.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ReadError(String);
+pub use crate::json::cursor::ReadError;
 
 /// The AdmissionReview as the decision sees it; strings borrow from the body.
 #[derive(Debug, Default)]
@@ -58,426 +51,40 @@ pub struct Request<'a> {
 
 /// Reads `body`; env values are kept only when `keep_env` (some map swaps env values).
 pub fn read(body: &[u8], keep_env: bool) -> Result<Envelope<'_>, ReadError> {
-    let text = std::str::from_utf8(body).map_err(|e| ReadError(format!("the body is not UTF-8: {e}")))?;
-    let mut s = Scanner { text, bytes: body, pos: 0, depth: 0, keep_env };
+    let mut s = Cursor::from_utf8(body)?;
+    let schema = Schema { keep_env };
     let mut envelope = Envelope::default();
     s.object(|s, key| {
         match &*key {
             "apiVersion" => envelope.api_version = s.opt_string()?.unwrap_or_default(),
-            "request" => envelope.request = if s.null()? { None } else { Some(s.request()?) },
+            "request" => envelope.request = if s.null()? { None } else { Some(schema.request(s)?) },
             _ => s.skip()?,
         }
         Ok(())
     })?;
-    s.ws();
-    if s.pos != s.bytes.len() {
-        return Err(s.error("trailing characters after the review"));
-    }
+    s.finish("trailing characters after the review")?;
     Ok(envelope)
 }
 
-/// A cursor over the body; `text` and `bytes` are the same UTF-8 body.
-struct Scanner<'a> {
-    text: &'a str,
-    bytes: &'a [u8],
-    pos: usize,
-    depth: usize,
+/// Which fields are kept, and how each is read: one method per object of the review.
+struct Schema {
+    /// Keep containers' env (some map swaps env values).
     keep_env: bool,
 }
 
-type Result<T, E = ReadError> = std::result::Result<T, E>;
-
-impl<'a> Scanner<'a> {
-    fn error(&self, what: &str) -> ReadError {
-        if self.pos >= self.bytes.len() {
-            ReadError(format!("{what}: the body ends at byte {}", self.bytes.len()))
-        } else {
-            ReadError(format!("{what} at byte {}", self.pos))
-        }
-    }
-
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.bytes.get(self.pos) {
-            self.pos += 1;
-        }
-    }
-
-    /// The next significant byte, not consumed.
-    fn peek(&mut self) -> Option<u8> {
-        self.ws();
-        self.bytes.get(self.pos).copied()
-    }
-
-    /// Consumes `b` if it comes next.
-    fn eat(&mut self, b: u8) -> bool {
-        let found = self.peek() == Some(b);
-        if found {
-            self.pos += 1;
-        }
-        found
-    }
-
-    fn expect(&mut self, b: u8, what: &str) -> Result<()> {
-        if self.eat(b) {
-            Ok(())
-        } else {
-            Err(self.error(what))
-        }
-    }
-
-    fn literal(&mut self, word: &str) -> Result<()> {
-        if self.bytes[self.pos..].starts_with(word.as_bytes()) {
-            self.pos += word.len();
-            Ok(())
-        } else {
-            Err(self.error("invalid literal"))
-        }
-    }
-
-    /// Consumes `null` if it comes next.
-    fn null(&mut self) -> Result<bool> {
-        if self.peek() == Some(b'n') {
-            self.literal("null")?;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    fn enter(&mut self) -> Result<()> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return Err(self.error("nested too deeply"));
-        }
-        Ok(())
-    }
-
-    /// Calls `member` with each key of an object; `member` reads or skips its value.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, Cow<'a, str>) -> Result<()>) -> Result<()> {
-        self.expect(b'{', "expected an object")?;
-        self.enter()?;
-        if !self.eat(b'}') {
-            loop {
-                if self.peek() != Some(b'"') {
-                    return Err(self.error("expected a string key"));
-                }
-                let key = self.string()?;
-                self.expect(b':', "expected ':'")?;
-                member(self, key)?;
-                if !self.eat(b',') {
-                    self.expect(b'}', "expected ',' or '}'")?;
-                    break;
-                }
-            }
-        }
-        self.depth -= 1;
-        Ok(())
-    }
-
-    /// Calls `element` for each element of an array; `element` reads or skips it.
-    fn array(&mut self, mut element: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
-        self.expect(b'[', "expected an array")?;
-        self.enter()?;
-        if !self.eat(b']') {
-            loop {
-                element(self)?;
-                if !self.eat(b',') {
-                    self.expect(b']', "expected ',' or ']'")?;
-                    break;
-                }
-            }
-        }
-        self.depth -= 1;
-        Ok(())
-    }
-
-    /// A string, borrowed from the body unless it has escapes.
-    fn string(&mut self) -> Result<Cow<'a, str>> {
-        self.expect(b'"', "expected a string")?;
-        let start = self.pos;
-        let Some(end) = find_string_end(self.bytes, start, true) else {
-            self.pos = self.bytes.len();
-            return Err(self.error("unterminated string"));
-        };
-        match self.bytes[end] {
-            b'"' => {
-                self.pos = end + 1;
-                Ok(Cow::Borrowed(&self.text[start..end]))
-            }
-            b'\\' => self.escaped_string(start).map(Cow::Owned),
-            _ => {
-                self.pos = end;
-                Err(self.error("control character in a string"))
-            }
-        }
-    }
-
-    fn escaped_string(&mut self, start: usize) -> Result<String> {
-        let mut out = String::new();
-        self.pos = start;
-        loop {
-            let Some(end) = find_string_end(self.bytes, self.pos, true) else {
-                self.pos = self.bytes.len();
-                return Err(self.error("unterminated string"));
-            };
-            out.push_str(&self.text[self.pos..end]);
-            self.pos = end + 1;
-            match self.bytes[end] {
-                b'"' => return Ok(out),
-                b'\\' => {}
-                _ => {
-                    self.pos = end;
-                    return Err(self.error("control character in a string"));
-                }
-            }
-            let Some(&escape) = self.bytes.get(self.pos) else {
-                return Err(self.error("unterminated string"));
-            };
-            self.pos += 1;
-            match escape {
-                b'"' => out.push('"'),
-                b'\\' => out.push('\\'),
-                b'/' => out.push('/'),
-                b'b' => out.push('\u{8}'),
-                b'f' => out.push('\u{c}'),
-                b'n' => out.push('\n'),
-                b'r' => out.push('\r'),
-                b't' => out.push('\t'),
-                b'u' => out.push(self.unicode_escape()?),
-                _ => {
-                    self.pos -= 1;
-                    return Err(self.error("invalid escape"));
-                }
-            }
-        }
-    }
-
-    /// The character of `\uXXXX` (the `\u` consumed), joining surrogate pairs.
-    fn unicode_escape(&mut self) -> Result<char> {
-        let first = self.hex4()?;
-        let code = match first {
-            0xD800..=0xDBFF => {
-                if !self.bytes[self.pos..].starts_with(b"\\u") {
-                    return Err(self.error("lone leading surrogate in a \\u escape"));
-                }
-                self.pos += 2;
-                let second = self.hex4()?;
-                if !(0xDC00..=0xDFFF).contains(&second) {
-                    return Err(self.error("invalid surrogate pair in a \\u escape"));
-                }
-                0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
-            }
-            0xDC00..=0xDFFF => return Err(self.error("lone trailing surrogate in a \\u escape")),
-            _ => first,
-        };
-        char::from_u32(code).ok_or_else(|| self.error("invalid \\u escape"))
-    }
-
-    fn hex4(&mut self) -> Result<u32> {
-        let digits = self.bytes.get(self.pos..self.pos + 4).ok_or_else(|| self.error("truncated \\u escape"))?;
-        let mut value = 0;
-        for &d in digits {
-            let v = (d as char).to_digit(16).ok_or_else(|| self.error("invalid \\u escape"))?;
-            value = value * 16 + v;
-        }
-        self.pos += 4;
-        Ok(value)
-    }
-
-    fn opt_string(&mut self) -> Result<Option<Text<'a>>> {
-        if self.null()? {
-            return Ok(None);
-        }
-        Ok(Some(self.string()?))
-    }
-
-    /// Skips one value.
-    fn skip(&mut self) -> Result<()> {
-        match self.peek() {
-            Some(b'"') => {
-                self.pos += 1;
-                self.skip_string_body()
-            }
-            Some(b'{' | b'[') => self.skip_container(),
-            Some(_) => self.scalar().map(|_| ()),
-            None => Err(self.error("expected a value")),
-        }
-    }
-
-    /// Skips to just past the closing quote (the opening one consumed).
-    fn skip_string_body(&mut self) -> Result<()> {
-        loop {
-            let Some(at) = find_string_end(self.bytes, self.pos, false) else {
-                self.pos = self.bytes.len();
-                return Err(self.error("unterminated string"));
-            };
-            if self.bytes[at] == b'"' {
-                self.pos = at + 1;
-                return Ok(());
-            }
-            self.pos = at + 2;
-            if self.pos > self.bytes.len() {
-                return Err(self.error("unterminated string"));
-            }
-        }
-    }
-
-    /// Skips an object or array, matching brackets (most of a review is skipped here).
-    fn skip_container(&mut self) -> Result<()> {
-        match crate::json_scan::skip_container(self.bytes, self.pos, MAX_DEPTH - self.depth) {
-            Ok(end) => {
-                self.pos = end;
-                Ok(())
-            }
-            Err(e) => {
-                let (at, what) = match e {
-                    SkipError::UnterminatedString => (self.bytes.len(), "unterminated string"),
-                    SkipError::Unterminated => (self.bytes.len(), "unterminated object or array"),
-                    SkipError::TooDeep(at) => (at, "nested too deeply"),
-                    SkipError::Mismatched(at) => (at, "mismatched bracket"),
-                };
-                self.pos = at;
-                Err(self.error(what))
-            }
-        }
-    }
-
-    /// A number or literal token's text (not validated).
-    fn scalar(&mut self) -> Result<&'a str> {
-        let start = self.pos;
-        while let Some(b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'+' | b'-' | b'.') = self.bytes.get(self.pos) {
-            self.pos += 1;
-        }
-        if self.pos == start {
-            return Err(self.error("expected a value"));
-        }
-        Ok(&self.text[start..self.pos])
-    }
-
-    /// A string, or `None` (the value skipped) when it is of another type.
-    fn text(&mut self) -> Result<Option<Text<'a>>> {
-        if self.peek() == Some(b'"') {
-            return self.string().map(Some);
-        }
-        self.skip().map(|()| None)
-    }
-
-    /// Calls `member` for each key of an object, or skips a value of another type (`false`).
-    fn lenient_object(&mut self, member: impl FnMut(&mut Self, Cow<'a, str>) -> Result<()>) -> Result<bool> {
-        if self.peek() != Some(b'{') {
-            return self.skip().map(|()| false);
-        }
-        self.object(member).map(|()| true)
-    }
-
-    /// The elements of an array read by `element`, or `None` (skipped) for another type.
-    fn lenient_array<T>(&mut self, mut element: impl FnMut(&mut Self) -> Result<T>) -> Result<Option<Vec<T>>> {
-        if self.peek() != Some(b'[') {
-            return self.skip().map(|()| None);
-        }
-        let mut items = Vec::new();
-        self.array(|s| {
-            items.push(element(s)?);
-            Ok(())
-        })?;
-        Ok(Some(items))
-    }
-
-    fn spec(&mut self) -> Result<Option<SpecView<'a>>> {
-        let mut spec = SpecView::default();
-        let read = self.lenient_object(|s, key| {
-            match &*key {
-                "containers" => spec.containers = s.lenient_array(Self::container)?,
-                "initContainers" => spec.init_containers = s.lenient_array(Self::container)?,
-                "volumes" => spec.volumes = s.lenient_array(Self::volume)?,
-                "schedulingGates" => spec.scheduling_gates = s.lenient_array(|s| s.text_member("name"))?,
-                _ => s.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(read.then_some(spec))
-    }
-
-    fn container(&mut self) -> Result<ContainerView<'a>> {
-        let mut c = ContainerView::default();
-        self.lenient_object(|s, key| {
-            match &*key {
-                "name" => c.name = s.text()?,
-                "image" => c.image = s.text()?,
-                "command" => c.command = Some(s.list_field()?),
-                "args" => c.args = Some(s.list_field()?),
-                "env" if s.keep_env => c.env = s.lenient_array(Self::env_var)?,
-                _ => s.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(c)
-    }
-
-    fn list_field(&mut self) -> Result<ListField<'a>> {
-        let mut all_strings = true;
-        let items = self.lenient_array(|s| {
-            let item = s.text()?;
-            all_strings &= item.is_some();
-            Ok(item)
-        })?;
-        Ok(match items {
-            Some(items) if all_strings => ListField::Strings(items.into_iter().flatten().collect()),
-            _ => ListField::Other,
-        })
-    }
-
-    fn env_var(&mut self) -> Result<EnvVarView<'a>> {
-        let mut e = EnvVarView::default();
-        self.lenient_object(|s, key| {
-            match &*key {
-                "name" => e.name = s.text()?,
-                "value" => e.value = s.text()?,
-                _ => s.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(e)
-    }
-
-    fn volume(&mut self) -> Result<VolumeView<'a>> {
-        let mut v = VolumeView::default();
-        self.lenient_object(|s, key| {
-            match &*key {
-                "name" => v.name = s.text()?,
-                "image" => v.image_reference = s.text_member("reference")?,
-                _ => s.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(v)
-    }
-
-    /// The string member `name` of an object (`None` when absent, not a string, or not an object).
-    fn text_member(&mut self, name: &str) -> Result<Option<Text<'a>>> {
-        let mut found = None;
-        self.lenient_object(|s, key| {
-            if key == name {
-                found = s.text()?;
-                Ok(())
-            } else {
-                s.skip()
-            }
-        })?;
-        Ok(found)
-    }
-
-    fn request(&mut self) -> Result<Request<'a>> {
+impl Schema {
+    fn request<'a>(&self, s: &mut Cursor<'a>) -> Result<Request<'a>> {
         let mut r = Request::default();
         let (mut uid, mut kind, mut operation) = (None, None, None);
-        self.object(|s, key| {
+        s.object(|s, key| {
             match &*key {
                 "uid" => uid = Some(s.string()?),
-                "kind" => kind = Some(s.group_and_kind()?),
+                "kind" => kind = Some(Self::group_and_kind(s)?),
                 "operation" => operation = Some(s.string()?),
                 "subResource" => r.sub_resource = s.opt_string()?,
                 "name" => r.name = s.opt_string()?.unwrap_or_default(),
                 "namespace" => r.namespace = s.opt_string()?,
-                "object" => r.object = if s.null()? { None } else { Some(s.pod()?) },
+                "object" => r.object = if s.null()? { None } else { Some(self.pod(s)?) },
                 _ => s.skip()?,
             }
             Ok(())
@@ -489,9 +96,9 @@ impl<'a> Scanner<'a> {
     }
 
     /// `kind`: (group, kind).
-    fn group_and_kind(&mut self) -> Result<(Text<'a>, Text<'a>)> {
+    fn group_and_kind<'a>(s: &mut Cursor<'a>) -> Result<(Text<'a>, Text<'a>)> {
         let (mut group, mut kind) = (Text::Borrowed(""), None);
-        self.object(|s, key| {
+        s.object(|s, key| {
             match &*key {
                 "group" => group = s.opt_string()?.unwrap_or_default(),
                 "kind" => kind = Some(s.string()?),
@@ -502,12 +109,12 @@ impl<'a> Scanner<'a> {
         Ok((group, kind.ok_or_else(|| ReadError("the request's kind has no kind".into()))?))
     }
 
-    fn pod(&mut self) -> Result<PodObject<'a>> {
+    fn pod<'a>(&self, s: &mut Cursor<'a>) -> Result<PodObject<'a>> {
         let mut pod = PodObject::default();
-        self.object(|s, key| {
+        s.object(|s, key| {
             match &*key {
-                "metadata" => pod.metadata = s.metadata()?,
-                "spec" => pod.spec = s.spec()?,
+                "metadata" => pod.metadata = Self::metadata(s)?,
+                "spec" => pod.spec = self.spec(s)?,
                 _ => s.skip()?,
             }
             Ok(())
@@ -515,9 +122,9 @@ impl<'a> Scanner<'a> {
         Ok(pod)
     }
 
-    fn metadata(&mut self) -> Result<Option<MetaView<'a>>> {
+    fn metadata<'a>(s: &mut Cursor<'a>) -> Result<Option<MetaView<'a>>> {
         let mut meta = MetaView::default();
-        let read = self.lenient_object(|s, key| {
+        let read = s.lenient_object(|s, key| {
             match &*key {
                 "name" => meta.name = s.text()?,
                 "generateName" => meta.generate_name = s.text()?,
@@ -541,21 +148,89 @@ impl<'a> Scanner<'a> {
         })?;
         Ok(read.then_some(meta))
     }
+
+    fn spec<'a>(&self, s: &mut Cursor<'a>) -> Result<Option<SpecView<'a>>> {
+        let mut spec = SpecView::default();
+        let read = s.lenient_object(|s, key| {
+            match &*key {
+                "containers" => spec.containers = s.lenient_array(|s| self.container(s))?,
+                "initContainers" => spec.init_containers = s.lenient_array(|s| self.container(s))?,
+                "volumes" => spec.volumes = s.lenient_array(Self::volume)?,
+                "schedulingGates" => spec.scheduling_gates = s.lenient_array(|s| s.text_member("name"))?,
+                _ => s.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(read.then_some(spec))
+    }
+
+    fn container<'a>(&self, s: &mut Cursor<'a>) -> Result<ContainerView<'a>> {
+        let mut c = ContainerView::default();
+        s.lenient_object(|s, key| {
+            match &*key {
+                "name" => c.name = s.text()?,
+                "image" => c.image = s.text()?,
+                "command" => c.command = Some(Self::list_field(s)?),
+                "args" => c.args = Some(Self::list_field(s)?),
+                "env" if self.keep_env => c.env = s.lenient_array(Self::env_var)?,
+                _ => s.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(c)
+    }
+
+    fn list_field<'a>(s: &mut Cursor<'a>) -> Result<ListField<'a>> {
+        let mut all_strings = true;
+        let items = s.lenient_array(|s| {
+            let item = s.text()?;
+            all_strings &= item.is_some();
+            Ok(item)
+        })?;
+        Ok(match items {
+            Some(items) if all_strings => ListField::Strings(items.into_iter().flatten().collect()),
+            _ => ListField::Other,
+        })
+    }
+
+    fn env_var<'a>(s: &mut Cursor<'a>) -> Result<EnvVarView<'a>> {
+        let mut e = EnvVarView::default();
+        s.lenient_object(|s, key| {
+            match &*key {
+                "name" => e.name = s.text()?,
+                "value" => e.value = s.text()?,
+                _ => s.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(e)
+    }
+
+    fn volume<'a>(s: &mut Cursor<'a>) -> Result<VolumeView<'a>> {
+        let mut v = VolumeView::default();
+        s.lenient_object(|s, key| {
+            match &*key {
+                "name" => v.name = s.text()?,
+                "image" => v.image_reference = s.text_member("reference")?,
+                _ => s.skip()?,
+            }
+            Ok(())
+        })?;
+        Ok(v)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+    use std::borrow::Cow;
 
     /// Reads a Pod spec alone, as in a review.
     fn read_spec(json: &str, keep_env: bool) -> Result<Option<SpecView<'_>>, ReadError> {
-        let mut s = Scanner { text: json, bytes: json.as_bytes(), pos: 0, depth: 0, keep_env };
-        let spec = s.spec()?;
-        s.ws();
-        if s.pos != s.bytes.len() {
-            return Err(s.error("trailing characters after the spec"));
-        }
+        let mut s = Cursor::new(json);
+        let spec = Schema { keep_env }.spec(&mut s)?;
+        s.finish("trailing characters after the spec")?;
         Ok(spec)
     }
 

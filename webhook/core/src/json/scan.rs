@@ -1,6 +1,6 @@
 //! Byte scans over JSON text that do not build anything: where a string ends, and where an
-//! object or array ends. The review reader skips most of a review with them, and the response
-//! writer finds what to escape with the first.
+//! object or array ends. The [cursor](super::cursor) skips most of a review with them, and the
+//! [writer](super::writer) finds what to escape with the first.
 //!
 //! Both look at sixteen bytes at a time (SSE2 on x86-64, through `wide`'s safe API). A skip
 //! classifies 64-byte blocks at once, as structural JSON parsers do: masks of quotes and
