@@ -1161,6 +1161,8 @@ fn each_service_account_has_exactly_the_rights_its_features_need() {
     let policies = [
         "mutatingadmissionpolicies.admissionregistration.k8s.io [] [] [get list create patch delete]",
         "mutatingadmissionpolicybindings.admissionregistration.k8s.io [] [] [get list create patch delete]",
+        "validatingadmissionpolicies.admissionregistration.k8s.io [] [] [get list create patch delete]",
+        "validatingadmissionpolicybindings.admissionregistration.k8s.io [] [] [get list create patch delete]",
     ];
     let gate = ["pods [] [] [list watch patch]", "events.events.k8s.io [] [] [create patch]"];
     // (case, values, whether the webhook configuration is scoped, the controller's feature rights)

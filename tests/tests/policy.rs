@@ -394,6 +394,31 @@ fn policies_go_when_their_owner_does_as_at_helm_uninstall() {
 }
 
 #[test]
+fn a_pod_naming_an_unbuilt_map_is_admitted_unchanged_with_the_webhooks_warning() {
+    let plane = own_plane();
+    let controller = policy_mode_controller(&plane, &[]);
+    let ns = plane.create_namespace("unbuilt");
+    kubectl_imagemap_ok(plane.kubeconfig_path(), &["create", "pending", "--selector", "pending-app", "-n", &ns]);
+    let warned = poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=pending-app", "--dry-run=server", "-o", "json"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        stderr.contains("has no built image yet").then_some((out.stdout, stderr))
+    })
+    .unwrap_or_else(|| panic!("no warning: {}", controller.log_tail(20)));
+    let pod: Value = serde_json::from_slice(&warned.0).expect("the Pod");
+    assert_eq!(pod["spec"]["containers"][0]["image"], "pending-app", "admitted unchanged");
+    assert!(warned.1.contains(&format!("ImageMap {ns}/pending matches pending-app")), "{}", warned.1);
+    // Once built, the warning goes and the Pod is swapped.
+    kubectl_imagemap_ok(plane.kubeconfig_path(), &["set-image", "pending", "reg.example/pending-app:1", "-n", &ns]);
+    poll(Duration::from_secs(60), Duration::from_millis(300), || {
+        let out = plane.kubectl(["run", "probe", "-n", &ns, "--image=pending-app", "--dry-run=server", "-o", "json"]);
+        let swapped = String::from_utf8_lossy(&out.stdout).contains("reg.example/pending-app:1");
+        (swapped && !String::from_utf8_lossy(&out.stderr).contains("no built image")).then_some(())
+    })
+    .expect("swapped, no warning");
+}
+
+#[test]
 fn policy_mode_refuses_flags_it_cannot_honour() {
     let plane = shared();
     for (flag, why) in [("--gate-unbuilt", "cannot hold Pods"), ("--no-cluster", "acts on the cluster")] {

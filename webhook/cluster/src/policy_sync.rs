@@ -6,7 +6,10 @@
 use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 
-use k8s_openapi::api::admissionregistration::v1::{MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -15,8 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use imagemap_core::policy::{
-    controller_marker, probe_outcome, NamespacePolicy, Probe, CONTROLLER_MARKER, FIELD_MANAGER, MANAGED_BY,
-    MANAGED_BY_LABEL, SERVES_LABEL,
+    controller_marker, probe_outcome, NamespacePolicy, Probe, UnbuiltWarning, CONTROLLER_MARKER, FIELD_MANAGER,
+    MANAGED_BY, MANAGED_BY_LABEL, SERVES_LABEL,
 };
 
 /// Annotation holding a hash of what was compiled, so unchanged objects are not written.
@@ -98,6 +101,32 @@ pub async fn sync(client: &Client, policies: &[NamespacePolicy], prune: Prune<'_
         apply(&binding_api, binding, &mut out).await?;
     }
     // Bindings before policies, for the same reason.
+    prune_stale(&binding_api, &selector, &wanted, &mut out).await?;
+    prune_stale(&policy_api, &selector, &wanted, &mut out).await?;
+    Ok(out)
+}
+
+/// Brings the cluster's warning policies for unbuilt maps ([`UnbuiltWarning`]) in step with
+/// `warnings`, each owned by `owner` when given; ours no longer compiled are deleted.
+pub async fn sync_warnings(
+    client: &Client,
+    warnings: &[UnbuiltWarning],
+    owner: Option<&OwnerReference>,
+) -> kube::Result<Synced> {
+    let mut out = Synced::default();
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
+    let policy_api: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let binding_api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let wanted: BTreeSet<String> = warnings.iter().filter_map(|w| w.policy.metadata.name.clone()).collect();
+    for w in warnings {
+        let (mut policy, mut binding) = (w.policy.clone(), w.binding.clone());
+        if let Some(owner) = owner {
+            policy.metadata.owner_references = Some(vec![owner.clone()]);
+            binding.metadata.owner_references = Some(vec![owner.clone()]);
+        }
+        apply(&policy_api, policy, &mut out).await?;
+        apply(&binding_api, binding, &mut out).await?;
+    }
     prune_stale(&binding_api, &selector, &wanted, &mut out).await?;
     prune_stale(&policy_api, &selector, &wanted, &mut out).await?;
     Ok(out)

@@ -43,7 +43,7 @@ pub(super) async fn keep_policies(
         tracing::warn!(error = %error, "a namespace's policy was not recompiled; it keeps the one it has");
     }
     let keep = compiled.failed_names();
-    let hash = policy_sync::compiled_hash(&(&compiled.policies, &keep));
+    let hash = policy_sync::compiled_hash(&(&compiled.policies, &keep, &compiled.warnings));
     if let Some(w) = last.as_mut().filter(|w| w.hash == hash && fresh(w)) {
         w.maps_version = maps_version;
         return Ok(());
@@ -55,8 +55,18 @@ pub(super) async fn keep_policies(
     };
     let prune = policy_sync::Prune::Controller { keep: &keep, owner: owner.as_ref() };
     let synced = policy_sync::sync(client, &compiled.policies, prune).await;
-    state.metrics.controller.policy_applied(synced.is_ok());
-    let synced = synced?;
+    let warned = match &synced {
+        Ok(_) => Some(policy_sync::sync_warnings(client, &compiled.warnings, owner.as_ref()).await),
+        Err(_) => None,
+    };
+    state.metrics.controller.policy_applied(synced.is_ok() && warned.as_ref().is_some_and(Result::is_ok));
+    let mut synced = synced?;
+    if let Some(warned) = warned {
+        let warned = warned?;
+        synced.applied.extend(warned.applied);
+        synced.deleted.extend(warned.deleted);
+        synced.unchanged.extend(warned.unchanged);
+    }
     if !synced.is_noop() {
         tracing::info!(
             applied = %synced.applied.join(","),

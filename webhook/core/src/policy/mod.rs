@@ -36,8 +36,10 @@ mod cel;
 mod expressions;
 mod objects;
 mod tables;
+mod unbuilt;
 
 pub use objects::{controller_marker, probe_outcome, Probe, CONTROLLER_MARKER, SERVES_CONTROLLER};
+pub use unbuilt::{warning_name, UnbuiltWarning};
 
 /// Label on every object the compiler writes, so stale ones can be found and deleted.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -108,6 +110,8 @@ pub struct Compiled {
     pub policies: Vec<NamespacePolicy>,
     /// The namespaces that did not: each keeps the policy it had, and the others still update.
     pub failed: Vec<CompileError>,
+    /// The warning policies for maps without a build ([`UnbuiltWarning`]).
+    pub warnings: Vec<UnbuiltWarning>,
 }
 
 impl Compiled {
@@ -134,7 +138,9 @@ pub fn compile(maps: &[ImageMap], options: &PolicyOptions) -> Result<Vec<Namespa
 /// [`compile`] for the maps of an index (its cluster maps, global namespace and admin guards),
 /// namespace by namespace: one that cannot compile does not hold up the others.
 pub fn compile_index(index: &MapIndex) -> Compiled {
-    compile_maps(index.cluster_maps(), index.global_namespace(), index.guards())
+    let mut out = compile_maps(index.cluster_maps(), index.global_namespace(), index.guards());
+    out.warnings = unbuilt::compile_warnings(index.cluster_maps(), index.global_namespace(), index.guards());
+    out
 }
 
 fn compile_maps<'m>(
