@@ -115,7 +115,7 @@ impl AppState {
         let mut guard = self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let out = f(&mut guard);
         self.maps_version.fetch_add(1, Ordering::AcqRel);
-        self.metrics.set_cache(guard.len(), guard.invalid().count());
+        self.metrics.set_cache(guard.len(), guard.invalid().count(), guard.refused_len());
         self.maps_changed.notify_waiters();
         out
     }

@@ -29,6 +29,7 @@ pub struct Metrics {
     latency: Histogram,
     cache_maps: Gauge,
     cache_invalid: Gauge,
+    cache_refused: Gauge,
     cache_synced_at: Gauge,
     cache_age: Gauge<f64, AtomicU64>,
     cert_reloads: Family<Labels, Counter>,
@@ -53,6 +54,7 @@ impl Default for Metrics {
         let latency = Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25, 1.0]);
         let cache_maps = Gauge::default();
         let cache_invalid = Gauge::default();
+        let cache_refused = Gauge::default();
         let cache_synced_at = Gauge::default();
         let cache_age = Gauge::<f64, AtomicU64>::default();
         let cert_reloads = Family::<Labels, Counter>::default();
@@ -75,6 +77,11 @@ impl Default for Metrics {
             "cache_invalid_maps",
             "ImageMaps skipped because their selector is invalid",
             cache_invalid.clone(),
+        );
+        registry.register(
+            "cache_refused_maps",
+            "ImageMaps whose target is outside --allowed-registry: never applied (a warning names the flag)",
+            cache_refused.clone(),
         );
         registry.register(
             "cache_last_sync_timestamp_seconds",
@@ -126,6 +133,7 @@ impl Default for Metrics {
             latency,
             cache_maps,
             cache_invalid,
+            cache_refused,
             cache_synced_at,
             cache_age,
             cert_reloads,
@@ -155,10 +163,11 @@ impl Metrics {
         self.refused.get_or_create(&vec![("reason", reason)]).inc();
     }
 
-    /// Sets the cache size gauges.
-    pub fn set_cache(&self, maps: usize, invalid: usize) {
+    /// Sets the cache size gauges: maps, invalid ones, and ones the guards refuse.
+    pub fn set_cache(&self, maps: usize, invalid: usize, refused: usize) {
         self.cache_maps.set(maps as i64);
         self.cache_invalid.set(invalid as i64);
+        self.cache_refused.set(refused as i64);
     }
 
     /// Records that the cache just heard from the API server: it is current until the watch fails.
@@ -227,7 +236,7 @@ mod tests {
         let m = Metrics::default();
         m.review(Outcome::Patched, 2, 1, Duration::from_micros(300));
         m.review(Outcome::Skipped, 0, 0, Duration::from_micros(10));
-        m.set_cache(5, 1);
+        m.set_cache(5, 1, 2);
         m.cache_heard();
         let text = m.render();
         for want in [
@@ -238,6 +247,8 @@ mod tests {
             "imagemap_unusable_map_hits_total 1",
             "imagemap_review_duration_seconds_bucket{le=\"0.0005\"} 2",
             "imagemap_cache_maps 5",
+            "imagemap_cache_refused_maps 2",
+            "imagemap_build_info{version=\"",
             "imagemap_cache_age_seconds 0",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");

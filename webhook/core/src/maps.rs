@@ -164,6 +164,11 @@ impl CompiledMap {
         })
     }
 
+    /// True when the admin guards refuse the map's target ([`Unusable::RegistryNotAllowed`]).
+    pub fn is_refused(&self) -> bool {
+        matches!(self.target, Err(Unusable::RegistryNotAllowed { .. }))
+    }
+
     /// True when the map replaces `command` or `args`.
     pub fn has_overrides(&self) -> bool {
         self.command.is_some() || self.args.is_some()
@@ -203,6 +208,8 @@ pub struct MapIndex {
     guards: Guards,
     cluster_len: usize,
     file_len: usize,
+    /// Maps (cluster, file) whose target the guards refuse.
+    refused: (usize, usize),
     env_maps: usize,
 }
 
@@ -266,6 +273,12 @@ impl MapIndex {
         self.len() == 0
     }
 
+    /// Maps whose target is outside `--allowed-registry` (stored before a guard tightened, or
+    /// from the maps file): indexed, but never applied.
+    pub fn refused_len(&self) -> usize {
+        self.refused.0 + self.refused.1
+    }
+
     /// Maps skipped because their selector does not parse.
     pub fn invalid(&self) -> impl Iterator<Item = &InvalidMap> {
         self.invalid.values()
@@ -278,6 +291,7 @@ impl MapIndex {
         match CompiledMap::compile_guarded(map, Origin::Cluster, &self.guards) {
             Ok(compiled) => {
                 let name = compiled.selector.name().to_string();
+                self.refused.0 += usize::from(compiled.is_refused());
                 self.by_namespace
                     .entry(key.0.clone())
                     .or_default()
@@ -305,6 +319,7 @@ impl MapIndex {
             if let Some(bucket) = names.get_mut(&selector_name) {
                 if let Some(pos) = bucket.iter().position(|m| m.name == name) {
                     let removed = bucket.swap_remove(pos);
+                    self.refused.0 -= usize::from(removed.is_refused());
                     self.env_maps -= usize::from(removed.match_in_env_vars);
                 }
                 self.cluster_len -= 1;
@@ -324,6 +339,7 @@ impl MapIndex {
         self.cluster_keys.clear();
         self.invalid.clear();
         self.cluster_len = 0;
+        self.refused.0 = 0;
         self.env_maps = self.file.values().flatten().filter(|m| m.match_in_env_vars).count();
         maps.into_iter().filter_map(|m| self.upsert(m).err()).collect()
     }
@@ -335,6 +351,7 @@ impl MapIndex {
         self.cluster_keys = fresh.cluster_keys;
         self.invalid = fresh.invalid;
         self.cluster_len = fresh.cluster_len;
+        self.refused.0 = fresh.refused.0;
         self.env_maps = fresh.env_maps + self.file.values().flatten().filter(|m| m.match_in_env_vars).count();
     }
 
@@ -343,11 +360,13 @@ impl MapIndex {
         self.env_maps -= self.file.values().flatten().filter(|m| m.match_in_env_vars).count();
         self.file.clear();
         self.file_len = 0;
+        self.refused.1 = 0;
         let mut invalid = Vec::new();
         for map in maps {
             match CompiledMap::compile_guarded(map, Origin::File, &self.guards) {
                 Ok(c) => {
                     self.env_maps += usize::from(c.match_in_env_vars);
+                    self.refused.1 += usize::from(c.is_refused());
                     self.file.entry(c.selector.name().to_string()).or_default().push(Arc::new(c));
                     self.file_len += 1;
                 }
@@ -498,6 +517,9 @@ pub(crate) mod tests {
         assert!(reason.to_string().contains("--allowed-registry localhost:5000/"), "{reason}");
         let good = idx.candidates("a", "docker.io/library/good").iter().next().expect("indexed").0.clone();
         assert!(good.target.is_ok());
+        assert_eq!(idx.refused_len(), 1);
+        idx.remove("a", "evil");
+        assert_eq!(idx.refused_len(), 0);
         let fresh = idx.empty_like();
         assert_eq!(fresh.guards(), idx.guards());
     }
