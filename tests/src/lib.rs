@@ -23,6 +23,7 @@ pub mod node;
 pub mod oci;
 pub mod pki;
 pub mod plugin;
+pub mod pods;
 pub mod process;
 pub mod registry;
 pub mod registry_hosting;

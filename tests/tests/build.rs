@@ -10,6 +10,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use imagemap_e2e::plugin::{kubectl_imagemap, kubectl_imagemap_ok};
+use imagemap_e2e::pods::running_build;
 use imagemap_e2e::webhook::wait_until_admitted;
 use imagemap_e2e::{poll, shared_cluster, Cluster, ControlPlane, ServedWebhook, WebhookOptions};
 use serde_json::Value;
@@ -73,23 +74,6 @@ fn busybox() -> PathBuf {
 
 fn map_json(plane: &ControlPlane, ns: &str, name: &str) -> Value {
     json(&plane.kubectl_ok(["get", "imagemap", name, "-n", ns, "-o", "json"]))
-}
-
-/// The Running, Ready Pods of `ns` labelled `label` whose container 0 runs `digest` and logs `marker`.
-fn running_build(plane: &ControlPlane, ns: &str, label: &str, digest: &str, marker: &str) -> Option<Value> {
-    let list = json(&plane.kubectl_ok(["get", "pods", "-n", ns, "-l", label, "-o", "json"]));
-    for pod in list["items"].as_array().into_iter().flatten() {
-        let status = &pod["status"]["containerStatuses"][0];
-        let image_id = status["imageID"].as_str().unwrap_or_default();
-        if pod["status"]["phase"] != "Running" || status["ready"] != true || !image_id.ends_with(digest) {
-            continue;
-        }
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-        if text(&plane.kubectl(["logs", name, "-n", ns]).stdout).contains(marker) {
-            return Some(pod.clone());
-        }
-    }
-    None
 }
 
 fn describe_pods(plane: &ControlPlane, ns: &str) -> String {

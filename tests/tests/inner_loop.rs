@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use imagemap_e2e::oci::{self, Run};
 use imagemap_e2e::plugin::kubectl_imagemap_ok;
+use imagemap_e2e::pods::running_build;
 use imagemap_e2e::webhook::wait_until_admitted;
 use imagemap_e2e::{poll, shared_cluster, Cluster, ControlPlane, ServedWebhook, WebhookOptions};
 use serde_json::Value;
@@ -42,25 +43,6 @@ fn build_and_push(cluster: &Cluster, repo: &str, tag: &str, marker: &str) -> Str
         &Run::shell("cat /marker; echo; exec sleep 3600"),
     )
     .expect("image built and pushed")
-}
-
-/// The Running Pods of `ns` labelled `app=NAME` whose container 0 runs an image with `digest`
-/// and whose log shows `marker`; `None` until there is one.
-fn running_build(plane: &ControlPlane, ns: &str, label: &str, digest: &str, marker: &str) -> Option<Value> {
-    let list = json(&plane.kubectl_ok(["get", "pods", "-n", ns, "-l", label, "-o", "json"]));
-    for pod in list["items"].as_array().into_iter().flatten() {
-        let status = &pod["status"]["containerStatuses"][0];
-        let image_id = status["imageID"].as_str().unwrap_or_default();
-        if pod["status"]["phase"] != "Running" || status["ready"] != true || !image_id.ends_with(digest) {
-            continue;
-        }
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-        let log = plane.kubectl(["logs", name, "-n", ns]);
-        if String::from_utf8_lossy(&log.stdout).contains(marker) {
-            return Some(pod.clone());
-        }
-    }
-    None
 }
 
 fn describe_pods(plane: &ControlPlane, ns: &str) -> String {

@@ -51,6 +51,20 @@ pub(super) fn policy_and_binding(
             ..Default::default()
         }),
     };
+    let binding = MutatingAdmissionPolicyBinding {
+        metadata,
+        spec: Some(MutatingAdmissionPolicyBindingSpec {
+            policy_name: Some(name),
+            match_resources: Some(served(namespace, served_elsewhere)),
+            ..Default::default()
+        }),
+    };
+    (policy, binding)
+}
+
+/// What a binding of ours matches: Pods of `namespace` (`None`: of every namespace but the
+/// system ones and `served_elsewhere`), neither the namespace nor the Pod opted out.
+pub(super) fn served(namespace: Option<&str>, served_elsewhere: &[&str]) -> MatchResources {
     let requirement = |key: &str, operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
         key: key.into(),
         operator: operator.into(),
@@ -65,22 +79,14 @@ pub(super) fn policy_and_binding(
             requirement("kubernetes.io/metadata.name", "NotIn", Some(others.into_iter().collect()))
         }
     };
-    let binding = MutatingAdmissionPolicyBinding {
-        metadata,
-        spec: Some(MutatingAdmissionPolicyBindingSpec {
-            policy_name: Some(name),
-            match_resources: Some(MatchResources {
-                namespace_selector: Some(LabelSelector {
-                    match_expressions: Some(vec![namespaces, opted_in.clone()]),
-                    ..Default::default()
-                }),
-                object_selector: Some(LabelSelector { match_expressions: Some(vec![opted_in]), ..Default::default() }),
-                ..Default::default()
-            }),
+    MatchResources {
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![namespaces, opted_in.clone()]),
             ..Default::default()
         }),
-    };
-    (policy, binding)
+        object_selector: Some(LabelSelector { match_expressions: Some(vec![opted_in]), ..Default::default() }),
+        ..Default::default()
+    }
 }
 
 /// The policy the controller keeps while it runs in policy mode, so that the plugin knows a

@@ -10,10 +10,10 @@ use k8s_openapi::api::admissionregistration::v1::{
     MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
     ValidatingAdmissionPolicyBindingSpec, ValidatingAdmissionPolicySpec, Validation, Variable,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::tables::Tables;
-use super::{cel, DISABLED_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MAX_EXPRESSION_CHARS, SERVES_LABEL};
+use super::{cel, MANAGED_BY, MANAGED_BY_LABEL, MAX_EXPRESSION_CHARS, SERVES_LABEL};
 use crate::guards::Guards;
 use crate::maps::{CompiledMap, Scope, Unusable};
 
@@ -145,33 +145,12 @@ fn warning(
         }),
         ..Default::default()
     };
-    let requirement = |key: &str, operator: &str, values: Option<Vec<String>>| LabelSelectorRequirement {
-        key: key.into(),
-        operator: operator.into(),
-        values,
-    };
-    let opted_in = requirement(DISABLED_LABEL, "DoesNotExist", None);
-    let namespaces = match namespace {
-        Some(ns) => requirement("kubernetes.io/metadata.name", "In", Some(vec![ns.to_string()])),
-        None => {
-            let mut others: BTreeSet<String> = super::SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect();
-            others.extend(served_elsewhere.iter().map(|s| s.to_string()));
-            requirement("kubernetes.io/metadata.name", "NotIn", Some(others.into_iter().collect()))
-        }
-    };
     let binding = ValidatingAdmissionPolicyBinding {
         metadata,
         spec: ValidatingAdmissionPolicyBindingSpec {
             policy_name: name,
             validation_actions: vec!["Warn".into()],
-            match_resources: Some(MatchResources {
-                namespace_selector: Some(LabelSelector {
-                    match_expressions: Some(vec![namespaces, opted_in.clone()]),
-                    ..Default::default()
-                }),
-                object_selector: Some(LabelSelector { match_expressions: Some(vec![opted_in]), ..Default::default() }),
-                ..Default::default()
-            }),
+            match_resources: Some(super::objects::served(namespace, served_elsewhere)),
             ..Default::default()
         },
     };
