@@ -7,7 +7,8 @@
 #   node           kubelet (k8s.io/kubernetes), containerd + containerd-shim-runc-v2, runc (cgo,
 #                  with seccomp: needs libseccomp-dev), CNI plugins in cni/
 #   tools          kubectl (k8s.io/kubectl), helm (v3), helm4 (v4), crane (images and registry),
-#                  krew (plugin manager) and cosign (signatures), for `make release` and its tests
+#                  krew (plugin manager) and cosign (signatures), for `make release` and its tests;
+#                  promtool (Prometheus rule checks and unit tests of the chart's alerts)
 #
 # A binary already in the cache is reused (those whose version is not in the folder's name carry a
 # `.NAME.version` stamp beside them; a different version is rebuilt). Prints the bin folder on
@@ -23,6 +24,8 @@ CNI_PLUGINS_VERSION="${CNI_PLUGINS_VERSION:-v1.10.0}"
 CRANE_VERSION="${CRANE_VERSION:-v0.22.1}"
 KREW_VERSION="${KREW_VERSION:-v0.4.3}"
 COSIGN_VERSION="${COSIGN_VERSION:-v2.6.5}"
+# Prometheus 3.16.0: its Go module tags v3.X.Y as v0.3XX.Y.
+PROMTOOL_VERSION="${PROMTOOL_VERSION:-v0.316.0}"
 # etcd: the version the Kubernetes release pins (read from its go.mod below).
 
 skip_kubernetes=false
@@ -154,9 +157,16 @@ build_etcd() {
   build_in_wrapper etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "-s -w"
 }
 
+# The Kubernetes version `helm template` assumes is set as Helm's own release build sets it (the
+# client-go minor; otherwise 1.20, below the chart's kubeVersion). Stamped: rebuilt when it changes.
+HELM_K8S_MINOR=37
 build_helm() {
+  have helm "$HELM_VERSION-k8s1.$HELM_K8S_MINOR" || rm -f "$bin/helm"
   build_in_wrapper helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
-    "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+    "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} \
+     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$HELM_K8S_MINOR \
+     -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_K8S_MINOR"
+  echo "$HELM_VERSION-k8s1.$HELM_K8S_MINOR" > "$(stamp_path helm)"
 }
 
 build_helm4() {
@@ -247,6 +257,15 @@ build_cosign() {
     -- -ldflags "-s -w -X sigs.k8s.io/release-utils/version.gitVersion=${COSIGN_VERSION}"
 }
 
+# promtool (Prometheus 3.x; `promtool --version` prints the 3.x version).
+build_promtool() {
+  local minor=${PROMTOOL_VERSION#v0.}
+  minor=${minor%%.*}
+  local release="3.$((10#${minor#3})).${PROMTOOL_VERSION##*.}" # v0.316.0: 3.16.0
+  go_install "$PROMTOOL_VERSION" promtool=github.com/prometheus/prometheus/cmd/promtool \
+    -- -ldflags "-s -w -X github.com/prometheus/common/version.Version=${release}"
+}
+
 build_etcd
 build_helm
 build_crane
@@ -259,5 +278,6 @@ build_krew
 # kubectl finds krew as a plugin under this name: `kubectl krew install ...`.
 [ -e "$bin/kubectl-krew" ] || ln -s krew "$bin/kubectl-krew"
 build_cosign
+build_promtool
 $skip_kubernetes || build_kubernetes
 echo "$bin"

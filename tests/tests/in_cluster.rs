@@ -6,8 +6,9 @@
 //! through the chart's Service (`clientConfig.service`, dialled at the Service's endpoints, see
 //! tests/README.md) and they watch ImageMaps through the API server at the node's gateway
 //! (`extraEnv` sets `KUBERNETES_SERVICE_HOST`/`_PORT`: no kube-proxy runs). A real Pod is
-//! swapped and runs; `kubectl imagemap doctor` passes; `helm upgrade` to a new image rolls the
-//! replicas while Pods are being admitted, and every one of them is created and swapped;
+//! swapped and runs; `kubectl imagemap doctor` passes; `helm test` passes after install and after
+//! upgrade; `helm upgrade` to a new image rolls the replicas while Pods are being admitted, and
+//! every one of them is created and swapped;
 //! `helm uninstall` leaves nothing of the release. Once with Helm 4, once with Helm 3.
 //!
 //! Needs root (a node) and the plugin built (`cargo build --workspace --bins`). The image build
@@ -317,6 +318,31 @@ fn admission_loop(
     })
 }
 
+/// `helm test RELEASE` passes: the check Pod saw a dry-run Pod swapped to its test map's target.
+/// Helm 4 prints the Pod's log (`--logs`, read before the succeeded hooks are deleted); Helm 3
+/// deletes them first, so its run is checked by its status alone. The test namespace and the
+/// check's rights are gone afterwards.
+fn helm_test(helm: Helm, plane: &ControlPlane, release: &str, ns: &str, diagnosis: &dyn Fn() -> String) {
+    let mut args = vec!["test", release, "--namespace", ns, "--timeout", HELM_TIMEOUT];
+    if matches!(helm, Helm::V4) {
+        args.push("--logs");
+    }
+    let output = helm.run(plane, &args);
+    let report = format!("{}{}", text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{helm:?}: helm test {release} failed:\n{report}\n{}", diagnosis());
+    assert!(report.contains("Succeeded"), "{helm:?}: helm test {release}:\n{report}");
+    if matches!(helm, Helm::V4) {
+        assert!(report.contains("PASS: a server-side dry-run Pod"), "the check's log:\n{report}");
+    }
+    eprintln!("in_cluster {helm:?}: helm test:\n{report}");
+    let test_ns = format!("{release}-imagemap-test");
+    let gone = poll(ROLL_TIMEOUT, Duration::from_secs(1), || {
+        let out = plane.kubectl(["get", "namespace", &test_ns]);
+        (!out.status.success() && text(&out.stderr).contains("NotFound")).then_some(())
+    });
+    assert!(gone.is_some(), "the test namespace {test_ns} is deleted once the test passed");
+}
+
 /// Serialises the two lifecycles: four webhook replicas rolling at once on two cores would only
 /// make each slower.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -427,6 +453,9 @@ fn lifecycle(helm: Helm, prefix: &str) {
     assert!(!report.contains("[FAIL]"), "{report}");
     eprintln!("in_cluster {helm:?}: doctor:\n{report}");
 
+    // helm test: the chart's check Pod (this image) swaps a dry-run Pod in its test namespace.
+    helm_test(helm, plane, &release, &ns, &diagnosis);
+
     // helm upgrade to the second image while Pods are being admitted.
     let rolled = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -503,6 +532,8 @@ fn lifecycle(helm: Helm, prefix: &str) {
     );
     assert!(during >= 2 && after >= 1, "the loop ran through the roll: {during} during, {after} after");
     drop(seen);
+    // helm test passes against the upgraded release too.
+    helm_test(helm, plane, &release, &ns, &diagnosis);
 
     // The new replicas passed their probes without a restart, and no liveness probe failed.
     for p in webhook_pods(plane, &ns, &release).into_iter().chain(controller_pods(plane, &ns, &release)) {

@@ -187,6 +187,7 @@ text or its base64.
 {{- /* Settings that cannot go with policy mode fail the render with the reason. */ -}}
 {{- define "imagemap.checkMode" -}}
 {{- if eq .Values.mode "policy" }}
+{{- if not (semverCompare ">=1.36.0-0" .Capabilities.KubeVersion.Version) }}{{ fail (printf "mode: policy needs Kubernetes 1.36 or later (MutatingAdmissionPolicy admissionregistration.k8s.io/v1); this cluster is %s. Use mode: webhook" .Capabilities.KubeVersion.Version) }}{{ end }}
 {{- if .Values.controller.gateUnbuilt }}{{ fail "mode: policy cannot be used with controller.gateUnbuilt: a policy cannot hold Pods until their image is built" }}{{ end }}
 {{- if .Values.imagemapsFile.enabled }}{{ fail "mode: policy cannot be used with imagemapsFile: policies are compiled from the cluster's ImageMaps only" }}{{ end }}
 {{- end }}
@@ -215,4 +216,13 @@ always protected by the binary).
 {{- $out = append $out (ternary . (printf "%s/" .) (contains "/" .)) }}
 {{- end }}
 {{- $out | toJson }}
+{{- end }}
+
+{{- /* An alert's labels (metrics.prometheusRule): its severity and alertLabels. Args: root, severity. */ -}}
+{{- define "imagemap.alertLabels" -}}
+labels:
+  severity: {{ .severity }}
+  {{- with .root.Values.metrics.prometheusRule.alertLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
