@@ -75,7 +75,12 @@ fn choose_registry(flag: Option<&str>, advertised: Option<LocalRegistryHosting>)
 }
 
 /// Runs `build`.
-pub async fn run(global: &Global, args: &BuildArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &BuildArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &BuildArgs) -> Result<String> {
     if let Some(s) = &args.selector {
         validate_reference("--selector", s)?;
     }

@@ -25,7 +25,12 @@ pub fn build(args: &CreateArgs, namespace: &str) -> Result<ImageMap> {
 }
 
 /// Runs `create`.
-pub async fn run(global: &Global, args: &CreateArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &CreateArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &CreateArgs) -> Result<String> {
     if args.dry_run == DryRun::Client {
         let namespace = global.namespace.clone().unwrap_or_else(|| "default".into());
         let map = build(args, &namespace)?;

@@ -7,7 +7,7 @@ use crate::cli::{DeleteArgs, Global};
 use crate::client::Cluster;
 
 /// Runs `delete`: deletes each map; reports every failure and fails if any did.
-pub async fn run(global: &Global, args: &DeleteArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &DeleteArgs, out: &mut dyn std::io::Write) -> Result<()> {
     let cluster = Cluster::connect(global).await?;
     let names = match &args.selector {
         Some(selector) => {
@@ -27,11 +27,11 @@ pub async fn run(global: &Global, args: &DeleteArgs) -> Result<String> {
         }
         None => args.names.clone(),
     };
-    let mut out = String::new();
+    let mut deleted = String::new();
     let mut failed = 0;
     for name in &names {
         match cluster.maps().delete(name, &DeleteParams::default()).await {
-            Ok(_) => out.push_str(&format!("imagemap.tilt.dev \"{name}\" deleted\n")),
+            Ok(_) => deleted.push_str(&format!("imagemap.tilt.dev \"{name}\" deleted\n")),
             Err(kube::Error::Api(s)) if s.code == 404 && s.reason == "NotFound" && args.ignore_not_found => {}
             Err(e) => {
                 failed += 1;
@@ -39,9 +39,10 @@ pub async fn run(global: &Global, args: &DeleteArgs) -> Result<String> {
             }
         }
     }
-    print!("{out}");
+    // What was deleted goes to `out` even when some failed, as kubectl does.
+    super::write(out, &deleted)?;
     if failed > 0 {
         bail!("{failed} of {} ImageMaps could not be deleted", names.len());
     }
-    Ok(String::new())
+    Ok(())
 }

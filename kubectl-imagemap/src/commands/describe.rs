@@ -127,7 +127,12 @@ pub fn swapped_pods(pods: &[Pod], map_id: &str) -> Vec<SwappedPod> {
 }
 
 /// Runs `describe`.
-pub async fn run(global: &Global, args: &DescribeArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &DescribeArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &DescribeArgs) -> Result<String> {
     let cluster = Cluster::connect(global).await?;
     let map = cluster
         .maps()

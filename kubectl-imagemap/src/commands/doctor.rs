@@ -61,22 +61,25 @@ pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, Strin
     labels_ok && exprs_ok
 }
 
-struct Report {
+/// The checks' lines, written as each check ends (a slow one shows where it is).
+struct Report<'o> {
     failed: usize,
+    out: &'o mut dyn std::io::Write,
 }
 
-impl Report {
+impl Report<'_> {
     fn add(&mut self, name: &str, v: Verdict) {
         if matches!(v, Verdict::Fail(..)) {
             self.failed += 1;
         }
-        print!("{}", line(name, &v));
+        // A line that cannot be written (closed pipe) is no reason to stop the checks.
+        let _ = super::write(self.out, &line(name, &v));
     }
 }
 
 /// Runs `doctor`.
-pub async fn run(global: &Global, args: &DoctorArgs) -> Result<String> {
-    let mut r = Report { failed: 0 };
+pub async fn run(global: &Global, args: &DoctorArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    let mut r = Report { failed: 0, out };
     let cluster = match Cluster::connect(global).await {
         Ok(c) => c,
         Err(e) => {
@@ -117,13 +120,12 @@ pub async fn run(global: &Global, args: &DoctorArgs) -> Result<String> {
     if r.failed > 0 {
         bail!("{} check(s) failed", r.failed);
     }
-    println!("all checks passed");
-    Ok(String::new())
+    super::write(r.out, "all checks passed\n")
 }
 
 /// The advertised registry (kube-public/local-registry-hosting): none is fine (a WARN: builds
 /// need --registry); a malformed one fails; a well-formed one must answer the registry API.
-async fn check_registry(cluster: &Cluster, r: &mut Report) {
+async fn check_registry(cluster: &Cluster, r: &mut Report<'_>) {
     match super::registry::advertised(cluster).await {
         Ok(None) => r.add(
             "registry",
@@ -162,7 +164,7 @@ fn registry_verdict(
     }
 }
 
-async fn check_crd(cluster: &Cluster, r: &mut Report) {
+async fn check_crd(cluster: &Cluster, r: &mut Report<'_>) {
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
     let fix = "install it: `helm install imagemap charts/imagemap` or `kubectl apply -f charts/imagemap/crds/`";
     match crds.get_opt("imagemaps.tilt.dev").await {
@@ -199,7 +201,7 @@ async fn check_crd(cluster: &Cluster, r: &mut Report) {
 async fn find_webhook(
     cluster: &Cluster,
     args: &DoctorArgs,
-    r: &mut Report,
+    r: &mut Report<'_>,
 ) -> Option<(MutatingWebhookConfiguration, MutatingWebhook)> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(cluster.client.clone());
     let fix = "install the chart (`helm install imagemap charts/imagemap`) or register the webhook (see README)";
@@ -243,7 +245,7 @@ async fn find_webhook(
     found
 }
 
-async fn check_endpoint(cluster: &Cluster, hook: &MutatingWebhook, r: &mut Report) {
+async fn check_endpoint(cluster: &Cluster, hook: &MutatingWebhook, r: &mut Report<'_>) {
     let ca = hook.client_config.ca_bundle.as_ref().map(|b| b.0.clone()).unwrap_or_default();
     if let Some(url) = &hook.client_config.url {
         match probe_url(url, &ca).await {
@@ -321,7 +323,7 @@ async fn check_policy(
     cluster: &Cluster,
     config: &MutatingWebhookConfiguration,
     hook: &MutatingWebhook,
-    r: &mut Report,
+    r: &mut Report<'_>,
 ) {
     let _ = config;
     match hook.failure_policy.as_deref() {
@@ -389,7 +391,7 @@ fn scope_verdict(hook: &MutatingWebhook, namespace: &str, maps_here: Option<bool
     }
 }
 
-async fn check_dry_run(cluster: &Cluster, r: &mut Report) {
+async fn check_dry_run(cluster: &Cluster, r: &mut Report<'_>) {
     let name = format!("imagemap-doctor-{}", std::process::id());
     let selector = format!("imagemap-doctor/probe-{}", std::process::id());
     let target = format!("imagemap-doctor/probe-{}:swapped", std::process::id());

@@ -145,7 +145,12 @@ pub fn explain_pod(index: &MapIndex, namespace: &str, pod: &Value) -> String {
 }
 
 /// Runs `explain`.
-pub async fn run(global: &Global, args: &ExplainArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &ExplainArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &ExplainArgs) -> Result<String> {
     let cluster = match (&args.maps, &args.target) {
         (Some(_), Some(t)) if !t.starts_with("pod/") => None,
         (Some(_), None) => None,

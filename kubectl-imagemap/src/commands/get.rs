@@ -12,7 +12,7 @@ use crate::client::Cluster;
 use crate::render;
 
 /// Runs `list` / `get`.
-pub async fn run(global: &Global, args: &GetArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &GetArgs, out: &mut dyn std::io::Write) -> Result<()> {
     let cluster = Cluster::connect(global).await?;
     let api: Api<ImageMap> = if args.all_namespaces { Api::all(cluster.client.clone()) } else { cluster.maps() };
     let maps = match &args.name {
@@ -40,10 +40,10 @@ pub async fn run(global: &Global, args: &GetArgs) -> Result<String> {
         if text.is_empty() && matches!(args.output, Output::Table | Output::Wide) {
             eprintln!("{}", nothing_found(args.all_namespaces, &cluster.namespace));
         }
-        return Ok(text);
+        return super::write(out, &text);
     }
-    print!("{text}");
-    watch(api, args).await
+    super::write(out, &text)?;
+    watch(api, args, out).await
 }
 
 /// The STALE column: per map, the Pods of its namespace it would change now, judged with every
@@ -82,7 +82,7 @@ fn nothing_found(all_namespaces: bool, namespace: &str) -> String {
     }
 }
 
-async fn watch(api: Api<ImageMap>, args: &GetArgs) -> Result<String> {
+async fn watch(api: Api<ImageMap>, args: &GetArgs, out: &mut dyn std::io::Write) -> Result<()> {
     let mut config = watcher::Config::default();
     if let Some(selector) = &args.selector {
         config = config.labels(selector);
@@ -109,9 +109,9 @@ async fn watch(api: Api<ImageMap>, args: &GetArgs) -> Result<String> {
             }
             other => render::list(std::slice::from_ref(&map), other, Timestamp::now(), args.all_namespaces),
         };
-        print!("{text}");
+        super::write(out, &text)?;
     }
-    Ok(String::new())
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,12 @@ use crate::input::{load_index, parse_manifests, read_text};
 use crate::render::{json_text, yaml_text};
 
 /// Runs `inject`.
-pub async fn run(global: &Global, args: &InjectArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &InjectArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &InjectArgs) -> Result<String> {
     let text = read_text(&args.file)?;
     let mut manifests = parse_manifests(&text, &args.file.display().to_string())?;
     let cluster = match args.maps {

@@ -1,4 +1,7 @@
-//! One module per subcommand. Each returns the text for standard output; errors go to stderr.
+//! One module per subcommand. Each `run` writes its result to the `out` it is given (standard
+//! output; streaming commands such as `get --watch` and `doctor` write as they go) and returns
+//! errors, which go to stderr. The renderers return strings, so output is tested without a
+//! terminal.
 
 pub mod build;
 pub mod completion;
@@ -17,6 +20,13 @@ pub mod version;
 
 use anyhow::{bail, Result};
 use imagemap_core::reference::Reference;
+
+/// Writes `text` to `out` (a command's whole result).
+pub fn write(out: &mut dyn std::io::Write, text: &str) -> Result<()> {
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
 
 /// Validates an image reference given on the command line, naming the flag.
 pub fn validate_reference(flag: &str, value: &str) -> Result<()> {

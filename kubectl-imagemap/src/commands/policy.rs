@@ -16,7 +16,12 @@ const POLICY_KIND: &str = "mutatingadmissionpolicy.admissionregistration.k8s.io"
 const BINDING_KIND: &str = "mutatingadmissionpolicybinding.admissionregistration.k8s.io";
 
 /// Runs `policy`.
-pub async fn run(global: &Global, args: &PolicyArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &PolicyArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &PolicyArgs) -> Result<String> {
     let cluster = Cluster::connect(global).await?;
     let ns = cluster.namespace.clone();
     let maps = list_maps(&cluster, args.global_namespace.as_deref()).await?;

@@ -113,7 +113,12 @@ pub fn hosting_from_flags(args: &RegistrySetArgs) -> Result<LocalRegistryHosting
 }
 
 /// Runs `registry` and `registry set`.
-pub async fn run(global: &Global, args: &RegistryArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &RegistryArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &RegistryArgs) -> Result<String> {
     match &args.action {
         None => {
             let cluster = Cluster::connect(global).await?;

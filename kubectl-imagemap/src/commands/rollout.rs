@@ -14,7 +14,12 @@ use crate::client::Cluster;
 use crate::render::escape;
 
 /// Runs `rollout`.
-pub async fn run(global: &Global, args: &RolloutArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &RolloutArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &RolloutArgs) -> Result<String> {
     let cluster = Cluster::connect(global).await?;
     let ns = cluster.namespace.clone();
     let map = cluster

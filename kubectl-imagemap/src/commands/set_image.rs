@@ -111,7 +111,12 @@ pub fn summary(name: &str, created: bool, updated: &ImageMap, output: Option<Obj
 }
 
 /// Runs `set-image`.
-pub async fn run(global: &Global, args: &SetImageArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &SetImageArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &SetImageArgs) -> Result<String> {
     if let Some(image) = &args.image {
         status_patch(args, image, Timestamp::now(), None)?;
     }

@@ -77,7 +77,12 @@ fn normalize(v: &str) -> &str {
 }
 
 /// Runs `version`: never fails because of the cluster.
-pub async fn run(global: &Global, args: &VersionArgs) -> Result<String> {
+pub async fn run(global: &Global, args: &VersionArgs, out: &mut dyn std::io::Write) -> Result<()> {
+    super::write(out, &text(global, args).await?)
+}
+
+/// What `run` writes.
+async fn text(global: &Global, args: &VersionArgs) -> Result<String> {
     let webhook = if args.client {
         Webhook::Skipped
     } else {
