@@ -355,6 +355,7 @@ fn env_for_size(namespace: &str) -> Result<usize> {
 }
 
 /// The step.
+#[expect(clippy::too_many_lines, reason = "the modes run one after another; to be split by mode")]
 pub async fn modes(plane: &ControlPlane, opts: &ModesOptions) -> Result<ModesResults> {
     std::fs::create_dir_all(&opts.work)?;
     let client = client(plane).await?;

@@ -23,6 +23,7 @@ fn x(r: f64) -> String {
 }
 
 /// Writes the report; steps whose results are missing are marked as not run.
+#[expect(clippy::too_many_lines, reason = "one section of the report after another; to be split by section")]
 pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<()> {
     let machine: Option<Machine> = load(results, "machine")?;
     let crit: Option<CriterionResults> = load(results, "criterion")?;
@@ -454,6 +455,7 @@ fn cell(text: &str) -> String {
 }
 
 /// The section of `imagemap-bench modes`.
+#[expect(clippy::too_many_lines, reason = "one section of the report after another; to be split by section")]
 fn write_modes(w: &mut String, m: &ModesResults) -> Result<()> {
     writeln!(w, "## Pod creates by admission mode\n")?;
     writeln!(

@@ -21,6 +21,7 @@
 //! The chart installed in a cluster with its real image, with Helm 4 and Helm 3: `in_cluster.rs`.
 //!
 //! Needs the webhook binary: `cargo build --workspace --bins` first (`make test` does).
+#![allow(clippy::too_many_lines, reason = "a test reads top to bottom as the scenario it checks")]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

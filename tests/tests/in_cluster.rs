@@ -14,6 +14,7 @@
 //! Needs root (a node) and the plugin built (`cargo build --workspace --bins`). The image build
 //! is the real release build (fat LTO): several minutes when the webhook changed, seconds when
 //! cargo has it already.
+#![allow(clippy::too_many_lines, reason = "a test reads top to bottom as the scenario it checks")]
 
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};

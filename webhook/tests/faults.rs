@@ -9,6 +9,7 @@
 //! Every load generator here is a handful of tasks, bounded in requests and in time, that stop by
 //! themselves. No assertion is on latency; the only time bounds are generous multiples of
 //! configured intervals and timeouts.
+#![allow(clippy::too_many_lines, reason = "a test reads top to bottom as the scenario it checks")]
 
 mod common;
 
