@@ -15,15 +15,19 @@ build:
 release:
 	VERSION="$(VERSION)" DIST="$(or $(DIST),dist)" REGISTRY="$(or $(REGISTRY),localhost:5000)" bash scripts/release.sh
 
-## The release tests (krew install, signature, SBOM, reproducibility, the chart): slow (four
-## release builds), so a target of their own; CI (`.ci/run`) runs them after `make test`.
+## The release tests (krew install, signature, SBOM, reproducibility, the binaries' formats, the
+## Windows plugin under wine when Debian's wine64 installs, the chart): slow (a release build of
+## every target), so a target of their own; CI (`.ci/run`) runs them after `make test`.
 release-test: controlplane build
-	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
+	bash scripts/deps.sh release wine
+	IMAGEMAP_CONTROLPLANE_BIN="$$(bash scripts/tools.sh)" \
 	  $(CARGO) test -p imagemap-e2e --test release -- --ignored --test-threads=1 --nocapture
 
 ## The control-plane binaries (etcd, kube-apiserver, kube-controller-manager, helm), cached
-## outside the repository under ~/.cache/imagemap.
+## outside the repository under ~/.cache/imagemap; first the Debian packages the node and the
+## tests need (scripts/deps.sh node: installed as root, else it prints the apt-get command).
 controlplane:
+	bash scripts/deps.sh node
 	bash tests/controlplane/build.sh
 
 ## Regenerate the CRD from the Rust types into the chart.
@@ -31,15 +35,17 @@ crd:
 	$(CARGO) run -q -p imagemap-core --bin imagemap-crd > charts/imagemap/crds/imagemaps.tilt.dev.yaml
 
 lint:
+	bash scripts/deps.sh node
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	shellcheck tests/src/node/teardown.sh
 
 fmt:
 	$(CARGO) fmt --all
 
 ## Everything: format, lints, unit tests, and end-to-end tests against a real API server.
 test: lint controlplane build
-	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
+	IMAGEMAP_CONTROLPLANE_BIN="$$(bash scripts/tools.sh)" \
 	  $(CARGO) test --workspace --all-targets
 
 ## A local cluster for trying things out: the tests' control plane, a node, the registry on
@@ -54,7 +60,7 @@ dev-down:
 
 ## Longer load and abuse tests (not part of `make test`): the ignored tests.
 stress: controlplane build
-	IMAGEMAP_CONTROLPLANE_BIN="$$(bash tests/controlplane/build.sh | tail -n1)" \
+	IMAGEMAP_CONTROLPLANE_BIN="$$(bash scripts/tools.sh)" \
 	  $(CARGO) test --workspace -- --ignored --test-threads=1
 
 ## Benchmarks (not part of `make test`).

@@ -42,7 +42,7 @@ if ! [ -x "$OHA" ] || ! "$OHA" --version | grep -q "$OHA_VERSION"; then
 fi
 
 # The control plane (cached after its first build).
-IMAGEMAP_CONTROLPLANE_BIN="$(bash tests/controlplane/build.sh | tail -n1)"
+IMAGEMAP_CONTROLPLANE_BIN="$(bash scripts/tools.sh)"
 export IMAGEMAP_CONTROLPLANE_BIN
 
 run "$CARGO" build --release -p imagemap-webhook -p imagemap-bench --bins

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/image.sh and scripts/release.sh: the one environment their release builds
 # run in, so `make image` and `make release` share every compiled unit.
 #

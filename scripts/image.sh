@@ -8,7 +8,7 @@
 #   REGISTRY  where to push (default localhost:5000)
 #   IMAGE     repository name (default imagemap-webhook)
 #   TAG       tag (default: the workspace version in Cargo.toml)
-#   CRANE     the crane binary (default: crane in the bin folder of tests/controlplane/build.sh,
+#   CRANE     the crane binary (default: crane in the folder scripts/tools.sh prints,
 #             else crane on PATH); CRANE_FLAGS: extra flags for `crane push`, e.g. --insecure
 #   SOURCE_DATE_EPOCH  time stamp of the image and its files (default 0)
 #   PLATFORM  amd64 (default) or arm64: the image's architecture; arm64 cross-builds a static
@@ -51,6 +51,7 @@ die() { log "$*"; exit 1; }
 # in the environment scripts/build-env.sh sets (the plugin's release build uses the same).
 build_binary() {
   (
+    # shellcheck disable=SC2119 # no flags beyond the shared ones
     release_build_env
     if [ "$TARGET" = aarch64-unknown-linux-gnu ]; then
       local cc=${AARCH64_CC:-aarch64-linux-gnu-gcc}
@@ -81,19 +82,20 @@ assemble() {
   diff_id=$(sha256 "$stage/layer.tar")
   layer=$(sha256 "$stage/layer.tar.gz")
   layer_size=$(size "$stage/layer.tar.gz")
-  printf '%s' \
-    '{"architecture":"'"$PLATFORM"'","os":"linux","created":"'"$created"'",' \
-    '"config":{"User":"65532:65532","ExposedPorts":{"8443/tcp":{}},' \
-    '"Entrypoint":["'"$BIN_PATH"'"],"WorkingDir":"/",' \
-    '"Labels":{"org.opencontainers.image.title":"imagemap-webhook","org.opencontainers.image.version":"'"$VERSION"'"}},' \
-    '"rootfs":{"type":"layers","diff_ids":["sha256:'"$diff_id"'"]},' \
-    '"history":[{"created":"'"$created"'","created_by":"scripts/image.sh"}]}' >"$stage/config.json"
+  jq -cnj --arg arch "$PLATFORM" --arg created "$created" --arg bin "$BIN_PATH" --arg version "$VERSION" \
+    --arg diff_id "sha256:$diff_id" '{
+      architecture: $arch, os: "linux", created: $created,
+      config: {User: "65532:65532", ExposedPorts: {"8443/tcp": {}}, Entrypoint: [$bin], WorkingDir: "/",
+               Labels: {"org.opencontainers.image.title": "imagemap-webhook", "org.opencontainers.image.version": $version}},
+      rootfs: {type: "layers", diff_ids: [$diff_id]},
+      history: [{created: $created, created_by: "scripts/image.sh"}]}' >"$stage/config.json"
   config=$(sha256 "$stage/config.json")
   config_size=$(size "$stage/config.json")
-  printf '%s' \
-    '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",' \
-    '"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'"$config"'","size":'"$config_size"'},' \
-    '"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:'"$layer"'","size":'"$layer_size"'}]}' \
+  jq -cnj --arg config "sha256:$config" --argjson config_size "$config_size" --arg layer "sha256:$layer" \
+    --argjson layer_size "$layer_size" '{
+      schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
+      config: {mediaType: "application/vnd.oci.image.config.v1+json", digest: $config, size: $config_size},
+      layers: [{mediaType: "application/vnd.oci.image.layer.v1.tar+gzip", digest: $layer, size: $layer_size}]}' \
     >"$stage/manifest.json"
   manifest=$(sha256 "$stage/manifest.json")
   manifest_size=$(size "$stage/manifest.json")
@@ -103,10 +105,11 @@ assemble() {
   mv "$stage/layer.tar.gz" "$layout/blobs/sha256/$layer"
   mv "$stage/config.json" "$layout/blobs/sha256/$config"
   mv "$stage/manifest.json" "$layout/blobs/sha256/$manifest"
-  printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-  printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[' \
-    '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:'"$manifest"'","size":'"$manifest_size"',' \
-    '"platform":{"architecture":"'"$PLATFORM"'","os":"linux"}}]}' >"$layout/index.json"
+  jq -cnj '{imageLayoutVersion: "1.0.0"}' >"$layout/oci-layout"
+  jq -cnj --arg digest "sha256:$manifest" --argjson size "$manifest_size" --arg arch "$PLATFORM" '{
+      schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests: [{mediaType: "application/vnd.oci.image.manifest.v1+json", digest: $digest, size: $size,
+                   platform: {architecture: $arch, os: "linux"}}]}' >"$layout/index.json"
 
   awk -v c="$layer_size" -v u="$(size "$stage/layer.tar")" -v b="$(size "$binary")" 'BEGIN {
     printf "size: %.1f MiB compressed (%d bytes), %.1f MiB uncompressed; binary %d bytes\n", c / 1048576, c, u / 1048576, b }'
@@ -122,7 +125,7 @@ find_crane() {
     return
   fi
   local dir
-  dir=$(bash tests/controlplane/build.sh | tail -n1) || dir=
+  dir=$(bash scripts/tools.sh) || dir=
   if [ -n "$dir" ] && [ -x "$dir/crane" ]; then
     printf '%s\n' "$dir/crane"
   elif command -v crane >/dev/null; then

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # `make release VERSION=X.Y.Z`: every release artifact, reproducibly, into DIST (default dist/):
 #
-#   kubectl-imagemap_linux_amd64.tar.gz, kubectl-imagemap_linux_arm64.tar.gz
-#       the plugin, a static musl binary (paths remapped, symbols stripped), plus LICENSE
+#   kubectl-imagemap_OS_ARCH.tar.gz (linux amd64 and arm64; darwin when asked, see below),
+#   kubectl-imagemap_windows_amd64.zip
+#       the plugin (a static musl binary on Linux, kubectl-imagemap.exe on Windows; paths
+#       remapped, symbols stripped), LICENSE, and kubectl's plugin completion script
+#       kubectl_complete-imagemap (.cmd on Windows)
 #   imagemap.yaml            the krew manifest (kubectl-imagemap/krew/imagemap.yaml, rendered)
 #   imagemap-X.Y.Z.tgz       the chart, version and appVersion X.Y.Z, default image the released one
-#   imagemap-webhook.spdx.json  SPDX 2.3 SBOM of the webhook, from `cargo metadata`'s resolve
+#   imagemap-webhook.cdx.json  CycloneDX 1.5 SBOM of the webhook (cargo-cyclonedx)
 #   imagemap-webhook.digest  the digest of the webhook's image index (linux/amd64 + linux/arm64)
 #   SHA256SUMS               sums of all of the above
 #   cosign.pub               the public key of this run's signing key (new every run, so not in
@@ -25,15 +28,19 @@
 #             https://github.com/imagemap/imagemap/releases/download/vX.Y.Z)
 #   SOURCE_DATE_EPOCH  time stamp of every file, tar entry and image (default 0)
 #   SIGN      1 (default): sign with cosign; 0: do not
-#   CRANE, HELM, COSIGN  the tools (default: the bin folder of tests/controlplane/build.sh)
+#   CRANE, HELM, COSIGN  the tools (default: the folder scripts/tools.sh prints)
+#   PLUGIN_PLATFORMS  the plugin's platforms (default "linux/amd64 linux/arm64 windows/amd64");
+#             darwin/amd64 and darwin/arm64 link with zig (cargo-zigbuild), which has no Apple
+#             frameworks: they link only once the plugin needs none, or with SDKROOT set to a
+#             macOS SDK (README "Releases" says what links them today)
 #
 # Same source, toolchain, version and registry name give the same bytes in DIST (and the same
-# image digest). Needs: rustup targets x86_64-unknown-linux-musl, aarch64-unknown-linux-musl,
-# aarch64-unknown-linux-gnu; Debian gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, musl-tools.
+# image digest). What the builds need (rustup targets, Debian cross compilers, MinGW, zip, jq;
+# zig for darwin) is installed by scripts/deps.sh release when missing (as root; otherwise it
+# prints the apt-get command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/build-env.sh
-ROOT=$PWD
 
 CARGO=${CARGO:-cargo}
 WORKSPACE_VERSION=$(sed -n '/^\[workspace\.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
@@ -56,21 +63,11 @@ size() { stat -c %s "$1"; }
 
 [[ $VERSION =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]] || die "VERSION must be X.Y.Z, not $VERSION"
 
-# What the cross builds need, installed when missing (rustup targets; Debian packages as root).
-for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl aarch64-unknown-linux-gnu; do
-  rustup target list --installed 2>/dev/null | grep -qx "$target" || rustup target add "$target" >&2
-done
-missing=()
-for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross musl-tools; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "install ${missing[*]} (apt-get install ${missing[*]}) and run again"
-  log "installing ${missing[*]}"
-  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+PLUGIN_PLATFORMS=${PLUGIN_PLATFORMS:-linux/amd64 linux/arm64 windows/amd64}
+export PLUGIN_PLATFORMS
+bash scripts/deps.sh release || die "scripts/deps.sh release failed (see above)"
 
-BIN=$(bash tests/controlplane/build.sh | tail -n1)
+BIN=$(bash scripts/tools.sh)
 CRANE=${CRANE:-$BIN/crane}
 
 # No registry at a localhost REGISTRY (no `make dev` running): serve one for this run, so the
@@ -84,11 +81,11 @@ if [[ $REGISTRY == localhost:* ]] && ! curl -fsS -o /dev/null "http://$REGISTRY/
 fi
 HELM=${HELM:-$BIN/helm4}
 COSIGN=${COSIGN:-$BIN/cosign}
-for tool in "$CRANE" "$HELM"; do [ -x "$tool" ] || die "$tool is missing: run tests/controlplane/build.sh"; done
-if [ "$SIGN" = 1 ] && [ ! -x "$COSIGN" ]; then die "$COSIGN is missing: run tests/controlplane/build.sh (or SIGN=0)"; fi
+for tool in "$CRANE" "$HELM"; do [ -x "$tool" ] || die "$tool is missing: run scripts/tools.sh"; done
+if [ "$SIGN" = 1 ] && [ ! -x "$COSIGN" ]; then die "$COSIGN is missing: run scripts/tools.sh (or SIGN=0)"; fi
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"; if [ -n "${TEMP_REGISTRY:-}" ]; then kill "$TEMP_REGISTRY" 2>/dev/null || true; fi' EXIT
+trap 'rm -rf "$WORK"; remove_sbom_files; if [ -n "${TEMP_REGISTRY:-}" ]; then kill "$TEMP_REGISTRY" 2>/dev/null || true; fi' EXIT
 rm -rf "$DIST"
 mkdir -p "$DIST"
 DIST=$(cd "$DIST" && pwd)
@@ -103,32 +100,64 @@ det_tar() {
     --numeric-owner --mode='u+rwX,go=rX' "$@" | gzip -9 -n >"$out"
 }
 
-## The plugin: static musl binaries, built as scripts/image.sh builds the webhook (flags set, not
-## added to; paths remapped), with the release version compiled in.
-build_plugin() { # ARCH
-  local arch=$1 target
-  case "$arch" in
-    amd64) target=x86_64-unknown-linux-musl ;;
-    arm64) target=aarch64-unknown-linux-musl ;;
+# Deterministic zip of the files $3... of folder $2 into $1, in the order given: no extra fields
+# (-X: no unix times, owners), no folder entries, times in UTC (zip stores local DOS times, from
+# 1980: an earlier SOURCE_DATE_EPOCH shows as 1980-01-01).
+det_zip() {
+  local out=$1 dir=$2
+  shift 2
+  rm -f "$out"
+  (cd "$dir" && TZ=UTC zip -X -D -9 -q "$out" "$@")
+}
+
+## The plugin, built as scripts/image.sh builds the webhook (flags set, not added to; paths
+## remapped; symbols stripped), with the release version compiled in: static musl binaries for
+## Linux, a MinGW-linked PE32+ for Windows (no link time stamp), Mach-O through zig for macOS.
+## Archives: the binary, LICENSE and kubectl's completion script for plugins
+## (kubectl_complete-imagemap, calling the plugin's `__complete`), in fixed order, owners and times.
+build_plugin() { # OS/ARCH
+  local platform=$1 target exe=kubectl-imagemap complete=kubectl_complete-imagemap build=build
+  local os=${platform%/*} arch=${platform#*/} step_start=$SECONDS
+  case "$platform" in
+    linux/amd64) target=x86_64-unknown-linux-musl ;;
+    linux/arm64) target=aarch64-unknown-linux-musl ;;
+    windows/amd64) target=x86_64-pc-windows-gnu exe=kubectl-imagemap.exe complete=kubectl_complete-imagemap.cmd ;;
+    darwin/amd64) target=x86_64-apple-darwin build=zigbuild ;;
+    darwin/arm64) target=aarch64-apple-darwin build=zigbuild ;;
+    *) die "unknown plugin platform $platform (linux/amd64, linux/arm64, windows/amd64, darwin/amd64, darwin/arm64)" ;;
   esac
   log "building kubectl-imagemap $VERSION for $target"
   (
-    release_build_env -C strip=symbols
+    case "$target" in
+      x86_64-pc-windows-gnu)
+        # GNU ld stamps PE files with the link time unless told not to.
+        release_build_env -C strip=symbols -C link-arg=-Wl,--no-insert-timestamp
+        export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=${MINGW_CC:-x86_64-w64-mingw32-gcc}
+        ;;
+      *) release_build_env -C strip=symbols ;;
+    esac
     export IMAGEMAP_VERSION=$VERSION
-    if [ "$arch" = arm64 ]; then
+    if [ "$target" = aarch64-unknown-linux-musl ]; then
       local cc=${AARCH64_CC:-aarch64-linux-gnu-gcc}
       command -v "$cc" >/dev/null || die "no $cc: apt-get install gcc-aarch64-linux-gnu"
       export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$cc CC_aarch64_unknown_linux_musl=$cc
     fi
-    "$CARGO" build --release --locked -p kubectl-imagemap --bin kubectl-imagemap --target "$target" >&2
+    "$CARGO" "$build" --release --locked -p kubectl-imagemap --bin kubectl-imagemap --target "$target" >&2
   )
-  local stage=$WORK/plugin-$arch
+  local stage=$WORK/plugin-$os-$arch archive
   mkdir -p "$stage"
-  install -m 0755 "$TARGET_DIR/$target/release/kubectl-imagemap" "$stage/kubectl-imagemap"
+  install -m 0755 "$TARGET_DIR/$target/release/$exe" "$stage/$exe"
   install -m 0644 LICENSE "$stage/LICENSE"
+  install -m 0755 "scripts/$complete" "$stage/$complete"
   touch -d "@$EPOCH" "$stage"/*
-  det_tar "$DIST/kubectl-imagemap_linux_$arch.tar.gz" "$stage" LICENSE kubectl-imagemap
-  log "kubectl-imagemap_linux_$arch.tar.gz: $(size "$DIST/kubectl-imagemap_linux_$arch.tar.gz") bytes (binary $(size "$stage/kubectl-imagemap"))"
+  if [ "$os" = windows ]; then
+    archive=kubectl-imagemap_${os}_$arch.zip
+    det_zip "$DIST/$archive" "$stage" LICENSE "$exe" "$complete"
+  else
+    archive=kubectl-imagemap_${os}_$arch.tar.gz
+    det_tar "$DIST/$archive" "$stage" LICENSE "$exe" "$complete"
+  fi
+  log "$archive: $(size "$DIST/$archive") bytes (binary $(size "$stage/$exe")) in $((SECONDS - step_start))s"
 }
 
 ## The webhook image: scripts/image.sh per platform, then one index over both.
@@ -143,11 +172,10 @@ build_image() {
     cp "$WORK/image-$p/blobs/sha256/"* "$layout/blobs/sha256/"
     entries+=("$(jq -c '.manifests[0]' "$WORK/image-$p/index.json")")
   done
-  printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-  local joined
-  joined=$(IFS=,; printf '%s' "${entries[*]}")
-  printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":['"$joined"']}' \
-    >"$layout/index.json"
+  jq -cnj '{imageLayoutVersion: "1.0.0"}' >"$layout/oci-layout"
+  printf '%s\n' "${entries[@]}" |
+    jq -cnj '{schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json", manifests: [inputs]}' \
+      >"$layout/index.json"
   INDEX_DIGEST=sha256:$(sha256 "$layout/index.json")
   INDEX_SIZE=$(size "$layout/index.json")
   local ref=$REGISTRY/$IMAGE:$VERSION pushed
@@ -158,124 +186,60 @@ build_image() {
   log "image $ref@$INDEX_DIGEST"
 }
 
-## SPDX 2.3 from `cargo metadata`: imagemap-webhook and its normal dependencies (proc macros
-## left out: they are not linked), as resolved for the image's targets.
+## CycloneDX 1.5 of the webhook by cargo-cyclonedx (scripts/deps.sh installs it): its
+## dependencies as resolved for the image's target, build-time dependencies left out, crates.io
+## sums from Cargo.lock, time stamp SOURCE_DATE_EPOCH; the described component's version is the
+## release's (compiled in as IMAGEMAP_VERSION). cargo-cyclonedx writes a file beside every
+## workspace member's Cargo.toml: the webhook's is kept, the others are removed.
 write_sbom() {
-  "$CARGO" metadata --format-version 1 --locked \
-    --filter-platform x86_64-unknown-linux-gnu --filter-platform aarch64-unknown-linux-gnu >"$WORK/metadata.json"
-  python3 - "$WORK/metadata.json" "$VERSION" "$EPOCH" "$INDEX_DIGEST" "$RELEASE_URL" \
-    >"$DIST/imagemap-webhook.spdx.json" <<'PY'
-import json, re, sys, time, tomllib
-meta_path, version, epoch, digest, url = sys.argv[1:]
-meta = json.load(open(meta_path))
-lock = tomllib.load(open("Cargo.lock", "rb"))
-checksums = {(p["name"], p["version"]): p.get("checksum") for p in lock.get("package", [])}
-packages = {p["id"]: p for p in meta["packages"]}
-nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
-root = next(p["id"] for p in meta["packages"] if p["name"] == "imagemap-webhook" and p["source"] is None)
-
-def normal(dep):
-    return any(k["kind"] is None for k in dep["dep_kinds"])
-
-def proc_macro(pid):
-    return any("proc-macro" in t["kind"] for t in packages[pid]["targets"])
-
-seen, order, edges = set(), [], []
-stack = [root]
-while stack:
-    pid = stack.pop()
-    if pid in seen:
-        continue
-    seen.add(pid)
-    order.append(pid)
-    for d in nodes[pid]["deps"]:
-        # Proc macros run in the compiler; neither they nor their dependencies are linked.
-        if normal(d) and not proc_macro(d["pkg"]):
-            edges.append((pid, d["pkg"]))
-            stack.append(d["pkg"])
-
-def spdx_id(pid):
-    p = packages[pid]
-    return "SPDXRef-Package-" + re.sub(r"[^A-Za-z0-9.-]", "-", f"{p['name']}-{p['version']}")
-
-def license_of(p):
-    lic = p.get("license")
-    if not lic:
-        return "NOASSERTION"
-    return " OR ".join(x.strip() for x in lic.split("/")) if "/" in lic else lic
-
-out = []
-for pid in sorted(seen, key=lambda i: (packages[i]["name"], packages[i]["version"])):
-    p = packages[pid]
-    v = version if pid == root else p["version"]
-    entry = {
-        "SPDXID": spdx_id(pid),
-        "name": p["name"],
-        "versionInfo": v,
-        "downloadLocation": (f"https://crates.io/api/v1/crates/{p['name']}/{p['version']}/download"
-                             if (p["source"] or "").startswith("registry+") else "NOASSERTION"),
-        "filesAnalyzed": False,
-        "licenseConcluded": "NOASSERTION",
-        "licenseDeclared": license_of(p),
-        "copyrightText": "NOASSERTION",
-        "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
-                          "referenceLocator": f"pkg:cargo/{p['name']}@{v}"}],
-    }
-    if p.get("description"):
-        entry["summary"] = " ".join(p["description"].split())
-    c = checksums.get((p["name"], p["version"]))
-    if c:
-        entry["checksums"] = [{"algorithm": "SHA256", "checksumValue": c}]
-    out.append(entry)
-rels = [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": spdx_id(root)}]
-rels += [{"spdxElementId": spdx_id(a), "relationshipType": "DEPENDS_ON", "relatedSpdxElement": spdx_id(b)}
-         for a, b in sorted(set(edges), key=lambda e: (spdx_id(e[0]), spdx_id(e[1])))]
-doc = {
-    "spdxVersion": "SPDX-2.3",
-    "dataLicense": "CC0-1.0",
-    "SPDXID": "SPDXRef-DOCUMENT",
-    "name": f"imagemap-webhook-{version}",
-    "documentNamespace": f"{url}/imagemap-webhook.spdx.json#{digest}",
-    "creationInfo": {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch))),
-        "creators": ["Tool: imagemap scripts/release.sh (cargo metadata)"],
-        "comment": f"imagemap-webhook {version}, image index {digest} (linux/amd64, linux/arm64); "
-                   "normal dependencies as resolved by cargo metadata for the image's targets",
-    },
-    "documentDescribes": [spdx_id(root)],
-    "packages": out,
-    "relationships": rels,
+  local name=.release-sbom-$$
+  SBOM_NAME=$name
+  "$CARGO" cyclonedx --manifest-path webhook/Cargo.toml --format json --spec-version 1.5 \
+    --target x86_64-unknown-linux-gnu --no-build-deps --override-filename "$name" -q >&2
+  # The workspace's own crates are named by path (bom-ref path+file:///...): /src, as the
+  # binaries' remapped paths, so the checkout's folder does not change the bytes.
+  jq --arg version "$VERSION" --arg digest "$INDEX_DIGEST" --arg root "$PWD" '
+    (.. | strings) |= (split($root) | join("/src"))
+    | .metadata.component.version = $version
+    | .metadata.component.purl = "pkg:cargo/imagemap-webhook@" + $version
+    | .metadata.properties = [{name: "imagemap:image-index", value: $digest},
+                              {name: "imagemap:platforms", value: "linux/amd64 linux/arm64"}]' \
+    "webhook/$name.json" >"$DIST/imagemap-webhook.cdx.json"
+  remove_sbom_files
+  log "SBOM: $(jq '.components | length' "$DIST/imagemap-webhook.cdx.json") components"
 }
-json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-sys.stdout.write("\n")
-PY
-  log "SBOM: $(jq '.packages | length' "$DIST/imagemap-webhook.spdx.json") packages"
+remove_sbom_files() {
+  [ -n "${SBOM_NAME:-}" ] || return 0
+  find . -path ./target -prune -o -name "$SBOM_NAME.json" -type f -exec rm -f {} +
 }
 
 ## The SBOM as an OCI artifact whose subject is the image index: listed by the referrers API,
 ## or where the registry lacks it (crane's), in the OCI 1.1 fallback index tagged sha256-HEX.
 push_sbom() {
-  local layout=$WORK/sbom sbom=$DIST/imagemap-webhook.spdx.json created empty layer manifest
+  local layout=$WORK/sbom sbom=$DIST/imagemap-webhook.cdx.json created empty layer manifest
   mkdir -p "$layout/blobs/sha256"
-  printf '%s' '{}' >"$WORK/empty"
+  jq -cnj '{}' >"$WORK/empty"
   empty=$(sha256 "$WORK/empty")
   cp "$WORK/empty" "$layout/blobs/sha256/$empty"
   layer=$(sha256 "$sbom")
   cp "$sbom" "$layout/blobs/sha256/$layer"
   created=$(date -u -d "@$EPOCH" +%Y-%m-%dT%H:%M:%SZ)
-  printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",' \
-    '"artifactType":"application/spdx+json",' \
-    '"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:'"$empty"'","size":2},' \
-    '"layers":[{"mediaType":"application/spdx+json","digest":"sha256:'"$layer"'","size":'"$(size "$sbom")"',' \
-    '"annotations":{"org.opencontainers.image.title":"imagemap-webhook.spdx.json"}}],' \
-    '"subject":{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"'"$INDEX_DIGEST"'","size":'"$INDEX_SIZE"'},' \
-    '"annotations":{"org.opencontainers.image.created":"'"$created"'"}}' >"$WORK/sbom-manifest.json"
+  jq -cnj --arg config "sha256:$empty" --arg layer "sha256:$layer" --argjson size "$(size "$sbom")" \
+    --arg subject "$INDEX_DIGEST" --argjson subject_size "$INDEX_SIZE" --arg created "$created" '{
+      schemaVersion: 2, mediaType: "application/vnd.oci.image.manifest.v1+json",
+      artifactType: "application/vnd.cyclonedx+json",
+      config: {mediaType: "application/vnd.oci.empty.v1+json", digest: $config, size: 2},
+      layers: [{mediaType: "application/vnd.cyclonedx+json", digest: $layer, size: $size,
+                annotations: {"org.opencontainers.image.title": "imagemap-webhook.cdx.json"}}],
+      subject: {mediaType: "application/vnd.oci.image.index.v1+json", digest: $subject, size: $subject_size},
+      annotations: {"org.opencontainers.image.created": $created}}' >"$WORK/sbom-manifest.json"
   manifest=$(sha256 "$WORK/sbom-manifest.json")
   cp "$WORK/sbom-manifest.json" "$layout/blobs/sha256/$manifest"
-  printf '%s' '{"imageLayoutVersion":"1.0.0"}' >"$layout/oci-layout"
-  printf '%s' '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[' \
-    '{"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/spdx+json",' \
-    '"digest":"sha256:'"$manifest"'","size":'"$(size "$WORK/sbom-manifest.json")"'}]}' >"$layout/index.json"
+  jq -cnj '{imageLayoutVersion: "1.0.0"}' >"$layout/oci-layout"
+  jq -cnj --arg digest "sha256:$manifest" --argjson size "$(size "$WORK/sbom-manifest.json")" '{
+      schemaVersion: 2, mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests: [{mediaType: "application/vnd.oci.image.manifest.v1+json", artifactType: "application/vnd.cyclonedx+json",
+                   digest: $digest, size: $size}]}' >"$layout/index.json"
   # Tagged as cosign names attached SBOMs, for registries without the referrers API.
   "$CRANE" push "$layout" "$REGISTRY/$IMAGE:${INDEX_DIGEST/:/-}.sbom" >/dev/null
   log "SBOM pushed: $REGISTRY/$IMAGE@sha256:$manifest (subject $INDEX_DIGEST)"
@@ -285,8 +249,8 @@ push_sbom() {
 sign_image() {
   local keys=$WORK/keys
   mkdir -p "$keys"
-  (cd "$keys" && COSIGN_PASSWORD= "$COSIGN" generate-key-pair >/dev/null 2>&1) || die "cosign generate-key-pair failed"
-  COSIGN_PASSWORD= "$COSIGN" sign --yes --key "$keys/cosign.key" --tlog-upload=false \
+  (cd "$keys" && COSIGN_PASSWORD='' "$COSIGN" generate-key-pair >/dev/null 2>&1) || die "cosign generate-key-pair failed"
+  COSIGN_PASSWORD='' "$COSIGN" sign --yes --key "$keys/cosign.key" --tlog-upload=false \
     "$REGISTRY/$IMAGE@$INDEX_DIGEST" >"$WORK/sign.log" 2>&1 || { cat "$WORK/sign.log" >&2; die "cosign sign failed"; }
   cp "$keys/cosign.pub" "$DIST/cosign.pub"
   rm -rf "$keys"
@@ -315,18 +279,36 @@ package_chart() {
   log "imagemap-$VERSION.tgz: $(size "$DIST/imagemap-$VERSION.tgz") bytes, image $CHART_IMAGE:$VERSION@$INDEX_DIGEST"
 }
 
-## The krew manifest from the template, with this release's URLs and sums.
+## The krew manifest from the template, with one platform entry per archive built.
 render_krew() {
-  sed -e "s|{{VERSION}}|$VERSION|g" -e "s|{{URL}}|$RELEASE_URL|g" \
-    -e "s|{{SHA256_LINUX_AMD64}}|$(sha256 "$DIST/kubectl-imagemap_linux_amd64.tar.gz")|g" \
-    -e "s|{{SHA256_LINUX_ARM64}}|$(sha256 "$DIST/kubectl-imagemap_linux_arm64.tar.gz")|g" \
-    kubectl-imagemap/krew/imagemap.yaml | grep -v '^# ' >"$DIST/imagemap.yaml"
+  local platform os arch archive bin complete platforms=$WORK/krew-platforms
+  : >"$platforms"
+  for platform in $PLUGIN_PLATFORMS; do
+    os=${platform%/*} arch=${platform#*/} bin=kubectl-imagemap complete=kubectl_complete-imagemap
+    archive=kubectl-imagemap_${os}_$arch.tar.gz
+    if [ "$os" = windows ]; then
+      archive=kubectl-imagemap_${os}_$arch.zip bin=kubectl-imagemap.exe complete=kubectl_complete-imagemap.cmd
+    fi
+    cat >>"$platforms" <<EOF
+  - selector:
+      matchLabels: {os: $os, arch: $arch}
+    uri: $RELEASE_URL/$archive
+    sha256: "$(sha256 "$DIST/$archive")"
+    bin: $bin
+    files:
+    - {from: $bin, to: .}
+    - {from: $complete, to: .}
+    - {from: LICENSE, to: .}
+EOF
+  done
+  sed -e "s|{{VERSION}}|$VERSION|g" -e "s|{{URL}}|$RELEASE_URL|g" kubectl-imagemap/krew/imagemap.yaml |
+    awk -v f="$platforms" '$0 == "{{PLATFORMS}}" { while ((getline l < f) > 0) print l; next } { print }' |
+    grep -v '^# ' >"$DIST/imagemap.yaml"
   if grep -q '{{' "$DIST/imagemap.yaml"; then die "unrendered placeholder in the krew manifest"; fi
 }
 
 [ -f LICENSE ] || die "no LICENSE"
-build_plugin amd64
-build_plugin arm64
+for platform in $PLUGIN_PLATFORMS; do build_plugin "$platform"; done
 build_image
 write_sbom
 push_sbom
@@ -334,7 +316,8 @@ if [ "$SIGN" = 1 ]; then sign_image; else log "not signed (SIGN=0)"; fi
 package_chart
 render_krew
 (cd "$DIST" && find . -maxdepth 1 -type f ! -name SHA256SUMS ! -name cosign.pub -printf '%f\n' | LC_ALL=C sort |
-  xargs sha256sum >SHA256SUMS)
+  xargs sha256sum >"$WORK/SHA256SUMS")
+mv "$WORK/SHA256SUMS" "$DIST/SHA256SUMS"
 touch -d "@$EPOCH" "$DIST"/*
 log "done in $((SECONDS - started))s: $DIST"
 cat "$DIST/SHA256SUMS"
