@@ -171,6 +171,15 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+    /// kubectl's plugin completion protocol (`kubectl_complete-imagemap` calls it): the words
+    /// typed after `imagemap`, the last one being completed; prints one candidate per line, then
+    /// `:DIRECTIVE`.
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        /// The words typed so far.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
 }
 
 /// `create`

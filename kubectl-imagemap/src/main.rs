@@ -34,6 +34,7 @@ async fn main() -> ExitCode {
         Command::Policy(a) => commands::policy::run(&cli.global, a, out).await,
         Command::Version(a) => commands::version::run(&cli.global, a, out).await,
         Command::Completion { shell } => commands::write(out, &commands::completion::script(*shell)),
+        Command::Complete { words } => commands::write(out, &commands::completion::complete(words)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -259,3 +259,29 @@ fn completion_scripts_and_help_examples() {
         assert!(help.contains("Example"), "{cmd} --help has an example:\n{help}");
     }
 }
+
+#[test]
+fn kubectl_completes_the_plugin_through_the_shipped_completion_script() {
+    let plane = shared();
+    let plugin = imagemap_e2e::webhook::workspace_binary("kubectl-imagemap").expect("built");
+    let dir = tempfile::tempdir().expect("a folder");
+    let script = dir.path().join("kubectl_complete-imagemap");
+    std::fs::copy(imagemap_e2e::binaries::workspace_root().join("scripts/kubectl_complete-imagemap"), &script)
+        .expect("copied");
+    std::os::unix::fs::symlink(&plugin, dir.path().join("kubectl-imagemap")).expect("linked");
+    let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+    let kubectl = imagemap_e2e::kubectl::Kubectl::new(plane.kubeconfig_path(), &std::env::temp_dir());
+    let complete = |words: &[&str]| {
+        let out = std::process::Command::new(kubectl.program())
+            .args(["__complete", "imagemap"])
+            .args(words)
+            .env("PATH", &path)
+            .output()
+            .expect("kubectl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = complete(&["se"]);
+    assert!(top.starts_with("set-image\t") && top.trim_end().ends_with(":4"), "{top}");
+    let flags = complete(&["set-image", "app", "--from-c"]);
+    assert!(flags.starts_with("--from-cluster\t"), "{flags}");
+}
