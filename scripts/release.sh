@@ -279,6 +279,17 @@ package_chart() {
   log "imagemap-$VERSION.tgz: $(size "$DIST/imagemap-$VERSION.tgz") bytes, image $CHART_IMAGE:$VERSION@$INDEX_DIGEST"
 }
 
+## The chart as an OCI artifact: oci://REGISTRY/charts/imagemap:X.Y.Z, the same deterministic
+## archive as DIST/imagemap-X.Y.Z.tgz (plain HTTP only for a registry on loopback).
+push_chart() {
+  local out plain=()
+  [[ $REGISTRY == localhost:* || $REGISTRY == 127.0.0.1:* ]] && plain=(--plain-http)
+  out=$(HELM_CACHE_HOME=$WORK/helm HELM_CONFIG_HOME=$WORK/helm HELM_DATA_HOME=$WORK/helm \
+    "$HELM" push "$DIST/imagemap-$VERSION.tgz" "oci://$REGISTRY/charts" "${plain[@]}" 2>&1) ||
+    { printf '%s\n' "$out" >&2; die "helm push of the chart to oci://$REGISTRY/charts failed"; }
+  log "chart pushed: oci://$REGISTRY/charts/imagemap:$VERSION@$(printf '%s\n' "$out" | sed -n 's/^Digest: //p')"
+}
+
 ## The krew manifest from the template, with one platform entry per archive built.
 render_krew() {
   local platform os arch archive bin complete platforms=$WORK/krew-platforms
@@ -314,6 +325,7 @@ write_sbom
 push_sbom
 if [ "$SIGN" = 1 ]; then sign_image; else log "not signed (SIGN=0)"; fi
 package_chart
+push_chart
 render_krew
 (cd "$DIST" && find . -maxdepth 1 -type f ! -name SHA256SUMS ! -name cosign.pub -printf '%f\n' | LC_ALL=C sort |
   xargs sha256sum >"$WORK/SHA256SUMS")

@@ -467,8 +467,17 @@ fn the_released_chart_installs_and_version_reads_the_webhook_version_from_it() {
     let image = format!("image: \"{}/imagemap-webhook@{}\"", r.registry.address(), r.digest());
     assert!(manifests.contains(&image), "no `{image}` in the rendered chart");
     assert!(manifests.contains(&format!("app.kubernetes.io/version: \"{VERSION}\"")));
+    // The same chart, published as an OCI artifact in the release's registry.
+    let oci = format!("oci://{}/charts/imagemap", r.registry.address());
+    let pulled = plane.helm(["template", "imagemap-rel", &oci, "--version", VERSION, "--plain-http", "-n", &ns]);
+    let pulled = assert_ok("helm template oci://", &pulled);
+    assert!(pulled.contains(&image), "no `{image}` in the chart pulled from {oci}");
+    assert!(pulled.contains(&format!("app.kubernetes.io/version: \"{VERSION}\"")), "{oci}");
     let started = Instant::now();
-    assert_ok("helm install", &plane.helm(["install", "imagemap-rel", chart, "-n", &ns]));
+    assert_ok(
+        "helm install",
+        &plane.helm(["install", "imagemap-rel", &oci, "--version", VERSION, "--plain-http", "-n", &ns]),
+    );
     eprintln!("release: helm install in {:.1?}", started.elapsed());
 
     let kubeconfig = plane.kubeconfig_path();
