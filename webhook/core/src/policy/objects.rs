@@ -125,7 +125,7 @@ pub fn controller_marker() -> MutatingAdmissionPolicy {
 }
 
 /// Pod `CREATE`s, the only requests a policy of ours matches.
-fn pod_creates() -> MatchResources {
+pub(super) fn pod_creates() -> MatchResources {
     MatchResources {
         resource_rules: Some(vec![NamedRuleWithOperations {
             api_groups: Some(vec![String::new()]),
