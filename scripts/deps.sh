@@ -20,7 +20,7 @@ set -euo pipefail
 log() { printf 'deps: %s\n' "$*" >&2; }
 
 # The plugin platforms scripts/release.sh builds by default (it reads the same variable).
-: "${PLUGIN_PLATFORMS:=linux/amd64 linux/arm64 windows/amd64}"
+: "${PLUGIN_PLATFORMS:=linux/amd64 linux/arm64 windows/amd64 darwin/amd64 darwin/arm64}"
 # PyPI versions known to link the Apple targets (pinned: the linker is part of the output).
 ZIGLANG_VERSION=${ZIGLANG_VERSION:-0.17.1}
 CARGO_ZIGBUILD_VERSION=${CARGO_ZIGBUILD_VERSION:-0.24.1}

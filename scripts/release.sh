@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make release VERSION=X.Y.Z`: every release artifact, reproducibly, into DIST (default dist/):
 #
-#   kubectl-imagemap_OS_ARCH.tar.gz (linux amd64 and arm64; darwin when asked, see below),
+#   kubectl-imagemap_OS_ARCH.tar.gz (linux and darwin, amd64 and arm64),
 #   kubectl-imagemap_windows_amd64.zip
 #       the plugin (a static musl binary on Linux, kubectl-imagemap.exe on Windows; paths
 #       remapped, symbols stripped), LICENSE, and kubectl's plugin completion script
@@ -29,10 +29,9 @@
 #   SOURCE_DATE_EPOCH  time stamp of every file, tar entry and image (default 0)
 #   SIGN      1 (default): sign with cosign; 0: do not
 #   CRANE, HELM, COSIGN  the tools (default: the folder scripts/tools.sh prints)
-#   PLUGIN_PLATFORMS  the plugin's platforms (default "linux/amd64 linux/arm64 windows/amd64");
-#             darwin/amd64 and darwin/arm64 link with zig (cargo-zigbuild), which has no Apple
-#             frameworks: they link only once the plugin needs none, or with SDKROOT set to a
-#             macOS SDK (README "Releases" says what links them today)
+#   PLUGIN_PLATFORMS  the plugin's platforms (default "linux/amd64 linux/arm64 windows/amd64
+#             darwin/amd64 darwin/arm64"); darwin links with zig (cargo-zigbuild) without an
+#             Apple SDK, which works because the plugin links no Apple framework
 #
 # Same source, toolchain, version and registry name give the same bytes in DIST (and the same
 # image digest). What the builds need (rustup targets, Debian cross compilers, MinGW, zip, jq;
@@ -63,7 +62,7 @@ size() { stat -c %s "$1"; }
 
 [[ $VERSION =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]] || die "VERSION must be X.Y.Z, not $VERSION"
 
-PLUGIN_PLATFORMS=${PLUGIN_PLATFORMS:-linux/amd64 linux/arm64 windows/amd64}
+PLUGIN_PLATFORMS=${PLUGIN_PLATFORMS:-linux/amd64 linux/arm64 windows/amd64 darwin/amd64 darwin/arm64}
 export PLUGIN_PLATFORMS
 bash scripts/deps.sh release || die "scripts/deps.sh release failed (see above)"
 

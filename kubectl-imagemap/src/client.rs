@@ -32,7 +32,7 @@ impl Cluster {
         .map_err(|e| anyhow!("no usable kubeconfig ({e}): set KUBECONFIG or pass --kubeconfig/--context"))?;
         let namespace = global.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
         let server = config.cluster_url.to_string();
-        let client = Client::try_from(config).context("building the Kubernetes client")?;
+        let client = crate::transport::client(config)?;
         Ok(Cluster { client, namespace, server })
     }
 

@@ -5,10 +5,12 @@
 mod cli;
 mod client;
 mod commands;
+mod distribution;
 mod input;
 mod render;
 mod scope_wait;
 mod stale;
+mod transport;
 
 use std::process::ExitCode;
 

@@ -21,9 +21,9 @@ use serde_json::Value;
 const VERSION: &str = "9.8.7";
 
 /// The plugin's platforms `make release` builds by default (scripts/release.sh PLUGIN_PLATFORMS),
-/// as krew's os/arch. darwin/amd64 and darwin/arm64 are not among them: the plugin links Apple
-/// frameworks (README "Releases"); [`binary_format`] already knows Mach-O for when they are.
-const PLATFORMS: [(&str, &str); 3] = [("linux", "amd64"), ("linux", "arm64"), ("windows", "amd64")];
+/// as krew's os/arch.
+const PLATFORMS: [(&str, &str); 5] =
+    [("linux", "amd64"), ("linux", "arm64"), ("windows", "amd64"), ("darwin", "amd64"), ("darwin", "arm64")];
 
 /// The archive of a platform.
 fn archive_name(os: &str, arch: &str) -> String {
@@ -301,6 +301,46 @@ fn each_plugin_binary_is_an_executable_for_its_platform() {
         let dir = extract(r, os, arch);
         let bytes = std::fs::read(dir.path().join(archive_files(os).0)).expect("the plugin binary");
         assert_eq!(binary_format(&bytes), Some(expected_format(os, arch)), "{os}/{arch}");
+    }
+}
+
+/// The dynamic libraries a 64-bit little-endian Mach-O loads (`LC_LOAD_DYLIB`,
+/// `LC_LOAD_WEAK_DYLIB`) and whether it carries a code signature (`LC_CODE_SIGNATURE`).
+fn macho_load_commands(b: &[u8]) -> Option<(Vec<String>, bool)> {
+    const LC_LOAD_DYLIB: u32 = 0xc;
+    const LC_LOAD_WEAK_DYLIB: u32 = 0x8000_0018;
+    const LC_CODE_SIGNATURE: u32 = 0x1d;
+    let count = le_u32(b, 16)?;
+    let (mut at, mut dylibs, mut signed) = (32usize, Vec::new(), false);
+    for _ in 0..count {
+        let (cmd, size) = (le_u32(b, at)?, le_u32(b, at + 4)? as usize);
+        match cmd {
+            LC_LOAD_DYLIB | LC_LOAD_WEAK_DYLIB => {
+                let name = b.get(at + le_u32(b, at + 8)? as usize..at + size)?;
+                let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+                dylibs.push(String::from_utf8_lossy(&name[..end]).into_owned());
+            }
+            LC_CODE_SIGNATURE => signed = true,
+            _ => {}
+        }
+        at += size;
+    }
+    Some((dylibs, signed))
+}
+
+#[test]
+#[ignore = "builds every release target (minutes): `make release-test` runs these"]
+fn the_macos_plugins_load_only_system_libraries_and_are_signed() {
+    let r = release();
+    for arch in ["amd64", "arm64"] {
+        let dir = extract(r, "darwin", arch);
+        let bytes = std::fs::read(dir.path().join("kubectl-imagemap")).expect("the plugin binary");
+        let (dylibs, signed) = macho_load_commands(&bytes).expect("Mach-O load commands");
+        assert!(dylibs.iter().any(|d| d == "/usr/lib/libSystem.B.dylib"), "darwin/{arch}: {dylibs:?}");
+        // No framework: there is no Apple SDK here to link one, and a missing one fails at launch.
+        assert!(dylibs.iter().all(|d| d.starts_with("/usr/lib/")), "darwin/{arch} loads {dylibs:?}");
+        // Apple silicon runs only signed code; the linker signs ad hoc.
+        assert!(signed || arch == "amd64", "darwin/{arch} has no code signature");
     }
 }
 

@@ -168,7 +168,7 @@ async fn text(global: &Global, args: &BuildArgs) -> Result<String> {
     let pushed = Reference::parse(&pushed_text).map_err(|e| {
         anyhow!("the pushed reference {pushed_text:?} (from --ref-file) is not an image reference: {e}")
     })?;
-    let digest = super::registry::manifest_digest(&pushed.familiar(), trusted_plain.as_ref()).await?;
+    let digest = crate::distribution::manifest_digest(&pushed.familiar(), trusted_plain.as_ref()).await?;
     let patch = build_status(&pushed, &digest, &registry, started);
     let create_selector = args.create.then_some(selector.as_str());
     let (_, created) = super::set_image::get_or_create(&cluster, &args.name, create_selector).await?;

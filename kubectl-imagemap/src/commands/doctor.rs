@@ -141,9 +141,10 @@ async fn check_registry(cluster: &Cluster, r: &mut Report<'_>) {
         ),
         // Unreadable (RBAC): only builds that rely on it are affected.
         Err(e) => r.add("registry", Verdict::Warn(format!("cannot read the advertised registry: {e:#}"))),
-        Ok(Some(hosting)) => {
-            r.add("registry", registry_verdict(&hosting, super::registry::ping(&hosting.host, Some(&hosting)).await))
-        }
+        Ok(Some(hosting)) => r.add(
+            "registry",
+            registry_verdict(&hosting, crate::distribution::ping(&hosting.host, Some(&hosting)).await),
+        ),
     }
 }
 

@@ -1,10 +1,8 @@
 //! `kubectl imagemap registry [set]`: the registry the cluster advertises in
-//! `kube-public/local-registry-hosting` (KEP 1755), and the registry calls the plugin makes
-//! (`/v2/` for doctor, manifest digests for `build`).
+//! `kube-public/local-registry-hosting` (KEP 1755). The calls to the registry itself are in
+//! `distribution`.
 
-use std::time::Duration;
-
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use imagemap_core::registry::{LocalRegistryHosting, HOSTING_CONFIG_MAP, HOSTING_KEY, HOSTING_NAMESPACE};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
@@ -13,9 +11,6 @@ use serde_json::json;
 
 use crate::cli::{Global, RegistryAction, RegistryArgs, RegistrySetArgs};
 use crate::client::Cluster;
-
-/// How long a registry call may take.
-const REGISTRY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The field manager of `registry set`.
 const FIELD_MANAGER: &str = "kubectl-imagemap";
@@ -51,17 +46,6 @@ pub async fn advertised_or_warn(cluster: &Cluster) -> Option<LocalRegistryHostin
             None
         }
     }
-}
-
-/// Whether the plugin talks plain HTTP to `registry` (`HOST[:PORT]`): only for the local machine
-/// and the hosts the cluster advertises; TLS everywhere else.
-pub fn plain_http(registry: &str, hosting: Option<&LocalRegistryHosting>) -> bool {
-    let host = match registry.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => registry,
-    };
-    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
-        || hosting.is_some_and(|h| h.registry_hosts().contains(&registry))
 }
 
 /// The text `registry` prints.
@@ -149,61 +133,6 @@ async fn text(global: &Global, args: &RegistryArgs) -> Result<String> {
     }
 }
 
-/// `GET /v2/` on `host`'s registry: `Ok` with a description when it answers as a registry (200,
-/// or 401 asking for credentials), else `Err` with what happened.
-pub async fn ping(host: &str, hosting: Option<&LocalRegistryHosting>) -> std::result::Result<String, String> {
-    let registry = host.split('/').next().unwrap_or(host);
-    let scheme = if plain_http(registry, hosting) { "http" } else { "https" };
-    let url = format!("{scheme}://{registry}/v2/");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let reply = client.get(&url).send().await.map_err(|e| format!("{url} does not answer: {e}"))?;
-    match reply.status().as_u16() {
-        200 => Ok(format!("{url} answers as a registry")),
-        401 => Ok(format!("{url} answers as a registry (it asks for credentials)")),
-        code => Err(format!("{url} answered HTTP {code}, not a registry API")),
-    }
-}
-
-/// The digest of the manifest `reference` names, asked of its registry (HEAD, then GET, with
-/// the OCI and Docker manifest media types).
-pub async fn manifest_digest(reference: &str, hosting: Option<&LocalRegistryHosting>) -> Result<String> {
-    use oci_client::client::{ClientConfig, ClientProtocol};
-    use oci_client::secrets::RegistryAuth;
-    let oci_ref: oci_client::Reference = reference
-        .parse()
-        .with_context(|| format!("{reference:?} is not an image reference the registry client reads"))?;
-    let registry = oci_ref.registry().to_string();
-    let protocol = if plain_http(&registry, hosting) { ClientProtocol::Http } else { ClientProtocol::Https };
-    let config = ClientConfig {
-        protocol,
-        connect_timeout: Some(REGISTRY_TIMEOUT),
-        read_timeout: Some(REGISTRY_TIMEOUT),
-        ..Default::default()
-    };
-    let client = oci_client::Client::try_from(config).context("building the registry client")?;
-    let digest = client.fetch_manifest_digest(&oci_ref, &RegistryAuth::Anonymous).await.map_err(|e| match &e {
-        oci_client::errors::OciDistributionError::RequestError(_) => anyhow!(
-            "cannot reach the registry {registry} to look up {reference}: {e}: check that it runs and is \
-                 reachable from this machine"
-        ),
-        oci_client::errors::OciDistributionError::AuthenticationFailure(_)
-        | oci_client::errors::OciDistributionError::ServerError { code: 401 | 403, .. } => anyhow!(
-            "the registry {registry} refused to show {reference} ({e}): the plugin reads manifests \
-                 anonymously; use a registry that allows anonymous pulls (a local one)"
-        ),
-        _ => anyhow!(
-            "the registry {registry} has no image {reference} ({e}): check that the build command pushed it \
-                 (to $EXPECTED_REF, or wrote what it pushed to --ref-file)"
-        ),
-    })?;
-    imagemap_core::reference::Reference::parse(&format!("x@{digest}"))
-        .map_err(|e| anyhow!("the registry {registry} answered an invalid digest for {reference}: {e}"))?;
-    Ok(digest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,17 +144,6 @@ mod tests {
             host_from_container_runtime: "kind-registry:5000".into(),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn plain_http_only_for_this_machine_and_advertised_hosts() {
-        assert!(plain_http("localhost:5000", None));
-        assert!(plain_http("127.0.0.1:32000", None));
-        assert!(plain_http("localhost", None));
-        assert!(!plain_http("gcr.io", None));
-        assert!(!plain_http("kind-registry:5000", None));
-        assert!(plain_http("kind-registry:5000", Some(&hosting())));
-        assert!(!plain_http("localhost.example.com:5000", Some(&hosting())));
     }
 
     #[test]
