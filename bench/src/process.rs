@@ -1,6 +1,7 @@
 //! Servers under test as child processes: the release `imagemap-webhook` and
 //! `imagemap-bench-server`, optionally pinned to one core, killed with the bench (the e2e
-//! harness's process group + watchdog).
+//! harness's process group + watchdog). Each binds a port of its choosing on 127.0.0.1, read
+//! back from its log ([`imagemap_e2e::launch`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,10 +45,9 @@ pub struct Spawn<'a> {
 }
 
 impl Server {
-    /// Starts the server and waits until `GET ready_path` answers 200 (at most `timeout`).
+    /// Starts the server on a port it chooses, reads that port from its log, and waits until
+    /// `GET ready_path` answers 200 (at most `timeout`).
     pub async fn start(spawn: Spawn<'_>, ready_path: &str, timeout: Duration) -> Result<Server> {
-        let port = imagemap_e2e::net::free_ports(1)?[0];
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let (cert_flag, key_flag) =
             if spawn.webhook_flags { ("--tls-cert-file", "--tls-private-key-file") } else { ("--cert", "--key") };
         let mut args: Vec<String> = Vec::new();
@@ -60,7 +60,7 @@ impl Server {
         };
         args.extend([
             "--listen".to_string(),
-            addr.to_string(),
+            imagemap_e2e::launch::ANY_PORT.to_string(),
             cert_flag.into(),
             spawn.certs.cert.display().to_string(),
             key_flag.into(),
@@ -68,7 +68,9 @@ impl Server {
         ]);
         args.extend(spawn.args);
         let mut watchdog = Watchdog::spawn(None)?;
-        let process = ManagedProcess::spawn(spawn.name, &program, &args, &spawn.log, &mut watchdog)?;
+        let mut process = ManagedProcess::spawn(spawn.name, &program, &args, &spawn.log, &mut watchdog)?;
+        // Blocks the (current-thread) runtime, which has nothing else to run while a server starts.
+        let addr = process.wait_for_address()?;
         let ca = std::fs::read(&spawn.certs.ca)?;
         let client = tls::client_config(&ca)?;
         let mut server = Server { process, _watchdog: watchdog, addr, certs: spawn.certs, client, log: spawn.log };

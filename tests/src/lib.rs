@@ -17,6 +17,7 @@ pub mod controlplane;
 pub mod helm;
 pub mod kubeconfig;
 pub mod kubectl;
+pub mod launch;
 pub mod names;
 pub mod net;
 pub mod node;

@@ -13,8 +13,8 @@
 //!   group it was told about, then removes the plane's folder. No unsafe code and no
 //!   `atexit`, and no polling of the parent's pid (which could be reused).
 
-use std::fs::File;
 use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -138,15 +138,8 @@ impl ManagedProcess {
     /// [`ManagedProcess::spawn`] for a prepared `command` (environment, working folder...).
     pub fn spawn_command(name: &str, mut command: Command, log_path: &Path, watchdog: &mut Watchdog) -> Result<Self> {
         let program = command.get_program().to_string_lossy().into_owned();
-        let log = File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let log_err = log.try_clone().context("duplicating the log file handle")?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {name} ({program})"))?;
+        crate::launch::log_to(&mut command, log_path)?;
+        let child = command.process_group(0).spawn().with_context(|| format!("starting {name} ({program})"))?;
         let mut process =
             ManagedProcess { name: name.to_string(), child, log_path: log_path.to_path_buf(), exited: false };
         // If this fails the process is stopped on drop right away.
@@ -184,6 +177,15 @@ impl ManagedProcess {
             }
             Err(e) => bail!("checking on {}: {e}", self.name),
         }
+    }
+
+    /// Waits until the process logs the address it bound (it was started with `--listen
+    /// 127.0.0.1:0`, see [`crate::launch`]); fails, with its log, if it exits first or does not
+    /// log one within [`crate::launch::ADDRESS_TIMEOUT`].
+    pub fn wait_for_address(&mut self) -> Result<SocketAddr> {
+        let log = self.log_path.clone();
+        crate::launch::wait_for_address(&log, crate::launch::ADDRESS_TIMEOUT, || self.ensure_running())
+            .with_context(|| format!("{} did not log the address it serves on", self.name))
     }
 
     /// The last `lines` lines of the log.
@@ -303,6 +305,59 @@ mod tests {
         });
         assert!(gone.is_some(), "pid {pid} is gone");
         assert!(!doomed.exists(), "the folder is removed");
+    }
+
+    #[test]
+    fn the_address_is_read_from_plain_and_json_lines() {
+        let plain = "2026-01-01T00:00:00Z  INFO imagemap_webhook: serving HTTPS listen=127.0.0.1:0 \
+                     address=127.0.0.1:40123 role=Serve\n";
+        assert_eq!(crate::launch::bound_address(plain), Some(SocketAddr::from(([127, 0, 0, 1], 40123))));
+        let json = r#"{"timestamp":"x","level":"INFO","message":"serving HTTPS","listen":"127.0.0.1:0","address":"127.0.0.1:40124","role":"Controller"}"#;
+        assert_eq!(crate::launch::bound_address(json), Some(SocketAddr::from(([127, 0, 0, 1], 40124))));
+        assert_eq!(
+            crate::launch::bound_address("starting\naddress=127.0.0.1:1 elsewhere\n"),
+            None,
+            "only the serving line"
+        );
+    }
+
+    #[test]
+    fn a_process_that_exits_without_an_address_is_an_error_with_its_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo nothing to serve >&2; exit 3"]);
+        let e = crate::launch::spawn(command, &dir.path().join("log")).expect_err("no address");
+        let text = format!("{e:#}");
+        assert!(text.contains("nothing to serve") && text.contains('3'), "{text}");
+    }
+
+    #[test]
+    fn a_process_that_logs_an_address_is_returned_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo 'INFO serving HTTPS address=127.0.0.1:1234' >&2; exec sleep 30"]);
+        let (mut child, address) = crate::launch::spawn(command, &dir.path().join("log")).expect("an address");
+        assert_eq!(address.port(), 1234);
+        assert!(child.try_wait().expect("try_wait").is_none(), "still running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_managed_process_reports_its_address_or_its_exit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut watchdog = Watchdog::spawn(None).expect("watchdog");
+        let serve = "echo '{\"message\":\"serving HTTPS\",\"address\":\"127.0.0.1:4321\"}'; exec sleep 30";
+        let args = ["-c".to_string(), serve.to_string()];
+        let log = dir.path().join("serving.log");
+        let mut p = ManagedProcess::spawn("serving", Path::new("sh"), &args, &log, &mut watchdog).expect("spawn");
+        assert_eq!(p.wait_for_address().expect("an address").port(), 4321);
+        p.stop(Duration::ZERO);
+        let args = ["-c".to_string(), "exit 4".to_string()];
+        let log = dir.path().join("failing.log");
+        let mut p = ManagedProcess::spawn("failing", Path::new("sh"), &args, &log, &mut watchdog).expect("spawn");
+        let e = format!("{:#}", p.wait_for_address().expect_err("no address"));
+        assert!(e.contains("failing") && e.contains("exit status: 4"), "{e}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ struct Run {
     watchdog: Watchdog,
 }
 
-/// A running `imagemap-webhook` on `127.0.0.1:PORT`, watching ImageMaps through the plane's
+/// A running `imagemap-webhook` on `127.0.0.1:PORT` (a port it chose, [`crate::launch`]), watching ImageMaps through the plane's
 /// admin kubeconfig. Dropping it stops the process and removes its folder; a webhook left in a
 /// `static` is stopped by its watchdog when the test process exits.
 #[derive(Debug)]
@@ -140,6 +140,8 @@ pub struct Webhook {
     run: Option<Run>,
     dir: tempfile::TempDir,
     program: PathBuf,
+    /// With `--listen 127.0.0.1:PORT`: port 0 until the first run has bound one, then that
+    /// port, which a restart binds again (the registration names it).
     args: Vec<String>,
     port: u16,
     ca_pem: String,
@@ -150,21 +152,20 @@ pub struct Webhook {
 }
 
 /// What a webhook process needs to serve HTTPS on loopback: a temporary folder holding a CA and
-/// a serving certificate for `127.0.0.1` and `localhost`, a free port, and the flags that serve
-/// them and watch the API server `kubeconfig` names.
+/// a serving certificate for `127.0.0.1` and `localhost`, and the flags that serve them on a
+/// port the process chooses and watch the API server `kubeconfig` names. Start the process with
+/// [`ManagedProcess::spawn`], then [`ManagedProcess::wait_for_address`] reads the port back.
 pub struct ServingSetup {
     /// Holds `ca.crt`, `tls.crt` and `tls.key`; removed when dropped.
     pub dir: tempfile::TempDir,
-    /// The port `--listen` names.
-    pub port: u16,
     /// The CA to trust (PEM).
     pub ca_pem: String,
-    /// `--listen`, the certificate flags and `--kubeconfig`.
+    /// `--listen 127.0.0.1:0`, the certificate flags and `--kubeconfig`.
     pub args: Vec<String>,
 }
 
 impl ServingSetup {
-    /// Mints the certificates into a new folder named with `prefix` and picks the port.
+    /// Mints the certificates into a new folder named with `prefix`.
     pub fn new(prefix: &str, kubeconfig: &Path) -> Result<ServingSetup> {
         let dir = tempfile::Builder::new().prefix(prefix).tempdir().context("creating the webhook's folder")?;
         let ca = CertificateAuthority::new("imagemap-e2e webhook CA", CERT_DAYS)?;
@@ -173,10 +174,9 @@ impl ServingSetup {
         sans.add_host("localhost");
         let leaf = ca.serving("imagemap-e2e-webhook", &sans, CERT_DAYS)?;
         imagemap_certs::write_serving_set(dir.path(), &ca, &leaf)?;
-        let port = crate::net::free_ports(1)?[0];
         let args = vec![
             "--listen".to_string(),
-            format!("127.0.0.1:{port}"),
+            crate::launch::ANY_PORT.to_string(),
             "--tls-cert-file".into(),
             dir.path().join("tls.crt").display().to_string(),
             "--tls-private-key-file".into(),
@@ -184,18 +184,19 @@ impl ServingSetup {
             "--kubeconfig".into(),
             kubeconfig.display().to_string(),
         ];
-        Ok(ServingSetup { dir, port, ca_pem: ca.cert_pem.clone(), args })
+        Ok(ServingSetup { dir, ca_pem: ca.cert_pem.clone(), args })
     }
 }
 
 impl Webhook {
-    /// Mints a CA and a serving certificate for `127.0.0.1` into a temporary folder, picks a
-    /// free port, starts the binary (its own process group, logs in `webhook.log`) and waits
-    /// until `GET /readyz` answers 200 over HTTPS, i.e. its ImageMap cache has synced.
+    /// Mints a CA and a serving certificate for `127.0.0.1` into a temporary folder, starts the
+    /// binary on a port it chooses (its own process group, logs in `webhook.log`), reads the
+    /// port from its log and waits until `GET /readyz` answers 200 over HTTPS, i.e. its
+    /// ImageMap cache has synced.
     pub fn start(plane: &ControlPlane, opts: WebhookOptions) -> Result<Webhook> {
         let program = workspace_binary(WEBHOOK_BIN)?;
         warn_if_stale(&program);
-        let ServingSetup { dir, port, ca_pem, mut args } =
+        let ServingSetup { dir, ca_pem, mut args } =
             ServingSetup::new("imagemap-e2e-webhook-", plane.kubeconfig_path())?;
         if let Some(ns) = &opts.global_namespace {
             args.push("--global-namespace".into());
@@ -216,7 +217,7 @@ impl Webhook {
             None => None,
         };
         let log_path = dir.path().join("webhook.log");
-        let mut webhook = Webhook { run: None, dir, program, args, port, ca_pem, runs: 0, log_path, controller };
+        let mut webhook = Webhook { run: None, dir, program, args, port: 0, ca_pem, runs: 0, log_path, controller };
         webhook.spawn()?;
         Ok(webhook)
     }
@@ -234,9 +235,14 @@ impl Webhook {
         } else {
             self.dir.path().join(format!("webhook.{}.log", self.runs))
         };
+        if self.port != 0 {
+            set_listen_port(&mut self.args, self.port);
+        }
         let mut watchdog = Watchdog::spawn(Some(self.dir.path()))?;
-        let process = ManagedProcess::spawn(WEBHOOK_BIN, &self.program, &self.args, &self.log_path, &mut watchdog)?;
+        let mut process = ManagedProcess::spawn(WEBHOOK_BIN, &self.program, &self.args, &self.log_path, &mut watchdog)?;
+        let address = process.wait_for_address();
         self.run = Some(Run { process, watchdog });
+        self.port = address?.port();
         self.wait_ready(READY_TIMEOUT)
     }
 
@@ -293,7 +299,8 @@ impl Webhook {
     }
 
     /// Stops the webhook if it runs (and a controller beside it), then starts them again with
-    /// the same flags, port and certificates, and waits until they are ready.
+    /// the same flags, port and certificates, and waits until they are ready. (The port, bound
+    /// by the first run, is bound again by name: the registration's URL names it.)
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         if let Some(controller) = self.controller.as_mut() {
@@ -359,6 +366,15 @@ impl Webhook {
 impl Drop for Webhook {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Sets the value after `--listen` in `args` to `127.0.0.1:PORT`.
+fn set_listen_port(args: &mut [String], port: u16) {
+    if let Some(i) = args.iter().position(|a| a == "--listen") {
+        if let Some(value) = args.get_mut(i + 1) {
+            *value = format!("127.0.0.1:{port}");
+        }
     }
 }
 
@@ -694,6 +710,14 @@ mod tests {
         assert_eq!(hook["clientConfig"]["caBundle"], "UEVN");
         assert_eq!(hook["namespaceSelector"]["matchLabels"][SERVED_LABEL], "x");
         assert_eq!(hook["rules"][0]["operations"], json!(["CREATE"]));
+    }
+
+    #[test]
+    fn a_restart_listens_on_the_port_the_first_run_bound() {
+        let mut args: Vec<String> =
+            ["--kubeconfig", "k", "--listen", crate::launch::ANY_PORT, "--no-cluster"].map(String::from).into();
+        set_listen_port(&mut args, 40125);
+        assert_eq!(args, ["--kubeconfig", "k", "--listen", "127.0.0.1:40125", "--no-cluster"]);
     }
 
     #[test]

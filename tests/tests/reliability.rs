@@ -54,8 +54,8 @@ impl OwnWebhook {
     /// The webhook watching the API server `kubeconfig` names.
     fn start_with(kubeconfig: &std::path::Path) -> OwnWebhook {
         let program = workspace_binary(WEBHOOK_BIN).expect("the webhook binary is built");
-        let ServingSetup { dir, port, mut args, .. } =
-            ServingSetup::new("imagemap-e2e-reliability-", kubeconfig).expect("certificates and a port");
+        let ServingSetup { dir, mut args, .. } =
+            ServingSetup::new("imagemap-e2e-reliability-", kubeconfig).expect("certificates");
         args.extend([
             "--log-format".into(),
             "json".into(),
@@ -64,8 +64,9 @@ impl OwnWebhook {
         ]);
         let log_path = dir.path().join("webhook.log");
         let mut watchdog = Watchdog::spawn(Some(dir.path())).expect("a watchdog");
-        let process =
+        let mut process =
             ManagedProcess::spawn(WEBHOOK_BIN, &program, &args, &log_path, &mut watchdog).expect("start the webhook");
+        let port = process.wait_for_address().unwrap_or_else(|e| panic!("{e:#}")).port();
         let webhook = OwnWebhook { process, _watchdog: watchdog, dir, port, log_path };
         let up = poll(Duration::from_secs(30), Duration::from_millis(100), || webhook.get("/healthz").map(|_| ()));
         assert!(up.is_some(), "the webhook serves HTTPS; log:\n{}", webhook.log_tail());

@@ -70,6 +70,8 @@ async fn main() -> Result<()> {
     let acceptor = TlsAcceptor::from(tls_config(&args)?);
     let router = Router::new().route("/mutate", post(mutate)).route("/readyz", get(|| async { "ok" }));
     let listener = imagemap_webhook::listener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    // The webhook's line, which the bench's launcher reads the port from (with --listen PORT 0).
+    eprintln!("serving HTTPS listen={} address={}", args.listen, listener.local_addr().context("the bound address")?);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).keep_alive(true);
     loop {

@@ -31,57 +31,34 @@ impl Drop for Binary {
     }
 }
 
+/// The launcher every test and benchmark shares (`tests/src/launch.rs`): start a server binary
+/// on port 0 and read the address it bound from its log.
+#[path = "../../../tests/src/launch.rs"]
+pub mod launcher;
+
 /// Starts the binary with `--no-cluster`, `maps` as `--imagemaps-file`, a certificate minted
 /// into its folder, `--listen 127.0.0.1:0` and `extra`; returns once its log names the address
 /// it bound (no port picked beforehand, so no race with another process taking it), with a
 /// client trusting its CA. Does not wait for readiness.
 pub fn launch(maps: &str, extra: &[&str]) -> (Binary, Client) {
-    use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = mint(dir.path());
     let maps_path = dir.path().join("maps.json");
     std::fs::write(&maps_path, maps).expect("write maps");
     let log = dir.path().join("webhook.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"))
-        .args(["--no-cluster", "--listen", "127.0.0.1:0"])
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_imagemap-webhook"));
+    command
+        .args(["--no-cluster", "--listen", launcher::ANY_PORT])
         .arg("--imagemaps-file")
         .arg(&maps_path)
         .arg("--tls-cert-file")
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-private-key-file")
         .arg(dir.path().join("tls.key"))
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn the webhook");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(addr) = bound_address(&text) {
-            break addr;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the webhook exited ({status}) before serving:\n{text}");
-        }
-        assert!(std::time::Instant::now() < deadline, "the webhook did not log its address:\n{text}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        .args(extra);
+    let (child, addr) = launcher::spawn(command, &log).unwrap_or_else(|e| panic!("the webhook did not serve: {e:#}"));
     let client = Client::new(&ca.cert_pem, addr);
     (Binary { child, addr, dir, log, maps: maps_path }, client)
-}
-
-/// The address in the `serving HTTPS` log line (`address=127.0.0.1:PORT`, plain or JSON).
-fn bound_address(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("serving HTTPS"))?;
-    let after = line.split("address").nth(1)?;
-    let text: String = after
-        .trim_start_matches(['=', '"', ':'])
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-        .collect();
-    text.parse().ok()
 }
 
 /// Connections the test servers serve at once (the binary's default).
