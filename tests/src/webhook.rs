@@ -629,6 +629,24 @@ pub fn pod(namespace: &str, name: &str, containers: &[Value]) -> Value {
     })
 }
 
+/// A v1 `AdmissionReview` of a Pod CREATE of `object` in `namespace` by `user`, as the API
+/// server sends it to `/mutate`.
+pub fn pod_create_review(uid: &str, namespace: &str, user: &str, object: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": user},
+            "object": object,
+        },
+    })
+}
+
 /// Sets an ImageMap's status through the status subresource (merge patch), the way a build tool
 /// publishes a build.
 pub fn set_status(kubectl: &Kubectl, namespace: &str, name: &str, status: &Value) -> Result<()> {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use imagemap_certs::{CertificateAuthority, Sans};
 use imagemap_e2e::process::{ManagedProcess, Watchdog};
-use imagemap_e2e::webhook::{image_map, set_status, ServingSetup, WEBHOOK_BIN};
+use imagemap_e2e::webhook::{container, image_map, pod, pod_create_review, set_status, ServingSetup, WEBHOOK_BIN};
 use imagemap_e2e::{poll, workspace_binary, ControlPlane, ControlPlaneOptions};
 use serde_json::{json, Value};
 
@@ -102,24 +102,7 @@ impl OwnWebhook {
     /// POSTs a Pod CREATE review with one container `image` in `ns`; returns the image the
     /// patch sets, or None when the review is allowed without a patch. Panics on anything else.
     fn review(&self, ns: &str, image: &str) -> Option<String> {
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "reliability-1",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": ns,
-                "operation": "CREATE",
-                "userInfo": {"username": "imagemap-e2e"},
-                "object": {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {"name": "p", "namespace": ns},
-                    "spec": {"containers": [{"name": "app", "image": image}]},
-                },
-            },
-        });
+        let review = pod_create_review("reliability-1", ns, "imagemap-e2e", pod(ns, "p", &[container("app", image)]));
         let out = self.curl("/mutate", Some(&review.to_string()));
         let (status, body) = split_status(&out).unwrap_or_else(|| panic!("no answer to a review: {out:?}"));
         assert_eq!(status, 200, "{body}");
