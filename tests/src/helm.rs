@@ -1,19 +1,35 @@
-//! Helpers for the chart's tests (`tests/chart.rs`): a release installed with Helm 4 and
-//! uninstalled on drop, the exact rights of a ServiceAccount as the API server reports them, and
-//! kubectl run as that ServiceAccount (impersonation), to see what RBAC and the chart's
+//! Helpers for the chart's tests (`tests/chart/`): `helm template` as objects and their
+//! validation by the API server, a release installed with Helm 4 and uninstalled on drop (kept to
+//! namespaces labelled for it), what the API server stores and what a dry-run Pod comes back
+//! with, the exact rights of a ServiceAccount as the API server reports them, and kubectl run as
+//! that ServiceAccount (impersonation), to see what RBAC and the chart's
 //! ValidatingAdmissionPolicies let it do.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::binaries::workspace_root;
 use crate::kubectl::text;
+use crate::manifests::parse_manifests;
+use crate::webhook::{container, dry_run_create, image_map, pod, set_status};
 use crate::{poll, ControlPlane};
+
+/// The namespace label every chart test's webhook configuration selects on (value: the
+/// release), so that parallel tests never serve each other's Pods.
+pub const TEST_LABEL: &str = "imagemap-e2e/chart";
+
+/// How long a change (an ImageMap in the webhook's cache, a webhook configuration or a
+/// namespace label in the API server's caches) may take to show in a dry-run create.
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// API groups whose CRDs the plane does not have: their objects are checked by the tests, not
+/// on the server.
+pub const NOT_ON_SERVER: [&str; 2] = ["cert-manager.io/", "monitoring.coreos.com/"];
 
 /// `charts/imagemap`.
 pub fn chart_dir() -> PathBuf {
@@ -23,6 +39,157 @@ pub fn chart_dir() -> PathBuf {
 /// `PREFIX-N-PID`: a release name (at most 53 characters) unique in this test process.
 pub fn unique(prefix: &str) -> String {
     crate::names::unique_name(prefix, 53)
+}
+
+/// The chart's full name for a release (no overrides): `<release>-imagemap`.
+pub fn fullname(release: &str) -> String {
+    format!("{release}-imagemap")
+}
+
+/// Runs helm with `args`; panics, with its output, if it fails. Returns stdout.
+pub fn helm_ok(plane: &ControlPlane, args: &[&str]) -> String {
+    let output = plane.helm(args);
+    assert!(
+        output.status.success(),
+        "helm {} failed ({}):\n{}{}",
+        args.join(" "),
+        output.status,
+        text(&output.stderr),
+        text(&output.stdout)
+    );
+    text(&output.stdout)
+}
+
+/// Values as a file for `helm -f` (JSON is YAML); removed when dropped.
+pub struct ValuesFile {
+    _dir: tempfile::TempDir,
+    /// The file, for `-f`.
+    pub path: String,
+}
+
+/// Writes `values` into a new [`ValuesFile`].
+pub fn values_file(values: &Value) -> ValuesFile {
+    let dir = tempfile::Builder::new().prefix("imagemap-chart-values-").tempdir().expect("a temporary folder");
+    let path = dir.path().join("values.json");
+    std::fs::write(&path, values.to_string()).expect("write the values file");
+    ValuesFile { path: path.display().to_string(), _dir: dir }
+}
+
+/// `helm template RELEASE charts/imagemap --namespace NS -f values` as objects (without the
+/// `helm test` hooks, which `tests/monitoring.rs` checks).
+pub fn render(plane: &ControlPlane, release: &str, namespace: &str, values: &Value) -> Vec<Value> {
+    let file = values_file(values);
+    let chart = chart_dir().display().to_string();
+    let args = ["template", release, &chart, "--namespace", namespace, "-f", &file.path, "--skip-tests"];
+    let out = helm_ok(plane, &args);
+    parse_manifests(&out)
+}
+
+/// Sends the objects the plane knows the kinds of to the API server with
+/// `kubectl apply --dry-run=server`: its validation, defaulting and admission run, nothing is
+/// stored. cert-manager and Prometheus Operator kinds are skipped (their CRDs are not
+/// installed); the callers check those objects themselves. Returns how many were validated.
+pub fn validate_on_server(plane: &ControlPlane, namespace: &str, objects: &[Value]) -> usize {
+    let items: Vec<Value> = objects
+        .iter()
+        .filter(|o| !NOT_ON_SERVER.iter().any(|group| o["apiVersion"].as_str().unwrap_or("").starts_with(group)))
+        .cloned()
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let output = plane
+        .kubectl_client()
+        .run_with_stdin(["apply", "--dry-run=server", "--namespace", namespace, "-f", "-"], Some(&list.to_string()))
+        .expect("kubectl runs");
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "the API server refused the rendered objects:\n{}{stdout}", text(&output.stderr));
+    let validated = stdout.lines().filter(|l| l.ends_with("(server dry run)")).count();
+    assert_eq!(validated, items.len(), "kubectl validated fewer objects than sent:\n{stdout}");
+    validated
+}
+
+/// Values that keep a release's webhook configuration to namespaces labelled
+/// [`TEST_LABEL`]`=<release>`.
+pub fn scoped_values(release: &str, mut values: Value) -> Value {
+    values["webhook"]["namespaceSelector"]["matchLabels"] = json!({ TEST_LABEL: release });
+    values
+}
+
+/// `kubectl get KIND NAME -o json` (namespaced when `namespace` is given).
+pub fn get_json(plane: &ControlPlane, kind: &str, name: &str, namespace: Option<&str>) -> Value {
+    let mut args = vec!["get", kind, name, "--output", "json"];
+    if let Some(ns) = namespace {
+        args.extend(["--namespace", ns]);
+    }
+    serde_json::from_str(&plane.kubectl_ok(&args)).expect("kubectl get printed JSON")
+}
+
+/// Whether `kubectl get KIND NAME` says NotFound.
+pub fn is_gone(plane: &ControlPlane, kind: &str, name: &str, namespace: Option<&str>) -> bool {
+    let mut args = vec!["get", kind, name];
+    if let Some(ns) = namespace {
+        args.extend(["--namespace", ns]);
+    }
+    let output = plane.kubectl(&args);
+    !output.status.success() && text(&output.stderr).contains("NotFound")
+}
+
+/// Creates a namespace with `labels` (so it is never seen unlabelled) and its `default`
+/// ServiceAccount (the ServiceAccount admission plugin needs it before any Pod).
+pub fn create_labelled_namespace(plane: &ControlPlane, prefix: &str, labels: &Value) -> String {
+    let name = unique(prefix);
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+    let output = plane
+        .kubectl_client()
+        .run_with_stdin(["create", "-f", "-"], Some(&namespace.to_string()))
+        .expect("kubectl runs");
+    assert!(output.status.success(), "creating namespace {name}: {}", text(&output.stderr));
+    let output = plane.kubectl(["create", "serviceaccount", "default", "--namespace", &name]);
+    assert!(
+        output.status.success() || text(&output.stderr).contains("already exists"),
+        "creating the default ServiceAccount in {name}: {}",
+        text(&output.stderr)
+    );
+    name
+}
+
+/// The image a server-side dry-run create of a one-container Pod (`image`, `labels`) in `ns`
+/// comes back with.
+pub fn dry_run_image(plane: &ControlPlane, ns: &str, image: &str, labels: &Value) -> Result<String, String> {
+    let mut probe = pod(ns, "chart-probe", &[container("app", image)]);
+    probe["metadata"]["labels"] = labels.clone();
+    let created = dry_run_create(plane.kubectl_client(), &probe).map_err(|e| format!("{e:#}"))?;
+    Ok(created["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string())
+}
+
+/// Polls dry-run creates until a Pod with `image` in `ns` comes back with `expected`; panics
+/// with `context()` (e.g. the webhook's log) after [`CHANGE_TIMEOUT`].
+pub fn wait_for_image(plane: &ControlPlane, ns: &str, image: &str, expected: &str, context: impl Fn() -> String) {
+    let started = Instant::now();
+    let mut last = String::new();
+    let reached =
+        poll(CHANGE_TIMEOUT, Duration::from_millis(200), || match dry_run_image(plane, ns, image, &json!({})) {
+            Ok(got) if got == expected => Some(()),
+            Ok(got) => {
+                last = format!("image {got}");
+                None
+            }
+            Err(e) => {
+                last = e;
+                None
+            }
+        });
+    assert!(
+        reached.is_some(),
+        "a dry-run Pod with image {image} in {ns} did not come back with {expected} within {:.1?} (last: {last})\n{}",
+        started.elapsed(),
+        context()
+    );
+}
+
+/// An ImageMap `name` in `ns` selecting `selector`, with `status.image = target`.
+pub fn create_built_map(plane: &ControlPlane, ns: &str, name: &str, selector: &str, target: &str) {
+    plane.apply_yaml(&image_map(ns, name, selector).to_string());
+    set_status(plane.kubectl_client(), ns, name, &json!({ "image": target })).expect("set the ImageMap's status");
 }
 
 /// The user name the API server gives ServiceAccount `name` of `namespace`.
@@ -68,6 +235,13 @@ impl<'a> Release<'a> {
     /// The admission server's ServiceAccount (`<fullname>`), as a user name.
     pub fn server_account(&self) -> String {
         service_account(&self.namespace, &self.fullname)
+    }
+
+    /// Installs a release named `PREFIX-N-PID` with `values`, its webhook configuration kept to
+    /// namespaces labelled for it ([`scoped_values`]: none unless a test labels one).
+    pub fn install_scoped(plane: &'a ControlPlane, prefix: &str, values: Value) -> Release<'a> {
+        let name = unique(prefix);
+        Release::install(plane, &name, &scoped_values(&name, values))
     }
 
     /// The controller's ServiceAccount (`<fullname>-controller`), as a user name.

@@ -18,6 +18,8 @@ pub mod helm;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod launch;
+pub mod local_webhook;
+pub mod manifests;
 pub mod names;
 pub mod net;
 pub mod node;
