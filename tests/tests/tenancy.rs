@@ -10,8 +10,8 @@
 //!
 //! Covered elsewhere: a map in namespace A never changes Pods in namespace B
 //! (`webhook.rs` `a_map_never_changes_pods_in_another_namespace`); the webhook's ServiceAccount
-//! may read ImageMaps and nothing else (`chart.rs`
-//! `the_service_account_may_read_imagemaps_and_nothing_else`).
+//! may read ImageMaps and nothing else (`chart/rbac.rs`
+//! `each_service_account_has_exactly_the_rights_its_features_need`).
 
 use std::path::PathBuf;
 use std::time::Duration;
