@@ -355,30 +355,10 @@ fn log_decision(r: &imagemap_core::admission::Reviewed, took: Duration) {
         tracing::debug!(uid = %r.uid, object = %r.object, outcome = r.outcome.as_str(), "review");
         return;
     }
-    // The line is built only when it will be written.
-    if !tracing::enabled!(tracing::Level::INFO) {
-        return;
+    // The line is built only when it will be written; `logging` formats and appends it.
+    if tracing::enabled!(target: crate::logging::DECISION_TARGET, tracing::Level::INFO) {
+        crate::logging::decision(r, took);
     }
-    let (swaps, warnings) = r.injection.as_ref().map_or((0, 0), |i| (i.swaps.len(), i.warnings.len()));
-    let mut fields = String::new();
-    for (i, s) in r.injection.iter().flat_map(|i| &i.swaps).enumerate() {
-        let record = &s.record;
-        let separator = if i > 0 { "," } else { "" };
-        for part in [separator, &record.field, ":", &record.original, "->", &record.image] {
-            fields.push_str(part);
-        }
-    }
-    let micros = took.as_micros() as u64;
-    tracing::info!(
-        uid = %r.uid,
-        object = %r.object,
-        outcome = r.outcome.as_str(),
-        swaps,
-        warnings,
-        fields,
-        micros,
-        "review"
-    );
 }
 
 #[cfg(test)]

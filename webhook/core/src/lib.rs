@@ -15,6 +15,8 @@ pub mod inject;
 pub(crate) mod json;
 // The writer's former path, still used by `admission` and `patch`.
 pub(crate) use json::writer as json_writer;
+/// Appends a string as JSON (quoted, escaped as serde_json escapes it): for log lines.
+pub use json::writer::string as json_string;
 pub mod manifests;
 pub mod maps;
 pub mod mapsfile;

@@ -19,8 +19,9 @@ fn main() -> anyhow::Result<()> {
     // review never waits on a write. Not lossy: a burst waits for room rather than losing lines.
     // The guard is declared before the runtime so it is dropped after it: every line is written
     // before exit (SIGTERM, error).
-    let log = LogWriter::start(std::io::stderr());
+    let log = LogWriter::start(std::io::stderr())?;
     let _flush = log.guard;
+    imagemap_webhook::logging::install(log.lines.clone(), config.log_format);
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(log.lines)
