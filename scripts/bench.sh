@@ -5,7 +5,8 @@
 #   make bench                      # full run (about 25 minutes on two cores), rewrites docs/benchmarks.md
 #   IMAGEMAP_BENCH_QUICK=1 make bench   # smoke run: short and small, report in target/bench-results/
 #
-# Installs its load generator (oha, from crates.io) into ~/.cache/imagemap/tools when missing,
+# Installs its load generator (oha, from crates.io) and unpacks Debian's nginx (the reference
+# fixed TLS answer) into ~/.cache/imagemap/tools when missing,
 # and uses the control-plane binaries of tests/controlplane/build.sh. All traffic goes to
 # 127.0.0.1; every load loop is bounded by a count and a time limit.
 set -euo pipefail
@@ -40,6 +41,18 @@ if ! [ -x "$OHA" ] || ! "$OHA" --version | grep -q "$OHA_VERSION"; then
   echo "bench: installing oha $OHA_VERSION into $TOOLS (a few minutes on two cores)" >&2
   "$CARGO" install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
 fi
+
+# The reference fixed TLS answer: Debian's nginx, unpacked (not installed: no service starts).
+NGINX_DIR=$TOOLS/nginx-$(apt-cache policy nginx 2>/dev/null | sed -n 's/^ *Candidate: //p')
+if ! [ -x "$NGINX_DIR/usr/sbin/nginx" ]; then
+  command -v apt-get >/dev/null || { echo "bench: nginx comes from Debian's package (apt-get download nginx)" >&2; exit 1; }
+  echo "bench: unpacking Debian's nginx into $NGINX_DIR" >&2
+  rm -rf "$NGINX_DIR.tmp" && mkdir -p "$NGINX_DIR.tmp"
+  (cd "$NGINX_DIR.tmp" && apt-get download -q nginx 2>/dev/null && dpkg -x nginx_*.deb root)
+  mv "$NGINX_DIR.tmp/root" "$NGINX_DIR" && rm -rf "$NGINX_DIR.tmp"
+fi
+export IMAGEMAP_BENCH_NGINX=$NGINX_DIR/usr/sbin/nginx
+"$IMAGEMAP_BENCH_NGINX" -v
 
 # The control plane (cached after its first build).
 IMAGEMAP_CONTROLPLANE_BIN="$(bash scripts/tools.sh)"

@@ -93,3 +93,6 @@ pub fn baseline(body: &[u8]) -> Vec<u8> {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     serde_json::to_vec(&v).unwrap_or_default()
 }
+
+/// The fixed answer of the baseline servers (`imagemap-bench-server`, nginx): allowed, no patch.
+pub const ALLOWED_REVIEW: &[u8] = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"6f5d5e6b-7a0c-4b8e-9d3e-2f1c0a9b8c7d","allowed":true}}"#;

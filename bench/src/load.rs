@@ -163,6 +163,19 @@ async fn start_baseline(work: &Path) -> Result<Server> {
     .await
 }
 
+/// Names the nginx binary of the reference fixed TLS answer (`bench.sh` unpacks Debian's).
+pub const NGINX_ENV: &str = "IMAGEMAP_BENCH_NGINX";
+
+async fn start_nginx(work: &Path) -> Result<Server> {
+    let nginx = std::env::var_os(NGINX_ENV)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .with_context(|| format!("{NGINX_ENV} must name an nginx binary (`make bench` unpacks Debian's)"))?;
+    let certs = tls::mint(&work.join("certs-nginx"), KeyType::EcdsaP256)?;
+    let answer = std::str::from_utf8(crate::fixtures::ALLOWED_REVIEW)?;
+    Server::start_nginx(&nginx, work, SERVER_CORE, certs, answer).await
+}
+
 /// Step 3.
 pub async fn tls_throughput(opts: &TlsOptions) -> Result<TlsResults> {
     std::fs::create_dir_all(&opts.work)?;
@@ -172,6 +185,7 @@ pub async fn tls_throughput(opts: &TlsOptions) -> Result<TlsResults> {
     write_maps(&opts.work.join("maps.json"), 10)?;
     let webhook = start_webhook(&opts.work, KeyType::EcdsaP256, "webhook", &[]).await?;
     let baseline = start_baseline(&opts.work).await?;
+    let nginx = start_nginx(&opts.work).await?;
     // A quiet webhook (warn level): the same server without its per-review info log line, to
     // show what logging costs.
     let quiet = start_webhook(&opts.work, KeyType::EcdsaP256, "webhook-quiet", &["--log-level", "warn"]).await?;
@@ -180,19 +194,22 @@ pub async fn tls_throughput(opts: &TlsOptions) -> Result<TlsResults> {
     check_patches(&webhook, &body).await?;
 
     eprintln!("TLS: warm-up");
-    for (server, label) in [(&webhook, "webhook"), (&baseline, "baseline")] {
+    for (server, label) in [(&webhook, "webhook"), (&baseline, "baseline"), (&nginx, "nginx")] {
         oha(opts, server, label, &body_path, opts.connections, 2, None, &format!("warmup-{label}"))?;
     }
     eprintln!("TLS: closed loop, {} keep-alive connections, {} s per run", opts.connections, opts.seconds);
     let mut max_runs = Vec::new();
     for round in 0..opts.rounds {
-        for (server, label) in [(&webhook, "webhook"), (&baseline, "baseline"), (&quiet, "webhook-quiet")] {
+        for (server, label) in
+            [(&webhook, "webhook"), (&baseline, "baseline"), (&nginx, "nginx"), (&quiet, "webhook-quiet")]
+        {
             let tag = format!("max-{label}-{round}");
             max_runs.push(oha(opts, server, label, &body_path, opts.connections, opts.seconds, None, &tag)?);
         }
     }
     let webhook_max = best(&max_runs, "webhook")?;
     let baseline_max = best(&max_runs, "baseline")?;
+    let nginx_max = best(&max_runs, "nginx")?;
     let half = (webhook_max.rps / 2.0).floor();
     eprintln!("TLS: open loop at {half:.0} req/s (half the webhook's maximum)");
     let mut fixed = Vec::new();
@@ -211,12 +228,15 @@ pub async fn tls_throughput(opts: &TlsOptions) -> Result<TlsResults> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     quiet.stop();
+    nginx.stop();
     baseline.stop();
     webhook.stop();
     Ok(TlsResults {
         body_bytes: body.len(),
         maps: 10,
         throughput_ratio: ratio(webhook_max.rps, baseline_max.rps),
+        nginx_ratio: ratio(webhook_max.rps, nginx_max.rps),
+        nginx_max,
         max_runs,
         webhook_max,
         baseline_max,

@@ -71,9 +71,49 @@ impl Server {
         let mut process = ManagedProcess::spawn(spawn.name, &program, &args, &spawn.log, &mut watchdog)?;
         // Blocks the (current-thread) runtime, which has nothing else to run while a server starts.
         let addr = process.wait_for_address()?;
-        let ca = std::fs::read(&spawn.certs.ca)?;
+        Self::ready(process, watchdog, addr, spawn.certs, spawn.log, ready_path, timeout).await
+    }
+
+    /// Starts nginx (`master_process off`: one process, so its pid is the one that serves) with
+    /// one worker on `core`, answering every request over TLS with `answer`: the reference
+    /// fixed TLS answer. nginx cannot report a port it chose, so a free one is picked for it.
+    pub async fn start_nginx(
+        nginx: &Path,
+        work: &Path,
+        core: usize,
+        certs: ServingSet,
+        answer: &str,
+    ) -> Result<Server> {
+        let port = imagemap_e2e::net::free_ports(1)?[0];
+        let dir = work.join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("nginx.conf");
+        std::fs::write(&config, nginx_config(&dir, port, &certs, answer))?;
+        let log = work.join("nginx.log");
+        let args: Vec<String> =
+            ["-c", &core.to_string(), &nginx.display().to_string(), "-p", &dir.display().to_string()]
+                .into_iter()
+                .map(String::from)
+                .chain(["-c".to_string(), config.display().to_string()])
+                .collect();
+        let mut watchdog = Watchdog::spawn(None)?;
+        let process = ManagedProcess::spawn("nginx", Path::new("taskset"), &args, &log, &mut watchdog)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        Self::ready(process, watchdog, addr, certs, log, "/readyz", Duration::from_secs(30)).await
+    }
+
+    async fn ready(
+        process: ManagedProcess,
+        watchdog: Watchdog,
+        addr: SocketAddr,
+        certs: ServingSet,
+        log: PathBuf,
+        ready_path: &str,
+        timeout: Duration,
+    ) -> Result<Server> {
+        let ca = std::fs::read(&certs.ca)?;
         let client = tls::client_config(&ca)?;
-        let mut server = Server { process, _watchdog: watchdog, addr, certs: spawn.certs, client, log: spawn.log };
+        let mut server = Server { process, _watchdog: watchdog, addr, certs, client, log };
         server.wait_ready(ready_path, timeout).await?;
         Ok(server)
     }
@@ -146,6 +186,26 @@ impl Server {
     pub fn stop(mut self) {
         self.process.stop(Duration::from_secs(5));
     }
+}
+
+/// nginx's configuration: one worker, no access log, keep-alive without a request limit, TLS
+/// 1.3 with the same certificate kind as the webhook, `answer` to every request (nginx reads
+/// and discards the request body, as a server that answers without parsing it does).
+fn nginx_config(dir: &Path, port: u16, certs: &ServingSet, answer: &str) -> String {
+    let quoted = answer.replace('\\', "\\\\").replace('\'', "\\'");
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000000;\n  keepalive_timeout 300s;\n\
+           client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  fastcgi_temp_path {dir}/fastcgi;\n\
+           uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+           server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.3;\n\
+             ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+             location / {{ default_type application/json; return 200 '{quoted}'; }}\n  }}\n}}\n",
+        dir = dir.display(),
+        cert = certs.cert.display(),
+        key = certs.key.display(),
+    )
 }
 
 /// Names the `imagemap-webhook` binary to measure instead of the one next to `imagemap-bench`:

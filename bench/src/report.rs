@@ -111,6 +111,14 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
             x(t.throughput_ratio),
             met(t.throughput_ratio >= 0.6)
         )?;
+        writeln!(
+            w,
+            "| 3 | TLS keep-alive throughput, 8 KB review, default logging | {:.0} req/s | nginx fixed answer {:.0} req/s | {} | ≥ 0.6x | {} |",
+            t.webhook_max.rps,
+            t.nginx_max.rps,
+            x(t.nginx_ratio),
+            met(t.nginx_ratio >= 0.6)
+        )?;
         if let (Some(wh), Some(base)) =
             (t.fixed.iter().find(|r| r.server == "webhook"), t.fixed.iter().find(|r| r.server == "baseline"))
         {
@@ -264,7 +272,8 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
             "The release `imagemap-webhook` of the container image (`scripts/image.sh binary`: statically linked glibc) \
              (`--no-cluster --imagemaps-file`, {} maps, default `--log-level info`, so one \
              log line per patched review) and `imagemap-bench-server` (axum + rustls, same runtime, TLS and HTTP/1.1 \
-             settings, reads the body and answers a fixed allowed review) each pinned to core 0 (`taskset -c 0`); \
+             settings, reads the body and answers a fixed allowed review) and nginx (Debian's, one process, \
+             `return 200` of the same answer, no access log) each pinned to core 0 (`taskset -c 0`); \
              {} on core 1 with one worker thread, keep-alive HTTP/1.1, TLS 1.3, ECDSA P-256, {}-byte review (8KB-one: \
              the webhook answers with a patch). Closed-loop runs alternate between the servers; the best of each \
              counts. `webhook-quiet` is the same webhook at `--log-level warn`, to show what the per-review log line costs. \
@@ -299,7 +308,7 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
             )?;
         }
         let contended: Vec<&LoadRun> =
-            [&t.webhook_max, &t.baseline_max].into_iter().filter(|r| r.server_cpu < 0.85).collect();
+            [&t.webhook_max, &t.baseline_max, &t.nginx_max].into_iter().filter(|r| r.server_cpu < 0.85).collect();
         if !contended.is_empty() {
             writeln!(
                 w,
@@ -312,13 +321,16 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
         }
         writeln!(
             w,
-            "\nThroughput ratio (best runs): webhook {:.0} / baseline {:.0} = **{}** (target ≥ 0.6x). \
-             CPU per request: webhook {:.1} µs, baseline {:.1} µs.\n",
+            "\nThroughput ratio (best runs): webhook {:.0} / baseline {:.0} = **{}**, webhook / nginx {:.0} = \
+             **{}** (targets ≥ 0.6x). CPU per request: webhook {:.1} µs, baseline {:.1} µs, nginx {:.1} µs.\n",
             t.webhook_max.rps,
             t.baseline_max.rps,
             x(t.throughput_ratio),
+            t.nginx_max.rps,
+            x(t.nginx_ratio),
             t.webhook_max.server_cpu_us_per_request,
-            t.baseline_max.server_cpu_us_per_request
+            t.baseline_max.server_cpu_us_per_request,
+            t.nginx_max.server_cpu_us_per_request
         )?;
     }
     if let Some(h) = &hs {

@@ -107,6 +107,10 @@ pub struct TlsResults {
     pub baseline_max: LoadRun,
     /// webhook / baseline requests per second.
     pub throughput_ratio: f64,
+    /// nginx's best closed-loop run (the same fixed answer over TLS).
+    pub nginx_max: LoadRun,
+    /// webhook / nginx requests per second.
+    pub nginx_ratio: f64,
     /// The open-loop runs at half the webhook's maximum.
     pub fixed: Vec<LoadRun>,
     /// oha's version.

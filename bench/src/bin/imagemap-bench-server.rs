@@ -24,7 +24,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// The fixed answer: allowed, no patch.
-const ALLOWED: &[u8] = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"6f5d5e6b-7a0c-4b8e-9d3e-2f1c0a9b8c7d","allowed":true}}"#;
+const ALLOWED: &[u8] = imagemap_bench::fixtures::ALLOWED_REVIEW;
 
 #[derive(Parser)]
 #[command(name = "imagemap-bench-server", about = "Minimal axum + rustls server answering a fixed allowed review")]

@@ -181,7 +181,10 @@ fn main() -> Result<()> {
         Step::Tls { oha, connections, seconds, rounds } => {
             let opts = load::TlsOptions { oha, connections, seconds, rounds, work: work.join("tls") };
             let r = runtime()?.block_on(load::tls_throughput(&opts))?;
-            eprintln!("  throughput ratio {:.2}x", r.throughput_ratio);
+            eprintln!(
+                "  throughput ratio {:.2}x (minimal axum server), {:.2}x (nginx)",
+                r.throughput_ratio, r.nginx_ratio
+            );
             save(results, "tls", &r)?;
         }
         Step::Handshakes { count, seconds, concurrency } => {
