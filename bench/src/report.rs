@@ -276,7 +276,7 @@ pub fn write(results: &Path, commands: &str, notes: &str, out: &Path) -> Result<
              `return 200` of the same answer, no access log) each pinned to core 0 (`taskset -c 0`); \
              {} on core 1 with one worker thread, keep-alive HTTP/1.1, TLS 1.3, ECDSA P-256, {}-byte review (8KB-one: \
              the webhook answers with a patch). Closed-loop runs alternate between the servers; the best of each \
-             counts. `webhook-quiet` is the same webhook at `--log-level warn`, to show what the per-review log line costs. \
+             counts. `webhook-quiet` is the same webhook without the per-review line (`--log-level warn,imagemap_webhook=info,imagemap_webhook::http=warn`), to show what the per-review log line costs. \
              Server CPU is from `/proc/PID/stat` over the run (100% = core 0 saturated; below that the load generator \
              is the limit).\n\n\
              The open-loop runs at half the webhook's maximum use `imagemap-bench`'s own generator on the same core: \
