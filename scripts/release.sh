@@ -141,11 +141,11 @@ build_plugin() { # OS/ARCH
       command -v "$cc" >/dev/null || die "no $cc: apt-get install gcc-aarch64-linux-gnu"
       export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=$cc CC_aarch64_unknown_linux_musl=$cc
     fi
-    "$CARGO" "$build" --release --locked -p kubectl-imagemap --bin kubectl-imagemap --target "$target" >&2
+    "$CARGO" "$build" --profile release-plugin --locked -p kubectl-imagemap --bin kubectl-imagemap --target "$target" >&2
   )
   local stage=$WORK/plugin-$os-$arch archive
   mkdir -p "$stage"
-  install -m 0755 "$TARGET_DIR/$target/release/$exe" "$stage/$exe"
+  install -m 0755 "$TARGET_DIR/$target/release-plugin/$exe" "$stage/$exe"
   install -m 0644 LICENSE "$stage/LICENSE"
   install -m 0755 "scripts/$complete" "$stage/$complete"
   touch -d "@$EPOCH" "$stage"/*
