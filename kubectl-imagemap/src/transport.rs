@@ -27,6 +27,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A kube client for `config` over the plugin's own TLS.
 pub fn client(config: Config) -> Result<Client> {
+    if let Some(proxy) = &config.proxy_url {
+        return Err(anyhow!(
+            "the kubeconfig's cluster sets proxy-url {proxy}, which kubectl imagemap does not support: \
+             use a context without a proxy (or reach the API server directly)"
+        ));
+    }
     let tls = client_config(&config)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -202,6 +208,14 @@ mod tests {
         assert_eq!(pem_field("client-key", None, None).expect("absent"), None);
         let err = pem_field("client-key", None, Some("/nonexistent/key.pem")).expect_err("missing file");
         assert!(err.to_string().contains("cannot read the kubeconfig's client-key /nonexistent/key.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_proxy_in_the_kubeconfig_is_refused_not_ignored() {
+        let mut config = Config::new("https://127.0.0.1:6443".parse().expect("URL"));
+        config.proxy_url = Some("http://proxy.example:3128".parse().expect("URL"));
+        let err = client(config).err().expect("a proxy is refused");
+        assert!(err.to_string().contains("proxy-url http://proxy.example:3128/"), "{err}");
     }
 
     #[test]
