@@ -206,10 +206,11 @@ fn bearer_challenge(header: &str) -> Option<Vec<(String, String)>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn hosting() -> LocalRegistryHosting {
+    /// An advertisement of `localhost:5001`, which nodes pull as `kind-registry:5000`.
+    pub(crate) fn hosting() -> LocalRegistryHosting {
         LocalRegistryHosting {
             host: "localhost:5001".into(),
             host_from_container_runtime: "kind-registry:5000".into(),

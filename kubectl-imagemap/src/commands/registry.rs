@@ -138,13 +138,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn hosting() -> LocalRegistryHosting {
-        LocalRegistryHosting {
-            host: "localhost:5001".into(),
-            host_from_container_runtime: "kind-registry:5000".into(),
-            ..Default::default()
-        }
-    }
+    use crate::distribution::tests::hosting;
 
     #[test]
     fn shows_the_advertisement_or_how_to_set_one() {
