@@ -39,11 +39,15 @@ pub fn http_get(port: u16, path: &str) -> Result<String> {
 mod tests {
     use super::*;
 
+    // Whether a returned port is still free when the caller binds it is up to every other
+    // process on the machine, so it is not asserted here: a loopback connect can even reach
+    // itself when its source port equals the port it dials. What `free_ports` promises is
+    // distinct ports that were bound here.
     #[test]
-    fn ports_are_distinct_and_free() {
+    fn ports_are_distinct_and_were_bound() {
         let ports = free_ports(3).expect("ports");
         assert_eq!(ports.len(), 3);
-        assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
-        assert!(!port_open(ports[0]));
+        assert!(ports.iter().all(|&p| p != 0), "{ports:?}");
+        assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2], "{ports:?}");
     }
 }

@@ -161,10 +161,11 @@ fn dropping_a_plane_kills_its_processes_and_removes_its_folder() {
 
     drop(plane);
 
+    // Dead processes hold no sockets. Whether the port is free afterwards is up to the rest of
+    // the machine (another process may bind it at once), so it is not asserted.
     for pid in pids {
         assert!(!process_alive(pid), "pid {pid} is gone after drop");
     }
-    assert!(!port_open(port), "port {port} is closed after drop");
     assert!(!dir.exists(), "{} is removed after drop", dir.display());
 }
 
@@ -185,11 +186,10 @@ fn exit_helper_leaves_a_plane_in_a_static() {
             .expect("plane starts")
     });
     println!(
-        "PLANE {} {} {} {} {}",
+        "PLANE {} {} {} {}",
         plane.pid("etcd").expect("etcd"),
         plane.pid("kube-apiserver").expect("apiserver"),
         plane.watchdog_pid(),
-        plane.apiserver_port(),
         plane.dir().display()
     );
 }
@@ -211,19 +211,17 @@ fn the_watchdog_stops_a_plane_left_in_a_static_at_exit() {
         .unwrap_or_else(|| panic!("no PLANE line in:\n{stdout}"));
     let fields: Vec<&str> = line.split(' ').collect();
     let pids: Vec<u32> = fields[..3].iter().map(|f| f.parse().expect("pid")).collect();
-    let port: u16 = fields[3].parse().expect("port");
-    let dir = PathBuf::from(fields[4..].join(" "));
+    let dir = PathBuf::from(fields[3..].join(" "));
 
     // The helper has exited: the watchdog kills the groups (SIGTERM, then SIGKILL after at most
     // 5 s), removes the folder, and exits itself.
     let gone = poll(Duration::from_secs(30), Duration::from_millis(200), || {
-        (pids.iter().all(|&pid| !process_alive(pid)) && !port_open(port) && !dir.exists()).then_some(())
+        (pids.iter().all(|&pid| !process_alive(pid)) && !dir.exists()).then_some(())
     });
     assert!(
         gone.is_some(),
-        "after the helper's exit: alive {:?}, port {port} open {}, {} exists {}",
+        "after the helper's exit: alive {:?}, {} exists {}",
         pids.iter().filter(|&&pid| process_alive(pid)).collect::<Vec<_>>(),
-        port_open(port),
         dir.display(),
         dir.exists()
     );
