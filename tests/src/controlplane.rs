@@ -17,8 +17,7 @@ use crate::binaries;
 use crate::kubectl::{self, Kubectl};
 use crate::net;
 use crate::pki::Pki;
-use crate::process::{ManagedProcess, Watchdog, STOP_GRACE};
-use crate::wait::poll;
+use crate::process::{poll_while_running, ManagedProcess, Watchdog, STOP_GRACE};
 
 /// Keeps the plane's folder (logs, certificates, kubeconfig, etcd data) after teardown when set
 /// to a non-empty value; its path is printed at start.
@@ -301,18 +300,8 @@ impl ControlPlane {
         let started = Instant::now();
         let kubectl = self.kubectl.clone();
         let process = self.processes.last_mut().context("no process started")?;
-        let mut exited = None;
-        let outcome = poll(timeout, interval, || {
-            if let Err(e) = process.ensure_running() {
-                exited = Some(e);
-                return Some(false);
-            }
-            ready(&kubectl).then_some(true)
-        });
-        if let Some(e) = exited {
-            return Err(e);
-        }
-        if outcome.is_none() {
+        let ready = poll_while_running(std::slice::from_mut(process), timeout, interval, || ready(&kubectl))?;
+        if !ready {
             bail!(
                 "{name} was not ready after {:.1?}; last lines of {}:\n{}",
                 started.elapsed(),

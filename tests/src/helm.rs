@@ -9,14 +9,14 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::binaries::workspace_root;
 use crate::kubectl::text;
 use crate::manifests::parse_manifests;
-use crate::webhook::{container, dry_run_create, image_map, pod, set_status};
+use crate::webhook::{image_map, set_status};
 use crate::{poll, ControlPlane};
 
 /// The namespace label every chart test's webhook configuration selects on (value: the
@@ -48,10 +48,15 @@ pub fn fullname(release: &str) -> String {
 
 /// Runs helm with `args`; panics, with its output, if it fails. Returns stdout.
 pub fn helm_ok(plane: &ControlPlane, args: &[&str]) -> String {
-    let output = plane.helm(args);
+    succeeded("helm", args, &plane.helm(args))
+}
+
+/// The stdout of `program args`, which ran as `output`; panics with its status and output if
+/// it failed.
+pub fn succeeded(program: &str, args: &[&str], output: &Output) -> String {
     assert!(
         output.status.success(),
-        "helm {} failed ({}):\n{}{}",
+        "{program} {} failed ({}):\n{}{}",
         args.join(" "),
         output.status,
         text(&output.stderr),
@@ -133,56 +138,28 @@ pub fn is_gone(plane: &ControlPlane, kind: &str, name: &str, namespace: Option<&
     !output.status.success() && text(&output.stderr).contains("NotFound")
 }
 
-/// Creates a namespace with `labels` (so it is never seen unlabelled) and its `default`
-/// ServiceAccount (the ServiceAccount admission plugin needs it before any Pod).
+/// Creates a namespace with a unique name from `prefix` and `labels` (so it is never seen
+/// unlabelled), and its `default` ServiceAccount (the ServiceAccount admission plugin needs it
+/// before any Pod).
 pub fn create_labelled_namespace(plane: &ControlPlane, prefix: &str, labels: &Value) -> String {
     let name = unique(prefix);
+    create_namespace_named(plane, &name, labels);
+    name
+}
+
+/// Creates namespace `name` with `labels`, and its `default` ServiceAccount.
+pub fn create_namespace_named(plane: &ControlPlane, name: &str, labels: &Value) {
     let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
     let output = plane
         .kubectl_client()
         .run_with_stdin(["create", "-f", "-"], Some(&namespace.to_string()))
         .expect("kubectl runs");
     assert!(output.status.success(), "creating namespace {name}: {}", text(&output.stderr));
-    let output = plane.kubectl(["create", "serviceaccount", "default", "--namespace", &name]);
+    let output = plane.kubectl(["create", "serviceaccount", "default", "--namespace", name]);
     assert!(
         output.status.success() || text(&output.stderr).contains("already exists"),
         "creating the default ServiceAccount in {name}: {}",
         text(&output.stderr)
-    );
-    name
-}
-
-/// The image a server-side dry-run create of a one-container Pod (`image`, `labels`) in `ns`
-/// comes back with.
-pub fn dry_run_image(plane: &ControlPlane, ns: &str, image: &str, labels: &Value) -> Result<String, String> {
-    let mut probe = pod(ns, "chart-probe", &[container("app", image)]);
-    probe["metadata"]["labels"] = labels.clone();
-    let created = dry_run_create(plane.kubectl_client(), &probe).map_err(|e| format!("{e:#}"))?;
-    Ok(created["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string())
-}
-
-/// Polls dry-run creates until a Pod with `image` in `ns` comes back with `expected`; panics
-/// with `context()` (e.g. the webhook's log) after [`CHANGE_TIMEOUT`].
-pub fn wait_for_image(plane: &ControlPlane, ns: &str, image: &str, expected: &str, context: impl Fn() -> String) {
-    let started = Instant::now();
-    let mut last = String::new();
-    let reached =
-        poll(CHANGE_TIMEOUT, Duration::from_millis(200), || match dry_run_image(plane, ns, image, &json!({})) {
-            Ok(got) if got == expected => Some(()),
-            Ok(got) => {
-                last = format!("image {got}");
-                None
-            }
-            Err(e) => {
-                last = e;
-                None
-            }
-        });
-    assert!(
-        reached.is_some(),
-        "a dry-run Pod with image {image} in {ns} did not come back with {expected} within {:.1?} (last: {last})\n{}",
-        started.elapsed(),
-        context()
     );
 }
 

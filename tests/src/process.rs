@@ -20,6 +20,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::wait::poll;
 use std::os::unix::process::CommandExt as _;
 
 /// How long a process gets between SIGTERM and SIGKILL.
@@ -244,6 +246,47 @@ pub fn tail(path: &Path, lines: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// Polls `ready` every `interval` until it is true (`Ok(true)`) or `timeout` passes
+/// (`Ok(false)`); fails at once, with that process's log, when one of `processes` exits.
+pub fn poll_while_running(
+    processes: &mut [ManagedProcess],
+    timeout: Duration,
+    interval: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<bool> {
+    let mut exited = None;
+    let outcome = poll(timeout, interval, || {
+        if let Some(e) = processes.iter_mut().find_map(|p| p.ensure_running().err()) {
+            exited = Some(e);
+            return Some(());
+        }
+        ready().then_some(())
+    });
+    match exited {
+        Some(e) => Err(e),
+        None => Ok(outcome.is_some()),
+    }
+}
+
+/// Runs test `name` of the current test binary in a child process (`--ignored`, with `env` set
+/// to 1, so that it runs only when asked) and returns what follows `marker` on the line the child
+/// printed; panics with the child's output when it fails or prints no such line. Used by tests
+/// of what happens when a process exits with a resource still held in a `static`.
+pub fn run_exit_helper(name: &str, env: &str, marker: &str) -> String {
+    let exe = std::env::current_exe().expect("the test binary");
+    let output = Command::new(exe)
+        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .output()
+        .expect("the helper runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "helper {name} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+        .lines()
+        .find_map(|l| l.split_once(marker).map(|(_, rest)| rest.to_string()))
+        .unwrap_or_else(|| panic!("no {marker:?} line in:\n{stdout}"))
 }
 
 /// Whether a process with this pid is running, via `/proc/PID/stat`. A zombie (exited, not yet

@@ -674,6 +674,48 @@ pub fn dry_run_create(kubectl: &Kubectl, object: &Value) -> Result<Value> {
     serde_json::from_str(&stdout).context("kubectl create --dry-run=server printed no JSON")
 }
 
+/// The image a server-side dry-run create of a one-container Pod (`image`, `labels`) in `ns`
+/// comes back with, or kubectl's error.
+pub fn dry_run_image(kubectl: &Kubectl, ns: &str, image: &str, labels: &Value) -> Result<String, String> {
+    let mut probe = pod(ns, "probe", &[container("app", image)]);
+    probe["metadata"]["labels"] = labels.clone();
+    let created = dry_run_create(kubectl, &probe).map_err(|e| format!("{e:#}"))?;
+    Ok(created["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string())
+}
+
+/// Polls dry-run creates until a Pod with `image` in `ns` comes back with `expected`; after
+/// `timeout`, panics with the last image or error seen and `context()` (e.g. the webhook's log).
+pub fn wait_for_image(
+    plane: &ControlPlane,
+    ns: &str,
+    image: &str,
+    expected: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) {
+    let started = Instant::now();
+    let mut last = String::new();
+    let reached = poll(timeout, Duration::from_millis(200), || {
+        match dry_run_image(plane.kubectl_client(), ns, image, &json!({})) {
+            Ok(got) if got == expected => Some(()),
+            Ok(got) => {
+                last = format!("image {got}");
+                None
+            }
+            Err(e) => {
+                last = e;
+                None
+            }
+        }
+    });
+    assert!(
+        reached.is_some(),
+        "a dry-run Pod with image {image} in {ns} did not come back with {expected} within {:.1?} (last: {last})\n{}",
+        started.elapsed(),
+        context()
+    );
+}
+
 /// The swap records of a Pod's [`SWAPS_ANNOTATION`] (empty when it has none).
 pub fn swaps(pod: &Value) -> Vec<Value> {
     pod["metadata"]["annotations"][SWAPS_ANNOTATION]

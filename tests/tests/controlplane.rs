@@ -3,12 +3,11 @@
 //! chart has it), and every process is gone after teardown, by drop or by process exit.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use imagemap_e2e::net::port_open;
-use imagemap_e2e::process::process_alive;
+use imagemap_e2e::process::{process_alive, run_exit_helper};
 use imagemap_e2e::{poll, shared, ControlPlane, ControlPlaneOptions};
 use serde_json::Value;
 
@@ -197,18 +196,7 @@ fn exit_helper_leaves_a_plane_in_a_static() {
 #[test]
 fn the_watchdog_stops_a_plane_left_in_a_static_at_exit() {
     let _one_at_a_time = EXTRA_PLANE.lock().unwrap_or_else(|e| e.into_inner());
-    let exe = std::env::current_exe().expect("the test binary");
-    let output = Command::new(exe)
-        .args(["--exact", "exit_helper_leaves_a_plane_in_a_static", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(EXIT_HELPER_ENV, "1")
-        .output()
-        .expect("runs the helper");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "helper failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("PLANE ").map(|(_, rest)| rest))
-        .unwrap_or_else(|| panic!("no PLANE line in:\n{stdout}"));
+    let line = run_exit_helper("exit_helper_leaves_a_plane_in_a_static", EXIT_HELPER_ENV, "PLANE ");
     let fields: Vec<&str> = line.split(' ').collect();
     let pids: Vec<u32> = fields[..3].iter().map(|f| f.parse().expect("pid")).collect();
     let dir = PathBuf::from(fields[3..].join(" "));

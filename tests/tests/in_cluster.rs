@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use imagemap_e2e::binaries::workspace_root;
+use imagemap_e2e::helm::{create_namespace_named, succeeded};
 use imagemap_e2e::plugin::kubectl_imagemap;
-use imagemap_e2e::webhook::{container, dry_run_create, image_map, pod, set_status};
+use imagemap_e2e::webhook::{container, dry_run_image, image_map, pod, set_status, wait_for_image};
 use imagemap_e2e::{poll, shared_cluster, Cluster, ControlPlane, Kubectl};
 use serde_json::{json, Value};
 
@@ -151,16 +152,7 @@ impl Helm {
     }
 
     fn ok(self, plane: &ControlPlane, args: &[&str]) -> String {
-        let output = self.run(plane, args);
-        assert!(
-            output.status.success(),
-            "{self:?}: helm {} failed ({}):\n{}{}",
-            args.join(" "),
-            output.status,
-            text(&output.stderr),
-            text(&output.stdout)
-        );
-        text(&output.stdout)
+        succeeded(&format!("{self:?}: helm"), args, &self.run(plane, args))
     }
 }
 
@@ -193,15 +185,7 @@ fn values_file(values: &Value) -> ValuesFile {
 /// A namespace created with the release's scope label, and its `default` ServiceAccount.
 fn served_namespace(plane: &ControlPlane, release: &str) -> String {
     let name = format!("{release}-served");
-    let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
-                           "metadata": {"name": name, "labels": {SCOPE_LABEL: release}}});
-    let output = plane
-        .kubectl_client()
-        .run_with_stdin(["create", "-f", "-"], Some(&namespace.to_string()))
-        .expect("kubectl runs");
-    assert!(output.status.success(), "creating namespace {name}: {}", text(&output.stderr));
-    let output = plane.kubectl(["create", "serviceaccount", "default", "--namespace", &name]);
-    assert!(output.status.success() || text(&output.stderr).contains("already exists"), "{}", text(&output.stderr));
+    create_namespace_named(plane, &name, &json!({ SCOPE_LABEL: release }));
     name
 }
 
@@ -256,35 +240,6 @@ fn diagnose(plane: &ControlPlane, ns: &str, release: &str) -> String {
     .join("\n")
 }
 
-/// The image a server-side dry-run create of a Pod with one container `image` in `ns` comes back
-/// with, or kubectl's error.
-fn dry_run_image(kubectl: &Kubectl, ns: &str, name: &str, image: &str) -> Result<String, String> {
-    let created = dry_run_create(kubectl, &pod(ns, name, &[container("app", image)])).map_err(|e| format!("{e:#}"))?;
-    Ok(created["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string())
-}
-
-fn wait_for_dry_run(plane: &ControlPlane, ns: &str, image: &str, expected: &str, diagnosis: impl Fn() -> String) {
-    let mut last = String::new();
-    let reached = poll(CHANGE_TIMEOUT, Duration::from_millis(500), || {
-        match dry_run_image(plane.kubectl_client(), ns, "probe", image) {
-            Ok(got) if got == expected => Some(()),
-            Ok(got) => {
-                last = format!("image {got}");
-                None
-            }
-            Err(e) => {
-                last = e;
-                None
-            }
-        }
-    });
-    assert!(
-        reached.is_some(),
-        "a dry-run Pod with {image} in {ns} did not come back with {expected} (last: {last})\n{}",
-        diagnosis()
-    );
-}
-
 /// What the admission loop saw: one entry per Pod create, `Ok(image)` or `Err(message)`.
 #[derive(Default)]
 struct Admissions {
@@ -304,17 +259,15 @@ fn admission_loop(
     seen: Arc<Mutex<Admissions>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut n = 0;
         while !stop.load(Ordering::SeqCst) {
             let phase_done = rolled.load(Ordering::SeqCst);
-            let outcome = dry_run_image(&kubectl, &ns, &format!("roll-{n}"), &image);
+            let outcome = dry_run_image(&kubectl, &ns, &image, &json!({}));
             let mut seen = seen.lock().expect("the admissions lock");
             if phase_done {
                 seen.after_roll.push(outcome);
             } else {
                 seen.during_roll.push(outcome);
             }
-            n += 1;
         }
     })
 }
@@ -419,7 +372,7 @@ fn lifecycle(helm: Helm, prefix: &str) {
     let target = cluster.node.pause_image().to_string();
     plane.apply_yaml(&image_map(&served, "app", "in-cluster-app").to_string());
     set_status(plane.kubectl_client(), &served, "app", &json!({"image": target})).expect("set the map's status");
-    wait_for_dry_run(plane, &served, "in-cluster-app", &target, diagnosis);
+    wait_for_image(plane, &served, "in-cluster-app", &target, CHANGE_TIMEOUT, diagnosis);
     // The controller, with its own rights and within the chart's policies, scoped the webhook
     // configuration to the namespaces with maps.
     let scoped = poll(CHANGE_TIMEOUT, Duration::from_millis(500), || {
@@ -587,7 +540,7 @@ fn lifecycle(helm: Helm, prefix: &str) {
         if crd.status.success() { "still there (crds/ are never deleted by Helm)" } else { "gone" }
     );
     // Pods are created unchanged once the API server dropped the configuration.
-    wait_for_dry_run(plane, &served, "in-cluster-app", "in-cluster-app", diagnosis);
+    wait_for_image(plane, &served, "in-cluster-app", "in-cluster-app", CHANGE_TIMEOUT, diagnosis);
     eprintln!(
         "in_cluster {helm:?}: installed (2 ready replicas) in {installed:.1?}, whole lifecycle {:.1?}",
         started.elapsed()

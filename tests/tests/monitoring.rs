@@ -466,21 +466,7 @@ fn every_imagemap_metric_the_rules_and_the_dashboard_query_is_exported_by_the_ru
     };
 
     // A controller in policy mode syncs the (here: no) compiled policies once it leads.
-    let policy = Webhook::start(
-        plane,
-        WebhookOptions {
-            controller_args: Some(vec![
-                "--mode".into(),
-                "policy".into(),
-                "--leader-election-namespace".into(),
-                ns.clone(),
-                "--leader-election-id".into(),
-                "monitoring-policy".into(),
-            ]),
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("starting a policy-mode controller: {e:#}"));
+    let policy = policy_mode_controller(plane, &ns, "monitoring-policy");
     let policy_controller = policy.controller().expect("the policy controller");
     let applies = BTreeSet::from(["imagemap_controller_policy_applies_total".to_string()]);
     let (missing, _) = missing_after_polling(&[policy_controller], &applies);
@@ -682,21 +668,7 @@ fn in_policy_mode_the_check_passes_through_the_compiled_policy() {
     let _turn = maps_and_policies();
     let plane = imagemap_e2e::shared();
     let ns = plane.create_namespace("check-policy");
-    let controller = Webhook::start(
-        plane,
-        WebhookOptions {
-            controller_args: Some(vec![
-                "--mode".into(),
-                "policy".into(),
-                "--leader-election-namespace".into(),
-                ns.clone(),
-                "--leader-election-id".into(),
-                "check-policy".into(),
-            ]),
-            ..Default::default()
-        },
-    )
-    .unwrap_or_else(|e| panic!("starting a policy-mode controller: {e:#}"));
+    let controller = policy_mode_controller(plane, &ns, "check-policy");
     // No webhook is registered: only the MutatingAdmissionPolicy the controller compiles swaps.
     let out = check(plane, &ns, &["--timeout", "120s"]);
     let stdout = text(&out.stdout);
@@ -717,4 +689,11 @@ fn in_policy_mode_the_check_passes_through_the_compiled_policy() {
     drop(controller);
     assert!(pruned.is_some(), "the policy of {ns} was not pruned after the check deleted its map");
     plane.kubectl_ok(["delete", "namespace", &ns, "--wait=false"]);
+}
+
+/// A controller in policy mode (no webhook) leading with Lease `id` in `ns`.
+fn policy_mode_controller(plane: &imagemap_e2e::ControlPlane, ns: &str, id: &str) -> Webhook {
+    let args = ["--mode", "policy", "--leader-election-namespace", ns, "--leader-election-id", id];
+    Webhook::start(plane, WebhookOptions { controller_args: Some(args.map(String::from).into()), ..Default::default() })
+        .unwrap_or_else(|e| panic!("starting a policy-mode controller: {e:#}"))
 }

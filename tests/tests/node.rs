@@ -6,11 +6,11 @@
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use imagemap_e2e::oci::{self, Run};
+use imagemap_e2e::process::run_exit_helper;
 use imagemap_e2e::{poll, shared_cluster, ControlPlane, ControlPlaneOptions, Footprint, Node, Registry};
 use serde_json::Value;
 
@@ -366,18 +366,7 @@ fn exit_helper_leaves_a_node_in_a_static() {
 #[test]
 fn the_watchdog_tears_a_node_down_when_the_test_process_exits() {
     let _one_at_a_time = EXTRA_NODE.lock().unwrap_or_else(|e| e.into_inner());
-    let exe = std::env::current_exe().expect("the test binary");
-    let output = Command::new(exe)
-        .args(["--exact", "exit_helper_leaves_a_node_in_a_static", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(EXIT_HELPER_ENV, "1")
-        .output()
-        .expect("the helper runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "helper failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("NODE ").map(|(_, rest)| rest))
-        .unwrap_or_else(|| panic!("no NODE line in:\n{stdout}"));
+    let line = run_exit_helper("exit_helper_leaves_a_node_in_a_static", EXIT_HELPER_ENV, "NODE ");
     let f: Vec<&str> = line.split_whitespace().collect();
     let footprint = Footprint {
         id: f[0].into(),

@@ -368,8 +368,19 @@ const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
   "spec":{"selector":"my-apiserver"},"status":{"image":"localhost:5000/my-apiserver:tilt-1"}}]}"#;
 
 /// Starts the binary with `--no-cluster` and [`MAPS`] (see [`common::launch`]).
-fn start_binary(extra: &[&str]) -> (common::Binary, Client) {
-    common::launch(MAPS, extra)
+/// The webhook binary with `extra` flags, once its `/readyz` answers 200.
+async fn start_binary(extra: &[&str]) -> (common::Binary, Client) {
+    let (binary, client) = common::launch(MAPS, extra);
+    let c = client.clone();
+    assert!(
+        poll_until(Duration::from_secs(30), || {
+            let c = c.clone();
+            async move { status_of(&c, "/readyz").await.is_some_and(|(s, _)| s == 200) }
+        })
+        .await,
+        "the webhook became ready"
+    );
+    (binary, client)
 }
 
 async fn status_of(client: &Client, path: &str) -> Option<(u16, String)> {
@@ -385,16 +396,7 @@ async fn sigterm_under_load_fails_readiness_first_finishes_in_flight_reviews_and
     // Kubernetes' default terminationGracePeriodSeconds.
     let grace = Duration::from_secs(30);
     let (mut binary, client) =
-        start_binary(&["--shutdown-delay", "2s", "--shutdown-timeout", "10s", "--body-timeout", "25s"]);
-    let c = client.clone();
-    assert!(
-        poll_until(Duration::from_secs(30), || {
-            let c = c.clone();
-            async move { status_of(&c, "/readyz").await.is_some_and(|(s, _)| s == 200) }
-        })
-        .await,
-        "the webhook became ready"
-    );
+        start_binary(&["--shutdown-delay", "2s", "--shutdown-timeout", "10s", "--body-timeout", "25s"]).await;
 
     // Load: reviews from three clients until readiness fails (as endpoints stop routing then).
     let not_ready = Arc::new(AtomicBool::new(false));
@@ -586,16 +588,7 @@ fn review_with(change: impl FnOnce(&mut Value)) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_binary_answers_bad_requests_clearly_and_keeps_serving() {
-    let (mut binary, client) = start_binary(&[]);
-    let c = client.clone();
-    assert!(
-        poll_until(Duration::from_secs(30), || {
-            let c = c.clone();
-            async move { status_of(&c, "/readyz").await.is_some_and(|(s, _)| s == 200) }
-        })
-        .await,
-        "the webhook became ready"
-    );
+    let (mut binary, client) = start_binary(&[]).await;
     let full = FIXTURE.as_bytes();
     let mut huge_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: ".to_vec();
     huge_header.extend(std::iter::repeat_n(b'a', 2 * 1024 * 1024));
@@ -775,16 +768,7 @@ async fn stress_thirty_rotations_under_load_fail_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_binary_logs_a_broken_pair_on_disk_and_keeps_serving_the_old_one() {
-    let (mut binary, client) = start_binary(&["--tls-reload-interval", "200ms"]);
-    let c = client.clone();
-    assert!(
-        poll_until(Duration::from_secs(30), || {
-            let c = c.clone();
-            async move { status_of(&c, "/readyz").await.is_some_and(|(s, _)| s == 200) }
-        })
-        .await,
-        "the webhook became ready"
-    );
+    let (mut binary, client) = start_binary(&["--tls-reload-interval", "200ms"]).await;
     let before = client.peer_certificate().await;
     let key = binary.dir.path().join("tls.key");
     std::fs::write(&key, format!("-----BEGIN {k}-----\nAAAA\n-----END {k}-----\n", k = "PRIVATE KEY"))

@@ -37,9 +37,8 @@ use crate::controlplane::{ControlPlane, ControlPlaneOptions};
 use crate::kubectl::Kubectl;
 use crate::net;
 use crate::oci;
-use crate::process::{ManagedProcess, Watchdog, STOP_GRACE};
+use crate::process::{poll_while_running, ManagedProcess, Watchdog, STOP_GRACE};
 use crate::registry::Registry;
-use crate::wait::poll;
 use machine::cgroup_mounts;
 
 /// The prefix of every node's folder, cgroup and node name (`imagemap-node-ID`).
@@ -289,21 +288,8 @@ impl Node {
     fn wait_ready(&mut self, name: &str, timeout: Duration, mut ready: impl FnMut(&Kubectl) -> bool) -> Result<()> {
         let started = Instant::now();
         let kubectl = self.kubectl.clone();
-        let mut exited = None;
-        let processes = &mut self.processes;
-        let outcome = poll(timeout, Duration::from_millis(250), || {
-            for process in processes.iter_mut() {
-                if let Err(e) = process.ensure_running() {
-                    exited = Some(e);
-                    return Some(false);
-                }
-            }
-            ready(&kubectl).then_some(true)
-        });
-        if let Some(e) = exited {
-            return Err(e);
-        }
-        if outcome.is_none() {
+        let ready = poll_while_running(&mut self.processes, timeout, Duration::from_millis(250), || ready(&kubectl))?;
+        if !ready {
             bail!(
                 "{name} was not ready after {:.1?}; last lines of its log:\n{}",
                 started.elapsed(),
