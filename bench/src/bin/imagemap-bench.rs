@@ -148,7 +148,9 @@ fn plane() -> Result<ControlPlane> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let (results, work) = (&cli.results, &cli.work);
+    // Absolute, because nginx resolves relative paths in its configuration against its prefix.
+    let work = &std::path::absolute(&cli.work).with_context(|| format!("the folder {}", cli.work.display()))?;
+    let results = &cli.results;
     match cli.step {
         Step::Machine => {
             save(results, "machine", &procfs::Machine::read())?;
