@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::binaries::workspace_root;
 use crate::kubectl::text;
 use crate::manifests::parse_manifests;
-use crate::webhook::{image_map, set_status};
+use crate::webhook::{image_map, set_status, Patience};
 use crate::{poll, ControlPlane};
 
 /// The namespace label every chart test's webhook configuration selects on (value: the
@@ -26,6 +26,9 @@ pub const TEST_LABEL: &str = "imagemap-e2e/chart";
 /// How long a change (an ImageMap in the webhook's cache, a webhook configuration or a
 /// namespace label in the API server's caches) may take to show in a dry-run create.
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`CHANGE_TIMEOUT`], trying every 200 ms.
+pub const CHANGE_PATIENCE: Patience = Patience { timeout: CHANGE_TIMEOUT, every: Duration::from_millis(200) };
 
 /// API groups whose CRDs the plane does not have: their objects are checked by the tests, not
 /// on the server.

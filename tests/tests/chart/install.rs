@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use base64::Engine as _;
 use imagemap_e2e::helm::{
     chart_dir, create_built_map, create_labelled_namespace, fullname, get_json, helm_ok, is_gone, render,
-    scoped_values, unique, values_file, ValuesFile, CHANGE_TIMEOUT, TEST_LABEL,
+    scoped_values, unique, values_file, ValuesFile, CHANGE_PATIENCE, TEST_LABEL,
 };
 use imagemap_e2e::kubectl::text;
 use imagemap_e2e::local_webhook::{https_status, write_certificates, write_placeholder_certificates, LocalWebhook};
@@ -166,7 +166,7 @@ impl<'a> Life<'a> {
         // A served namespace: a map with a status swaps Pods.
         let served = create_labelled_namespace(plane, "chart-served", &self.labels);
         create_built_map(plane, &served, "app", "chart-app", "registry.example/chart-app:v1");
-        wait_for_image(plane, &served, "chart-app", "registry.example/chart-app:v1", CHANGE_TIMEOUT, self.log());
+        wait_for_image(plane, &served, "chart-app", "registry.example/chart-app:v1", CHANGE_PATIENCE, self.log());
 
         // A Pod with the opt-out label is left alone (same namespace, same map: the cache has it).
         let opted_out = dry_run_image(plane.kubectl_client(), &served, "chart-app", &json!({ OPT_OUT_LABEL: "true" }))
@@ -176,16 +176,16 @@ impl<'a> Life<'a> {
         // The release namespace is never served: its map applies globally (proven in the served
         // namespace), yet a Pod in the release namespace itself is left alone.
         create_built_map(plane, release_ns, "global", "chart-global", "registry.example/chart-global:v1");
-        wait_for_image(plane, &served, "chart-global", "registry.example/chart-global:v1", CHANGE_TIMEOUT, self.log());
+        wait_for_image(plane, &served, "chart-global", "registry.example/chart-global:v1", CHANGE_PATIENCE, self.log());
         let in_release_ns =
             dry_run_image(plane.kubectl_client(), release_ns, "chart-global", &json!({})).expect("dry run");
         assert_eq!(in_release_ns, "chart-global", "the release namespace is excluded");
 
         // A namespace labelled with the opt-out label is not served; removing the label serves it again.
         plane.kubectl_ok(["label", "namespace", &served, &format!("{OPT_OUT_LABEL}=true")]);
-        wait_for_image(plane, &served, "chart-app", "chart-app", CHANGE_TIMEOUT, self.log());
+        wait_for_image(plane, &served, "chart-app", "chart-app", CHANGE_PATIENCE, self.log());
         plane.kubectl_ok(["label", "namespace", &served, &format!("{OPT_OUT_LABEL}-")]);
-        wait_for_image(plane, &served, "chart-app", "registry.example/chart-app:v1", CHANGE_TIMEOUT, self.log());
+        wait_for_image(plane, &served, "chart-app", "registry.example/chart-app:v1", CHANGE_PATIENCE, self.log());
         served
     }
 
@@ -209,7 +209,7 @@ impl<'a> Life<'a> {
         // ... and the API server still trusts the running webhook: a new build is swapped in.
         set_status(plane.kubectl_client(), served, "app", &json!({"image": "registry.example/chart-app:v2"}))
             .expect("set the ImageMap's status");
-        wait_for_image(plane, served, "chart-app", "registry.example/chart-app:v2", CHANGE_TIMEOUT, self.log());
+        wait_for_image(plane, served, "chart-app", "registry.example/chart-app:v2", CHANGE_PATIENCE, self.log());
     }
 
     /// helm uninstall removes the webhook configuration and everything else of the release.
@@ -252,7 +252,7 @@ impl<'a> Life<'a> {
     /// with the webhook stopped.
     fn pods_are_unchanged_after_uninstall(self, served: &str) {
         let plane = self.plane;
-        wait_for_image(plane, served, "chart-app", "chart-app", CHANGE_TIMEOUT, self.log());
+        wait_for_image(plane, served, "chart-app", "chart-app", CHANGE_PATIENCE, self.log());
         let Life { webhook, _dir, .. } = self;
         webhook.stop();
         let after = pod(served, "after-uninstall", &[container("app", "chart-app")]);
