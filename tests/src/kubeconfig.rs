@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::json;
@@ -37,6 +37,19 @@ pub fn write(path: &Path, name: &str, server: &str, ca_pem: &str, cert_pem: &str
     imagemap_certs::write(path, &render(name, server, ca_pem, cert_pem, key_pem)?, true)
 }
 
+/// Writes to `out` a copy of the kubeconfig at `path` whose users act as `user` (the
+/// kubeconfig's `as`, impersonation), readable by the owner only.
+pub fn impersonating(path: &Path, user: &str, out: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config: serde_json::Value =
+        serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let users = config["users"].as_array_mut().with_context(|| format!("{} has no users", path.display()))?;
+    for entry in users {
+        entry["user"]["as"] = json!(user);
+    }
+    imagemap_certs::write(out, &serde_saphyr::to_string(&config)?, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +61,18 @@ mod tests {
         assert_eq!(value["current-context"], "e2e");
         assert_eq!(value["clusters"][0]["cluster"]["server"], "https://127.0.0.1:6443");
         assert_eq!(value["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");
+        assert_eq!(value["users"][0]["user"]["client-key-data"], "S0VZ");
+    }
+
+    #[test]
+    fn an_impersonating_copy_acts_as_the_user_and_keeps_the_credentials() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (admin, copy) = (dir.path().join("admin"), dir.path().join("copy"));
+        write(&admin, "e2e", "https://127.0.0.1:6443", "CA", "CERT", "KEY").expect("write");
+        impersonating(&admin, "someone", &copy).expect("copy");
+        let value: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(&copy).expect("read")).expect("yaml");
+        assert_eq!(value["users"][0]["user"]["as"], "someone");
         assert_eq!(value["users"][0]["user"]["client-key-data"], "S0VZ");
     }
 }

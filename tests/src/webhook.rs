@@ -120,6 +120,9 @@ pub struct WebhookOptions {
     /// these flags and the same `--global-namespace`: the controller, as the chart runs it
     /// (e.g. `["--restart-on-rebuild", "--leader-election-namespace", NS]`).
     pub controller_args: Option<Vec<String>>,
+    /// The kubeconfig the controller uses (default: the plane's admin), e.g. one that
+    /// impersonates a user with fewer rights.
+    pub controller_kubeconfig: Option<PathBuf>,
 }
 
 /// One run of the binary, with the watchdog that kills it if the test process dies. A new run
@@ -194,10 +197,14 @@ impl Webhook {
     /// port from its log and waits until `GET /readyz` answers 200 over HTTPS, i.e. its
     /// ImageMap cache has synced.
     pub fn start(plane: &ControlPlane, opts: WebhookOptions) -> Result<Webhook> {
+        Webhook::start_as(plane, opts, plane.kubeconfig_path())
+    }
+
+    /// [`Webhook::start`], talking to the API server through `kubeconfig`.
+    fn start_as(plane: &ControlPlane, opts: WebhookOptions, kubeconfig: &Path) -> Result<Webhook> {
         let program = workspace_binary(WEBHOOK_BIN)?;
         warn_if_stale(&program);
-        let ServingSetup { dir, ca_pem, mut args } =
-            ServingSetup::new("imagemap-e2e-webhook-", plane.kubeconfig_path())?;
+        let ServingSetup { dir, ca_pem, mut args } = ServingSetup::new("imagemap-e2e-webhook-", kubeconfig)?;
         if let Some(ns) = &opts.global_namespace {
             args.push("--global-namespace".into());
             args.push(ns.clone());
@@ -211,8 +218,10 @@ impl Webhook {
                     global_namespace: opts.global_namespace.clone(),
                     extra_args: extra,
                     controller_args: None,
+                    controller_kubeconfig: None,
                 };
-                Some(Box::new(Webhook::start(plane, options)?))
+                let kubeconfig = opts.controller_kubeconfig.as_deref().unwrap_or(plane.kubeconfig_path());
+                Some(Box::new(Webhook::start_as(plane, options, kubeconfig)?))
             }
             None => None,
         };

@@ -93,6 +93,72 @@ fn a_pod_created_before_its_build_waits_at_a_gate_then_gets_the_built_image() {
     assert_eq!(swapped.len(), 1, "one replica acted once");
 }
 
+/// A user whose rights are the controller's for `--gate-unbuilt`, except that it may list
+/// ImageMaps but not watch them.
+const LAGGING_USER: &str = "imagemap-e2e-lagging-controller";
+
+const LAGGING_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: imagemap-e2e-lagging-controller}
+rules:
+  - {apiGroups: [tilt.dev], resources: [imagemaps], verbs: [get, list]}
+  - {apiGroups: [""], resources: [pods], verbs: [list, watch, patch]}
+  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}
+  - {apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, update]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: imagemap-e2e-lagging-controller}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: imagemap-e2e-lagging-controller}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: imagemap-e2e-lagging-controller}]
+"#;
+
+/// A watch may deliver a gated Pod to the controller before the map it waits for, so the
+/// controller's cache can lack a map the Pod needs. Made certain here: the controller's user may
+/// list ImageMaps but not watch them, so its cache keeps its first (empty) list. The Pod stays
+/// gated, and the build releases it, because a release is decided on maps read again from the
+/// API server. Its own plane: no other test's controller acts on the Pod.
+#[test]
+fn a_gated_pod_stays_gated_while_the_controllers_cache_has_not_seen_its_map() {
+    let plane = ControlPlane::start(ControlPlaneOptions::default()).expect("plane");
+    plane.apply_yaml(LAGGING_RBAC);
+    let kubeconfig = plane.dir().join("lagging.kubeconfig");
+    imagemap_e2e::kubeconfig::impersonating(plane.kubeconfig_path(), LAGGING_USER, &kubeconfig)
+        .expect("an impersonating kubeconfig");
+    let lease_ns = plane.create_namespace("lagging-lease");
+    let mut options = controller_args(&lease_ns, &["--log-level", "info,imagemap_webhook::controller=debug"]);
+    options.controller_kubeconfig = Some(kubeconfig);
+    let served = ServedWebhook::start(&plane, "lagging", options).expect("webhook");
+    let controller = served.webhook().controller().expect("a controller");
+    let ns = served.create_namespace("lagging");
+    plugin(&plane, &["create", "web", "--selector", "lagging-web", "-n", &ns]);
+    wait_until_admitted(&plane, &ns, "lagging-web", |pod| gates(pod).contains(&GATE.to_string()));
+    run_pod(&plane, &ns, "early", "lagging-web");
+
+    // The controller's cache does not follow the maps, and the controller looked at the Pod.
+    let seen = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let log = controller.log_tail(200);
+        (log.contains("ImageMap watch failed") && log.contains(&format!("pod={ns}/early"))).then_some(log)
+    });
+    let log = seen.unwrap_or_else(|| panic!("the controller's log:\n{}", controller.log_tail(200)));
+    assert!(log.contains("the ImageMap cache is behind the API server; the Pod stays gated"), "{log}");
+    assert_eq!(gates(&get_pod(&plane, &ns, "early")), [GATE], "{log}");
+
+    // Built: the cache still knows no map, the read from the API server does.
+    plugin(&plane, &["set-image", "web", "localhost:5000/lagging-web:tilt-1", "-n", &ns]);
+    let released = poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let pod = get_pod(&plane, &ns, "early");
+        gates(&pod).is_empty().then_some(pod)
+    })
+    .unwrap_or_else(|| panic!("released once built; the controller's log:\n{}", controller.log_tail(200)));
+    assert_eq!(released["spec"]["containers"][0]["image"], "localhost:5000/lagging-web:tilt-1");
+    poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        (!events(&plane, &ns, "ImageMapSwapped").is_empty()).then_some(())
+    })
+    .expect("an Event records the swap");
+}
+
 #[test]
 fn a_gated_pod_is_released_unchanged_after_the_timeout_and_when_its_map_is_deleted() {
     let plane =
