@@ -256,9 +256,12 @@ fn restarted_at(plane: &ControlPlane, ns: &str) -> String {
     ])
 }
 
+/// Its own plane: on the shared one, another test's leading controller would restart the
+/// Deployment while this test asserts that nothing does.
 #[test]
 fn a_rebuild_made_while_no_replica_leads_is_acted_on_once_one_does() {
-    let plane = shared();
+    let plane =
+        &ControlPlane::start(ControlPlaneOptions { controller_manager: true, ..Default::default() }).expect("plane");
     let lease_ns = plane.create_namespace("idle-lease");
     // Another replica holds the Lease for an hour: this one serves reviews but does not lead.
     plane.apply_yaml(&format!(
