@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use imagemap_e2e::plugin::kubectl_imagemap_ok;
 use imagemap_e2e::webhook::wait_until_admitted;
-use imagemap_e2e::{poll, shared, ControlPlane, ServedWebhook, WebhookOptions};
+use imagemap_e2e::{poll, shared, ControlPlane, ControlPlaneOptions, ServedWebhook, WebhookOptions};
 use serde_json::{json, Value};
 
 /// An admission server with a converging controller beside it.
@@ -197,9 +197,12 @@ fn a_map_outside_the_allowed_registries_never_swaps_and_says_why() {
     assert!(warnings.contains("not under an allowed registry"), "{warnings}");
 }
 
+/// Its own plane: on the shared one, another test's converging controller would restart the
+/// Deployment before the plugin does.
 #[test]
 fn rollout_restarts_the_workloads_of_stale_pods_and_lists_bare_ones() {
-    let plane = shared();
+    let plane =
+        &ControlPlane::start(ControlPlaneOptions { controller_manager: true, ..Default::default() }).expect("plane");
     // No controller: only the plugin acts.
     let served = ServedWebhook::start(plane, "rollout-stale", WebhookOptions::default()).expect("webhook");
     let ns = served.create_namespace("rollout-stale");
