@@ -123,6 +123,8 @@ fn a_forged_owner_and_swap_record_restart_nothing() {
     let victim = served.create_namespace("victim");
     let attacker = served.create_namespace("attacker");
     plugin(plane, &["set-image", "api", "reg.io/api:1", "--create", "--selector", "api", "-n", &victim]);
+    // Swapped at admission, so no controller (this test's or another's) restarts the Deployment.
+    wait_until_admitted(plane, &victim, "api", |pod| pod["spec"]["containers"][0]["image"] == "reg.io/api:1");
     plane.kubectl_ok(["create", "deployment", "api", "--image=api", "-n", &victim]);
     wait_for_images(plane, &victim, "api", "reg.io/api:1", &served);
     let before = plane.kubectl_ok(["get", "deployment", "api", "-n", &victim, "-o", "jsonpath={.metadata.generation}"]);
